@@ -1,0 +1,88 @@
+"""Embedding Matching Alignment (EMA): projection heads and the image-text contrastive loss (paper eq. 5-11)."""
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import nn
+
+# CLIP's cap on exp(logit_scale): temperature never drops below 0.01.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class MARNetProjection(nn.Module):
+    """`x' = g(E(x))`: a linear encoder followed by LeakyReLU (eq. 6-8)."""
+
+    def __init__(self, in_features, out_features, negative_slope):
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.activation = nn.LeakyReLU(negative_slope)
+
+    def forward(self, features):
+        return self.activation(self.dense(features))
+
+
+def _gather_with_grad(features):
+    """All ranks' rows concatenated in rank order, gradients flowing back to each rank's own rows."""
+    return torch.cat(dist_nn.all_gather(features), dim=0)
+
+
+def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True):
+    """`L_ITA = L_v2s + L_s2v` (eq. 9-11): symmetric InfoNCE over the batch on cosine similarities (eq. 5).
+
+    Args:
+        image_embeds: (B, P) projected visual features `x_v'`.
+        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        logit_scale: scalar tensor, `log(1 / tau)`.
+        gather: under `torch.distributed`, use every process's rows as negatives.
+
+    Returns:
+        The loss (each direction averaged over the local rows, the two directions summed) and the (B, B_all)
+        image-to-text logits.
+    """
+    image_embeds = F.normalize(image_embeds, dim=-1)
+    text_embeds = F.normalize(text_embeds, dim=-1)
+    offset = 0
+    all_image_embeds, all_text_embeds = image_embeds, text_embeds
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        all_image_embeds = _gather_with_grad(image_embeds)  # (B * world, P)
+        all_text_embeds = _gather_with_grad(text_embeds)
+        offset = dist.get_rank() * image_embeds.shape[0]
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits_per_image = scale * image_embeds @ all_text_embeds.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau
+    logits_per_text = scale * text_embeds @ all_image_embeds.t()  # (B, B_all): Sim(x_s'^i, x_v'^b) / tau
+    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    loss = F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
+    return loss, logits_per_image
+
+
+class MARNetEmbeddingAlignment(nn.Module):
+    """EMA: projects `x_v` and `x_s` into a shared space and aligns them with `L_ITA`.
+
+    The visual projection `x_v'` is the branch feature `x_EMA` (eq. 1): at inference only the visual side exists.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.visual_projection = MARNetProjection(
+            config.vision_hidden_size, config.projection_dim, config.projection_negative_slope
+        )
+        self.text_projection = MARNetProjection(
+            config.text_hidden_size, config.projection_dim, config.projection_negative_slope
+        )
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / config.contrastive_temperature_init)),
+            requires_grad=config.learnable_temperature,
+        )
+        self.gather = config.contrastive_gather
+
+    def forward(self, vision_features, text_embeds=None):
+        """(B, H_v) visual and optional (B, D_s) text features -> `x_EMA` (B, P), `x_s'` (B, P) or None, loss or None."""
+        visual_embeds = self.visual_projection(vision_features)  # (B, P)
+        if text_embeds is None:
+            return visual_embeds, None, None
+        text_projected = self.text_projection(text_embeds)  # (B, P)
+        loss, _ = image_text_contrastive_loss(visual_embeds, text_projected, self.logit_scale, self.gather)
+        return visual_embeds, text_projected, loss

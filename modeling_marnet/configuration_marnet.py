@@ -1,0 +1,286 @@
+"""MARNet model configuration."""
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig, ViTConfig
+
+FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
+RECONSTRUCTION_MODES = ("diffusion", "mlp", "none")
+CLASSIFIER_INPUTS = ("fusion", "visual", "reconstruction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SAMPLERS = ("ddpm", "ddim")
+VISION_POOLINGS = ("auto", "pooler", "cls", "mean")
+
+# The rows of the paper's ablation (Table 2), each a set of config overrides.
+ABLATIONS = {
+    "baseline": {"use_alignment": False, "reconstruction": "none", "classifier_input": "visual"},
+    "ema": {"use_alignment": True, "reconstruction": "none", "classifier_input": "visual"},
+    "mlp": {"use_alignment": False, "reconstruction": "mlp", "classifier_input": "reconstruction"},
+    "cdr": {"use_alignment": False, "reconstruction": "diffusion", "classifier_input": "reconstruction"},
+    "full": {"use_alignment": True, "reconstruction": "diffusion", "classifier_input": "fusion"},
+}
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_non_negative(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+
+
+class MARNetConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MARNetModel`] / [`MARNetForImageClassification`]: a vision tower, the Embedding Matching
+    Alignment (EMA) heads, the Cross-modal Diffusion Reconstruction (CDR) branch and the fusion classifier of MARNet
+    (Zheng et al., 2024). Text is *privileged information*: the model never holds a text encoder, it receives pooled
+    text features (`text_embeds`) during training only; inference needs images alone.
+
+    Instantiating it with no arguments gives full MARNet on a ViT-B/16 tower (224 px) with 768-d (BERT-base) text
+    features. The paper leaves the values marked *open* unspecified; the defaults here train stably on tiny and demo
+    configurations.
+
+    Args:
+        vision_config (`dict` or [`PreTrainedConfig`], *optional*):
+            Config of the vision tower `F_v`, any transformers vision model that `AutoModel` builds (`ViTConfig`,
+            `ConvNextConfig`, `TimmWrapperConfig` for timm backbones, ...). A dict must carry its `model_type`.
+            Defaults to `ViTConfig()` (ViT-B/16 at 224 px, as in the paper).
+        vision_hidden_size (`int`, *optional*):
+            Width of the pooled visual feature `x_v`. Inferred from the tower when `None` (`hidden_size`,
+            `hidden_sizes[-1]`, or timm's `num_features`) and written back into the config.
+        vision_pooling (`str`, *optional*, defaults to `"auto"`):
+            How `x_v` is read from the tower: `"pooler"` (its `pooler_output`), `"cls"` (first token of
+            `last_hidden_state`), `"mean"` (mean over tokens or spatial positions), or `"auto"` (the pooler output
+            when the tower returns one, else the CLS token).
+        text_hidden_size (`int`, *optional*, defaults to 768):
+            Width `D_s` of the privileged text features `x_s = F_s(i)` given as `text_embeds` (768 for BERT-base,
+            384 for MiniLM-L6).
+        use_alignment (`bool`, *optional*, defaults to `True`):
+            Enables EMA (eq. 5-13): the projections `E_v`, `E_s` and the image-text contrastive loss `L_ITA`. When
+            `False` the visual branch feature is the raw `x_v`.
+        projection_dim (`int`, *optional*, defaults to 256):
+            Output width of `E_v` and `E_s` (eq. 7-8), *open* in the paper.
+        projection_negative_slope (`float`, *optional*, defaults to 0.01):
+            Slope `alpha` of the LeakyReLU `g` applied after each projection (eq. 6), *open* in the paper.
+        contrastive_temperature_init (`float`, *optional*, defaults to 0.07):
+            Initial temperature `tau` of the ITA loss (eq. 9-10). Stored as a learnable `logit_scale = log(1/tau)`.
+        learnable_temperature (`bool`, *optional*, defaults to `True`):
+            Whether `logit_scale` is trained.
+        reconstruction (`str`, *optional*, defaults to `"diffusion"`):
+            The CDR branch: `"diffusion"` (x0-predicting conditional denoiser, eq. 14-23), `"mlp"` (the paper's
+            "+MLP" row: a plain four-layer MLP mapping `x_v -> x_s` trained with MSE, no noise), or `"none"`.
+        num_train_timesteps (`int`, *optional*, defaults to 1000):
+            Number of forward-process steps `T` (eq. 14-15), *open* in the paper.
+        beta_schedule (`str`, *optional*, defaults to `"linear"`):
+            Noise schedule `beta_t`: `"linear"` (DDPM), `"scaled_linear"` or `"squaredcos_cap_v2"` (cosine).
+        beta_start (`float`, *optional*, defaults to 1e-4):
+            `beta_1` of the linear schedules.
+        beta_end (`float`, *optional*, defaults to 0.02):
+            `beta_T` of the linear schedules.
+        num_inference_steps (`int`, *optional*, defaults to 10):
+            Reverse steps run at inference, evenly spaced over `T`. May be changed after loading
+            (`model.config.num_inference_steps = 50`).
+        sampler (`str`, *optional*, defaults to `"ddpm"`):
+            Reverse process: `"ddpm"` (posterior of eq. 21-23) or `"ddim"` (deterministic, eta = 0).
+        sampler_seed (`int`, *optional*, defaults to 0):
+            Seed of the Gaussian noise the reverse process starts from (and, for DDPM, adds at each step). The
+            noise is one fixed draw shared by every image, so logits never depend on batch companions, batch size
+            or the number of calls.
+        denoiser_hidden_size (`int`, *optional*, defaults to 1024):
+            Width of the hidden layers of the four-linear-layer denoiser `X_theta` (eq. 19) and of the "+MLP" mapper.
+        timestep_embedding_dim (`int`, *optional*, defaults to 128):
+            Width of the sinusoidal embedding of `t` fed to the denoiser.
+        fusion_mode (`str`, *optional*, defaults to `"concat"`):
+            Fusion of the branches (eq. 24): `"concat"`, `"add"`, `"mul"` on features, then a linear classifier;
+            `"sum"` (`log sigmoid(a + b)`) or `"hm"` (harmonic, `log(z / (1 + z))` with `z = sigmoid(a) * sigmoid(b)`)
+            on the branch logits `a`, `b`, as in counterfactual VQA. `"add"` and `"mul"` first project both branches
+            to `projection_dim`.
+        classifier_input (`str`, *optional*, defaults to `"fusion"`):
+            Which logits the model returns as `logits`: `"fusion"` (full MARNet), `"visual"` (classifier over the
+            visual/EMA feature) or `"reconstruction"` (classifier over the CDR feature alone).
+        visual_ce_weight (`float`, *optional*, defaults to 1.0):
+            `alpha_1` of eq. 13, weight of the CE of the visual (EMA) classifier.
+        alignment_loss_weight (`float`, *optional*, defaults to 0.1):
+            `beta` of eq. 13, weight of `L_ITA`.
+        reconstruction_ce_weight (`float`, *optional*, defaults to 1.0):
+            `alpha_2` of eq. 20, weight of the CE of the classifier over the reconstructed feature.
+        reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
+            `gamma` of eq. 20, weight of `L_MSE` (diffusion or "+MLP" mapping).
+        fusion_ce_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the CE of the fused classifier.
+        classifier_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout before every classifier.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initializer of the MARNet heads.
+        contrastive_gather (`bool`, *optional*, defaults to `True`):
+            Under `torch.distributed`, gather features of every process for `L_ITA`, so the negatives are the
+            global batch, as in one process.
+
+    Example:
+
+    ```python
+    >>> from modeling_marnet import MARNetConfig, MARNetForImageClassification
+
+    >>> config = MARNetConfig(text_hidden_size=384, num_labels=172)
+    >>> model = MARNetForImageClassification(config)
+    >>> baseline = MARNetConfig.from_ablation("baseline", num_labels=172)
+    ```
+    """
+
+    model_type = "marnet"
+    sub_configs = {"vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config=None,
+        vision_hidden_size=None,
+        vision_pooling="auto",
+        text_hidden_size=768,
+        use_alignment=True,
+        projection_dim=256,
+        projection_negative_slope=0.01,
+        contrastive_temperature_init=0.07,
+        learnable_temperature=True,
+        reconstruction="diffusion",
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        num_inference_steps=10,
+        sampler="ddpm",
+        sampler_seed=0,
+        denoiser_hidden_size=1024,
+        timestep_embedding_dim=128,
+        fusion_mode="concat",
+        classifier_input="fusion",
+        visual_ce_weight=1.0,
+        alignment_loss_weight=0.1,
+        reconstruction_ce_weight=1.0,
+        reconstruction_loss_weight=1.0,
+        fusion_ce_weight=1.0,
+        classifier_dropout=0.0,
+        initializer_range=0.02,
+        contrastive_gather=True,
+        **kwargs,
+    ):
+        if vision_config is None:
+            vision_config = ViTConfig()
+        elif isinstance(vision_config, dict):
+            if "model_type" not in vision_config:
+                raise ValueError(
+                    "`vision_config` given as a dict must carry its `model_type` (e.g. 'vit', 'timm_wrapper'), "
+                    f"got keys {sorted(vision_config)}."
+                )
+            vision_config = AutoConfig.for_model(**vision_config)
+        elif not isinstance(vision_config, PreTrainedConfig):
+            raise ValueError(
+                f"`vision_config` must be a dict, a PreTrainedConfig or None, got {type(vision_config).__name__}."
+            )
+        self.vision_config = vision_config
+        self.vision_hidden_size = vision_hidden_size
+        self.vision_pooling = vision_pooling
+        self.text_hidden_size = text_hidden_size
+        self.use_alignment = use_alignment
+        self.projection_dim = projection_dim
+        self.projection_negative_slope = projection_negative_slope
+        self.contrastive_temperature_init = contrastive_temperature_init
+        self.learnable_temperature = learnable_temperature
+        self.reconstruction = reconstruction
+        self.num_train_timesteps = num_train_timesteps
+        self.beta_schedule = beta_schedule
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.num_inference_steps = num_inference_steps
+        self.sampler = sampler
+        self.sampler_seed = sampler_seed
+        self.denoiser_hidden_size = denoiser_hidden_size
+        self.timestep_embedding_dim = timestep_embedding_dim
+        self.fusion_mode = fusion_mode
+        self.classifier_input = classifier_input
+        self.visual_ce_weight = visual_ce_weight
+        self.alignment_loss_weight = alignment_loss_weight
+        self.reconstruction_ce_weight = reconstruction_ce_weight
+        self.reconstruction_loss_weight = reconstruction_loss_weight
+        self.fusion_ce_weight = fusion_ce_weight
+        self.classifier_dropout = classifier_dropout
+        self.initializer_range = initializer_range
+        self.contrastive_gather = contrastive_gather
+        super().__init__(**kwargs)
+        self.validate_marnet()
+
+    @classmethod
+    def from_ablation(cls, name, **kwargs):
+        """Config of one row of the paper's ablation (Table 2): `baseline`, `ema`, `mlp`, `cdr` or `full`.
+
+        `kwargs` override the row's settings (e.g. `fusion_mode="hm"` for a full-MARNet variant).
+        """
+        _check_choice("ablation", name, tuple(ABLATIONS))
+        return cls(**{**ABLATIONS[name], **kwargs})
+
+    def validate_marnet(self):
+        """Raises `ValueError` naming the field, the allowed values and the value given."""
+        _check_choice("vision_pooling", self.vision_pooling, VISION_POOLINGS)
+        _check_choice("reconstruction", self.reconstruction, RECONSTRUCTION_MODES)
+        _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        _check_choice("fusion_mode", self.fusion_mode, FUSION_MODES)
+        _check_choice("classifier_input", self.classifier_input, CLASSIFIER_INPUTS)
+        for name in ("use_alignment", "learnable_temperature", "contrastive_gather"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        for name in (
+            "text_hidden_size",
+            "projection_dim",
+            "num_train_timesteps",
+            "num_inference_steps",
+            "denoiser_hidden_size",
+            "timestep_embedding_dim",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.vision_hidden_size is not None:
+            _check_positive_int("vision_hidden_size", self.vision_hidden_size)
+        if isinstance(self.sampler_seed, bool) or not isinstance(self.sampler_seed, int) or self.sampler_seed < 0:
+            raise ValueError(f"`sampler_seed` must be an integer >= 0, got {self.sampler_seed!r}.")
+        if self.timestep_embedding_dim % 2:
+            raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {self.timestep_embedding_dim}.")
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"`num_inference_steps` ({self.num_inference_steps}) must be <= `num_train_timesteps` "
+                f"({self.num_train_timesteps})."
+            )
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(
+                f"`beta_start` and `beta_end` must satisfy 0 < beta_start < beta_end < 1, "
+                f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}."
+            )
+        if not 0 < self.contrastive_temperature_init < math.inf:
+            raise ValueError(
+                f"`contrastive_temperature_init` must be > 0 (the paper uses 0.07), got {self.contrastive_temperature_init!r}."
+            )
+        for name in (
+            "projection_negative_slope",
+            "visual_ce_weight",
+            "alignment_loss_weight",
+            "reconstruction_ce_weight",
+            "reconstruction_loss_weight",
+            "fusion_ce_weight",
+            "initializer_range",
+        ):
+            _check_non_negative(name, getattr(self, name))
+        if not 0 <= self.classifier_dropout < 1:
+            raise ValueError(f"`classifier_dropout` must be in [0, 1), got {self.classifier_dropout!r}.")
+        if self.classifier_input != "visual" and self.reconstruction == "none":
+            raise ValueError(
+                f"`classifier_input={self.classifier_input!r}` needs the CDR branch, but `reconstruction='none'`. "
+                "Use `classifier_input='visual'` or set `reconstruction` to 'diffusion' or 'mlp'."
+            )
+
+
+__all__ = ["MARNetConfig", "ABLATIONS"]

@@ -1,0 +1,212 @@
+"""Cross-modal Diffusion Reconstruction (CDR): noise schedule, x0-predicting denoiser and reverse sampler (eq. 14-23)."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_betas(schedule, num_train_timesteps, beta_start, beta_end):
+    """`beta_1..beta_T` as a float64 CPU tensor of shape (T,) (the noise schedule of eq. 14)."""
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64, device="cpu")
+    if schedule == "scaled_linear":
+        return (
+            torch.linspace(
+                beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64, device="cpu"
+            )
+            ** 2
+        )
+    if schedule == "squaredcos_cap_v2":
+        # Nichol & Dhariwal (2021): abar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), betas capped at 0.999.
+        steps = torch.arange(num_train_timesteps + 1, dtype=torch.float64, device="cpu") / num_train_timesteps
+        abar = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    raise ValueError(
+        f"`beta_schedule` must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', got {schedule!r}."
+    )
+
+
+def inference_timesteps(num_train_timesteps, num_inference_steps):
+    """Evenly spaced timesteps from T-1 (pure noise) down to 0, as a (S,) int64 CPU tensor."""
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"`num_inference_steps` must be in [1, {num_train_timesteps}] (num_train_timesteps), "
+            f"got {num_inference_steps!r}."
+        )
+    if num_inference_steps == 1:
+        return torch.tensor([num_train_timesteps - 1])
+    steps = torch.linspace(num_train_timesteps - 1, 0, num_inference_steps, dtype=torch.float64, device="cpu")
+    return steps.round().long()
+
+
+def timestep_embedding(timesteps, dim):
+    """Sinusoidal embedding of integer timesteps: (B,) -> (B, dim), half sines then half cosines."""
+    half = dim // 2
+    frequencies = torch.exp(
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    angles = timesteps.float()[:, None] * frequencies[None, :]  # (B, dim / 2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class MARNetMLP(nn.Module):
+    """Four linear layers with SiLU between them, the network shape the paper gives `X_theta` (section 3.3.2)."""
+
+    def __init__(self, in_features, hidden_features, out_features):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [
+                nn.Linear(in_features, hidden_features),
+                nn.Linear(hidden_features, hidden_features),
+                nn.Linear(hidden_features, hidden_features),
+                nn.Linear(hidden_features, out_features),
+            ]
+        )
+        self.activation = nn.SiLU()
+
+    def forward(self, hidden):
+        for layer in self.layers[:-1]:
+            hidden = self.activation(layer(hidden))
+        return self.layers[-1](hidden)
+
+
+class MARNetDenoiser(nn.Module):
+    """`X_theta(x_s^t, t, x_v)`: predicts the clean text feature `x_s^0` (x0-prediction, eq. 19).
+
+    The visual condition `x_v` and the sinusoidal embedding of `t` are concatenated to the noisy feature.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.timestep_embedding_dim = config.timestep_embedding_dim
+        in_features = config.text_hidden_size + config.timestep_embedding_dim + config.vision_hidden_size
+        self.mlp = MARNetMLP(in_features, config.denoiser_hidden_size, config.text_hidden_size)
+
+    def forward(self, noisy_text, timesteps, vision_features):
+        """(B, D_s) noisy feature, (B,) int timesteps, (B, H_v) condition -> (B, D_s) predicted `x_s^0`."""
+        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
+        return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
+
+
+class MARNetNoiseSchedule:
+    """The forward process (eq. 14-15) and reverse-step coefficients (eq. 21-23) built from a `MARNetConfig`.
+
+    Not an `nn.Module` and holds no buffers: everything is a pure function of the config, computed on first use in
+    float64 on the CPU, cached per (config values, device, dtype). A model loaded on the meta device, moved, or whose
+    `num_inference_steps` is changed after loading therefore always uses the right numbers.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self._cache = {}
+
+    def _key(self, *extra):
+        c = self.config
+        return (c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, *extra)
+
+    def alphas_cumprod(self):
+        """`abar_t = prod_{s<=t} (1 - beta_s)` (eq. 15), float64 CPU, shape (T,)."""
+        key = self._key("abar")
+        if key not in self._cache:
+            c = self.config
+            betas = make_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end)
+            self._cache[key] = torch.cumprod(1.0 - betas, dim=0)
+        return self._cache[key]
+
+    def add_noise(self, clean, noise, timesteps):
+        """`x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps` (eq. 15): (B, D), (B, D), (B,) -> (B, D)."""
+        abar = self.alphas_cumprod().to(clean.device)[timesteps].to(clean.dtype)[:, None]  # (B, 1)
+        return abar.sqrt() * clean + (1.0 - abar).sqrt() * noise
+
+    def reverse_coefficients(self, num_inference_steps, sampler, device, dtype):
+        """Per reverse step i (timestep t_i, next timestep t_{i+1}, `abar` of the last step taken as 1):
+
+        - ddpm: `x_{t+1} = c_x0 * x0_hat + c_xt * x_t + c_noise * z` with the posterior mean of eq. 22 and the
+          standard deviation `sqrt(beta_hat)` of eq. 21, where `beta` is respaced to `1 - abar_t / abar_next`.
+        - ddim (eta = 0): `x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) eps_hat` with
+          `eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)`, rewritten in the same three coefficients.
+
+        Returns the (S,) int64 timesteps on `device` and a (S, 3) tensor of `(c_x0, c_xt, c_noise)` in `dtype`.
+        """
+        key = self._key("reverse", num_inference_steps, sampler, str(device), dtype)
+        if key not in self._cache:
+            timesteps = inference_timesteps(self.config.num_train_timesteps, num_inference_steps)
+            abar_all = self.alphas_cumprod()
+            abar = abar_all[timesteps]  # (S,)
+            abar_next = torch.cat([abar_all[timesteps[1:]], torch.ones(1, dtype=torch.float64)])  # (S,)
+            if sampler == "ddpm":
+                beta = 1.0 - abar / abar_next
+                alpha = 1.0 - beta
+                c_x0 = abar_next.sqrt() * beta / (1.0 - abar)  # eq. 22, first term
+                c_xt = alpha.sqrt() * (1.0 - abar_next) / (1.0 - abar)  # eq. 22, second term
+                c_noise = ((1.0 - abar_next) / (1.0 - abar) * beta).sqrt()  # sqrt(beta_hat), eq. 21
+            elif sampler == "ddim":
+                c_eps = (1.0 - abar_next).sqrt() / (1.0 - abar).sqrt()
+                c_x0 = abar_next.sqrt() - c_eps * abar.sqrt()
+                c_xt = c_eps
+                c_noise = torch.zeros_like(abar)
+            else:
+                raise ValueError(f"`sampler` must be 'ddpm' or 'ddim', got {sampler!r}.")
+            coefficients = torch.stack([c_x0, c_xt, c_noise], dim=-1)  # (S, 3)
+            self._cache[key] = (timesteps.to(device), coefficients.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def sampler_noise(self, num_inference_steps, width, device, dtype):
+        """The fixed Gaussian draw of the reverse process: (S + 1, width); row 0 is `x_T`, row i + 1 the noise
+        added at step i. Seeded by `config.sampler_seed` and shared by every image of every batch."""
+        key = ("noise", self.config.sampler_seed, num_inference_steps, width, str(device), dtype)
+        if key not in self._cache:
+            generator = torch.Generator(device="cpu").manual_seed(self.config.sampler_seed)
+            noise = torch.randn(num_inference_steps + 1, width, generator=generator, dtype=torch.float32, device="cpu")
+            self._cache[key] = noise.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+
+class MARNetCrossModalReconstruction(nn.Module):
+    """CDR branch: reconstructs the text feature from the image (`x_CDR`, eq. 2).
+
+    - With `text_embeds` (training): noises `x_s` at a random t (eq. 15), predicts `x_s^0` and returns it with
+      `L_MSE` (eq. 19). In `"mlp"` mode (the paper's "+MLP" row) a plain MLP maps `x_v -> x_s`, no noise.
+    - Without text (inference): runs the reverse process (eq. 21-23, or DDIM) from the fixed noise, conditioned on
+      `x_v`, for `config.num_inference_steps` steps; the last x0 prediction is `x_CDR`.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        if config.reconstruction == "diffusion":
+            self.denoiser = MARNetDenoiser(config)
+            self.schedule = MARNetNoiseSchedule(config)
+        else:
+            self.mapper = MARNetMLP(config.vision_hidden_size, config.denoiser_hidden_size, config.text_hidden_size)
+
+    def forward(self, vision_features, text_embeds=None):
+        """(B, H_v) visual and optional (B, D_s) text features -> `x_CDR` (B, D_s) and `L_MSE` (or None)."""
+        if self.config.reconstruction == "mlp":
+            reconstructed = self.mapper(vision_features)
+        elif text_embeds is None:
+            return self.sample(vision_features), None
+        else:
+            batch_size = text_embeds.shape[0]
+            timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=text_embeds.device)
+            noise = torch.randn_like(text_embeds)
+            noisy_text = self.schedule.add_noise(text_embeds, noise, timesteps)  # x_s^t, eq. 15
+            reconstructed = self.denoiser(noisy_text, timesteps, vision_features)  # x_s^0 prediction
+        loss = F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
+        return reconstructed, loss
+
+    def sample(self, vision_features):
+        """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent."""
+        batch_size, dtype, device = vision_features.shape[0], vision_features.dtype, vision_features.device
+        steps = self.config.num_inference_steps
+        timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler, device, dtype)
+        noise = self.schedule.sampler_noise(steps, self.config.text_hidden_size, device, dtype)  # (S + 1, D_s)
+        sample = noise[0].expand(batch_size, -1)  # x_T, (B, D_s)
+        for i in range(steps):
+            t = timesteps[i].expand(batch_size)  # (B,)
+            predicted_clean = self.denoiser(sample, t, vision_features)  # X_theta(x_s^t, t, x_v)
+            c_x0, c_xt, c_noise = coefficients[i]
+            sample = c_x0 * predicted_clean + c_xt * sample + c_noise * noise[i + 1]
+        return sample

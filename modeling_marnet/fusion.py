@@ -1,0 +1,56 @@
+"""Multi-modal embedding fusion `x_EMA (+) x_CDR` (paper section 3.4, eq. 24)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FEATURE_FUSIONS = ("concat", "add", "mul")
+LOGIT_FUSIONS = ("sum", "hm")
+
+
+def fuse_logits(visual_logits, reconstruction_logits, mode):
+    """Counterfactual-VQA fusions of two branch logits (B, L) -> (B, L).
+
+    `sum`: `log sigmoid(a + b)`; `hm` (harmonic): `log(z / (1 + z))` with `z = sigmoid(a) * sigmoid(b)`, computed as
+    `log z - softplus(log z)` so it stays finite for large |a|, |b|.
+    """
+    if mode == "sum":
+        return F.logsigmoid(visual_logits + reconstruction_logits)
+    if mode == "hm":
+        log_z = F.logsigmoid(visual_logits) + F.logsigmoid(reconstruction_logits)
+        return log_z - F.softplus(log_z)
+    raise ValueError(f"`fusion_mode` for logit fusion must be one of {LOGIT_FUSIONS}, got {mode!r}.")
+
+
+class MARNetFusion(nn.Module):
+    """Fused classifier over the visual (EMA) and reconstructed (CDR) features.
+
+    `concat` classifies `[x_EMA, x_CDR]`; `add` / `mul` first project both to `projection_dim` (their widths differ in
+    general), then combine element-wise; `sum` / `hm` combine the two branch classifiers' logits and have no weights.
+    """
+
+    def __init__(self, config, visual_dim, reconstruction_dim):
+        super().__init__()
+        self.mode = config.fusion_mode
+        if self.mode in LOGIT_FUSIONS:
+            return
+        if self.mode == "concat":
+            fused_dim = visual_dim + reconstruction_dim
+        else:
+            fused_dim = config.projection_dim
+            self.visual_projection = nn.Linear(visual_dim, fused_dim)
+            self.reconstruction_projection = nn.Linear(reconstruction_dim, fused_dim)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(fused_dim, config.num_labels)
+
+    def forward(self, visual_embeds, reconstruction_embeds, visual_logits, reconstruction_logits):
+        """(B, D_EMA), (B, D_s) features and their (B, L) branch logits -> (B, L) fused logits."""
+        if self.mode in LOGIT_FUSIONS:
+            return fuse_logits(visual_logits, reconstruction_logits, self.mode)
+        if self.mode == "concat":
+            fused = torch.cat([visual_embeds, reconstruction_embeds], dim=-1)  # (B, D_EMA + D_s)
+        elif self.mode == "add":
+            fused = self.visual_projection(visual_embeds) + self.reconstruction_projection(reconstruction_embeds)
+        else:
+            fused = self.visual_projection(visual_embeds) * self.reconstruction_projection(reconstruction_embeds)
+        return self.classifier(self.dropout(fused))

@@ -1,0 +1,403 @@
+"""MARNet: Multimodal Alignment and Reconstruction Network (Zheng et al., 2024) as a transformers model."""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .alignment import MARNetEmbeddingAlignment
+from .configuration_marnet import MARNetConfig
+from .diffusion import MARNetCrossModalReconstruction
+from .fusion import MARNetFusion
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_marnet.MARNetConfig",
+    "AutoModel": "modeling_marnet.MARNetModel",
+    "AutoModelForImageClassification": "modeling_marnet.MARNetForImageClassification",
+}
+
+
+@dataclass
+class MARNetModelOutput(ModelOutput):
+    """Branch features of [`MARNetModel`].
+
+    Args:
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, vision_hidden_size)`):
+            Pooled visual feature `x_v = F_v(p)`.
+        visual_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim or vision_hidden_size)`):
+            Visual branch feature `x_EMA`: `g(E_v(x_v))` with alignment, `x_v` without.
+        text_projected_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+            `x_s' = g(E_s(x_s))`, when `text_embeds` were given and alignment is on.
+        reconstructed_text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+            `x_CDR`: the x0 prediction from noised text in training, the reverse-process sample at inference.
+        alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            `L_ITA` (eq. 11), when `text_embeds` were given and alignment is on.
+        reconstruction_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            `L_MSE` (eq. 19), when `text_embeds` were given and the CDR branch is on.
+        last_hidden_state (`torch.FloatTensor`):
+            The vision tower's last hidden state.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The vision tower's hidden states, with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The vision tower's attention maps, with `output_attentions=True`.
+    """
+
+    image_embeds: torch.FloatTensor | None = None
+    visual_embeds: torch.FloatTensor | None = None
+    text_projected_embeds: torch.FloatTensor | None = None
+    reconstructed_text_embeds: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MARNetImageClassifierOutput(ImageClassifierOutput):
+    """Output of [`MARNetForImageClassification`]: `loss` and `logits` as any image classifier, plus each term.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            With `labels`: the config-weighted sum of the terms below that exist.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Logits of `config.classifier_input` (fused, visual or reconstruction).
+        visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Classifier over `x_EMA`.
+        reconstruction_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Classifier over `x_CDR`.
+        visual_classification_loss (`torch.FloatTensor`, *optional*):
+            CE of the visual classifier (weight `visual_ce_weight`, `alpha_1` of eq. 13).
+        reconstruction_classification_loss (`torch.FloatTensor`, *optional*):
+            CE of the reconstruction classifier (weight `reconstruction_ce_weight`, `alpha_2` of eq. 20).
+        fusion_classification_loss (`torch.FloatTensor`, *optional*):
+            CE of the fused logits (weight `fusion_ce_weight`).
+        alignment_loss (`torch.FloatTensor`, *optional*):
+            `L_ITA` (weight `alignment_loss_weight`, `beta` of eq. 13).
+        reconstruction_loss (`torch.FloatTensor`, *optional*):
+            `L_MSE` (weight `reconstruction_loss_weight`, `gamma` of eq. 20).
+    """
+
+    visual_logits: torch.FloatTensor | None = None
+    reconstruction_logits: torch.FloatTensor | None = None
+    visual_classification_loss: torch.FloatTensor | None = None
+    reconstruction_classification_loss: torch.FloatTensor | None = None
+    fusion_classification_loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+
+
+def _build_vision_model(vision_config, pooling):
+    """The vision tower, without a BERT/ViT-style tanh pooler unless `pooling="pooler"` asks for it.
+
+    Returns the tower and the pooling actually used at forward time.
+    """
+    model_class = AutoModel._model_mapping[type(vision_config)]
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters and pooling != "pooler":
+        # Such poolers are untrained in most checkpoints and unused here: leaving them out keeps every parameter
+        # trained (DDP needs no find_unused_parameters) and makes "auto" the CLS token, as in the paper.
+        return model_class(vision_config, add_pooling_layer=False), "cls" if pooling == "auto" else pooling
+    return model_class(vision_config), pooling
+
+
+def _infer_vision_hidden_size(vision_model, vision_config):
+    timm_model = getattr(vision_model, "timm_model", None)
+    if timm_model is not None:
+        return int(timm_model.num_features)
+    if getattr(vision_config, "hidden_sizes", None):
+        return int(vision_config.hidden_sizes[-1])
+    if getattr(vision_config, "hidden_size", None):
+        return int(vision_config.hidden_size)
+    raise ValueError(
+        f"Cannot infer the pooled feature width of a {type(vision_config).__name__} vision tower: "
+        "set `vision_hidden_size` in MARNetConfig."
+    )
+
+
+class MARNetPreTrainedModel(PreTrainedModel):
+    config_class = MARNetConfig
+    config: MARNetConfig
+    base_model_prefix = "marnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def post_init(self):
+        super().post_init()
+        # Whichever MARNet class is saved, `trust_remote_code=True` users get every Auto class from the folder.
+        self.config.auto_map = dict(AUTO_MAP)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MARNetEmbeddingAlignment):
+            init.constant_(module.logit_scale, math.log(1.0 / self.config.contrastive_temperature_init))
+
+    def _set_gradient_checkpointing(self, enable=True, *args, **kwargs):
+        # Checkpointing happens inside the vision tower; the MARNet heads are small MLPs.
+        self.base_model.vision_model._set_gradient_checkpointing(enable, *args, **kwargs)
+
+    def _check_pixel_values(self, pixel_values):
+        num_channels = getattr(self.config.vision_config, "num_channels", None)
+        if pixel_values is None or pixel_values.dim() != 4:
+            got = "None" if pixel_values is None else f"shape {tuple(pixel_values.shape)}"
+            raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {got}.")
+        if num_channels is not None and pixel_values.shape[1] != num_channels:
+            raise ValueError(
+                f"`pixel_values` must have {num_channels} channels (vision_config.num_channels), got shape "
+                f"{tuple(pixel_values.shape)}. Convert images to RGB (the image processor does) or change the config."
+            )
+
+    def _check_text_embeds(self, text_embeds, batch_size):
+        expected = (batch_size, self.config.text_hidden_size)
+        if text_embeds.dim() != 2 or tuple(text_embeds.shape) != expected:
+            raise ValueError(
+                f"`text_embeds` must have shape (batch_size, text_hidden_size) = {expected}, got "
+                f"{tuple(text_embeds.shape)}. Pool the text encoder's output to one vector per image and set "
+                "`text_hidden_size` to the encoder's width."
+            )
+
+
+class MARNetModel(MARNetPreTrainedModel):
+    """MARNet without classifiers: the vision tower `F_v`, the EMA projections and the CDR branch.
+
+    Returns a [`MARNetModelOutput`] with `x_v`, `x_EMA`, `x_CDR`, and with `text_embeds` the alignment and
+    reconstruction losses.
+    """
+
+    def __init__(self, config: MARNetConfig):
+        super().__init__(config)
+        self.vision_model, self.pooling = _build_vision_model(config.vision_config, config.vision_pooling)
+        if config.vision_hidden_size is None:
+            config.vision_hidden_size = _infer_vision_hidden_size(self.vision_model, config.vision_config)
+        self.alignment = MARNetEmbeddingAlignment(config) if config.use_alignment else None
+        self.reconstruction = (
+            MARNetCrossModalReconstruction(config) if config.reconstruction != "none" else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.vision_model.get_input_embeddings()
+
+    def pool(self, vision_outputs):
+        """`x_v` (B, H_v) from the tower's output, by `config.vision_pooling`."""
+        last_hidden_state = vision_outputs.last_hidden_state
+        pooler_output = getattr(vision_outputs, "pooler_output", None)
+        if self.pooling == "pooler" or (self.pooling == "auto" and pooler_output is not None):
+            if pooler_output is None:
+                raise ValueError(
+                    f"`vision_pooling='pooler'` but the {type(self.vision_model).__name__} tower returns no "
+                    "pooler_output: use 'cls', 'mean' or 'auto'."
+                )
+            return pooler_output.flatten(1)
+        if self.pooling == "cls" or (self.pooling == "auto" and last_hidden_state.dim() == 3):
+            if last_hidden_state.dim() != 3:
+                raise ValueError(
+                    f"`vision_pooling='cls'` needs token features (B, N, C), got {tuple(last_hidden_state.shape)}."
+                )
+            return last_hidden_state[:, 0]
+        if last_hidden_state.dim() == 3:
+            return last_hidden_state.mean(dim=1)  # (B, N, C) -> (B, C)
+        return last_hidden_state.flatten(2).mean(dim=-1)  # (B, C, H, W) -> (B, C)
+
+    def forward(
+        self,
+        pixel_values=None,
+        text_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, as prepared by the image processor.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+            Privileged text features `x_s` (pooled output of a frozen or trained text encoder), training only.
+        """
+        self._check_pixel_values(pixel_values)
+        if text_embeds is not None:
+            self._check_text_embeds(text_embeds, pixel_values.shape[0])
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tower_kwargs = {"output_hidden_states": output_hidden_states, "return_dict": True}
+        if output_attentions:
+            tower_kwargs["output_attentions"] = output_attentions
+        vision_outputs = self.vision_model(pixel_values, **tower_kwargs, **kwargs)
+        image_embeds = self.pool(vision_outputs)  # x_v, (B, H_v)
+
+        visual_embeds, text_projected, alignment_loss = image_embeds, None, None
+        if self.alignment is not None:
+            visual_embeds, text_projected, alignment_loss = self.alignment(image_embeds, text_embeds)
+        reconstructed, reconstruction_loss = None, None
+        if self.reconstruction is not None:
+            reconstructed, reconstruction_loss = self.reconstruction(image_embeds, text_embeds)
+
+        output = MARNetModelOutput(
+            image_embeds=image_embeds,
+            visual_embeds=visual_embeds,
+            text_projected_embeds=text_projected,
+            reconstructed_text_embeds=reconstructed,
+            alignment_loss=alignment_loss,
+            reconstruction_loss=reconstruction_loss,
+            last_hidden_state=vision_outputs.last_hidden_state,
+            hidden_states=getattr(vision_outputs, "hidden_states", None),
+            attentions=getattr(vision_outputs, "attentions", None),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MARNetForImageClassification(MARNetPreTrainedModel):
+    """MARNet with its branch classifiers, fusion and final classifier (eq. 4, 24).
+
+    `forward(pixel_values)` alone gives `logits` (what the image-classification pipeline calls). In training, pass
+    `labels` and the privileged `text_embeds` to get the weighted MARNet loss and each of its terms.
+    """
+
+    def __init__(self, config: MARNetConfig):
+        super().__init__(config)
+        self.marnet = MARNetModel(config)
+        visual_dim = config.projection_dim if config.use_alignment else config.vision_hidden_size
+        uses_visual = config.classifier_input in ("visual", "fusion")
+        uses_reconstruction = config.classifier_input in ("reconstruction", "fusion")
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.visual_classifier = nn.Linear(visual_dim, config.num_labels) if uses_visual else None
+        self.reconstruction_classifier = (
+            nn.Linear(config.text_hidden_size, config.num_labels) if uses_reconstruction else None
+        )
+        self.fusion = (
+            MARNetFusion(config, visual_dim, config.text_hidden_size) if config.classifier_input == "fusion" else None
+        )
+        self.post_init()
+
+    @classmethod
+    def from_vision_pretrained(cls, vision_model_name_or_path, config=None, **kwargs):
+        """MARNet on a pretrained vision tower (local path or Hub id of any `AutoModel` vision checkpoint, timm ones
+        included), with freshly initialised MARNet heads.
+
+        Args:
+            vision_model_name_or_path (`str` or `os.PathLike`): the tower's checkpoint.
+            config ([`MARNetConfig`], *optional*): MARNet settings; its `vision_config` is replaced by the tower's.
+            kwargs: `MARNetConfig` fields (e.g. `text_hidden_size=384`, `id2label=...`), or `from_pretrained`
+                options for the tower (`revision`, `cache_dir`, `token`, `dtype`, ...).
+        """
+        config_fields = set(inspect.signature(MARNetConfig.__init__).parameters) | {"id2label", "label2id", "num_labels"}
+        config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
+        vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **kwargs)
+        base = config.to_dict() if config is not None else {}
+        base.update(config_kwargs)
+        base["vision_config"] = vision_model.config
+        base.pop("vision_hidden_size", None)
+        model = cls(MARNetConfig(**{k: v for k, v in base.items() if k not in ("model_type", "transformers_version")}))
+        missing, unexpected = model.marnet.vision_model.load_state_dict(vision_model.state_dict(), strict=False)
+        if unexpected or missing:
+            raise ValueError(
+                f"The tower from {vision_model_name_or_path!s} does not fit the MARNet vision model: "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}."
+            )
+        return model.to(vision_model.dtype)
+
+    def _check_labels(self, labels, batch_size):
+        if labels.dim() != 1 or labels.shape[0] != batch_size:
+            raise ValueError(f"`labels` must have shape ({batch_size},) (one class id per image), got {tuple(labels.shape)}.")
+        if labels.dtype.is_floating_point:
+            raise ValueError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.config.num_labels:
+            raise ValueError(
+                f"`labels` must be class ids in [0, {self.config.num_labels - 1}] (num_labels={self.config.num_labels}), "
+                f"got values from {low} to {high}."
+            )
+
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        text_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, as prepared by the image processor.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class ids in `[0, num_labels)`. With them the output carries `loss`.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+            Privileged text features `x_s`, given in training only. With them the alignment and reconstruction
+            losses are computed and the CDR branch uses its one-step x0 prediction instead of sampling.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0] if pixel_values is not None else -1)
+        outputs = self.marnet(
+            pixel_values,
+            text_embeds=text_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        visual_logits = reconstruction_logits = None
+        if self.visual_classifier is not None:
+            visual_logits = self.visual_classifier(self.dropout(outputs.visual_embeds))  # (B, L)
+        if self.reconstruction_classifier is not None:
+            reconstruction_logits = self.reconstruction_classifier(self.dropout(outputs.reconstructed_text_embeds))
+        if self.fusion is not None:
+            logits = self.fusion(
+                outputs.visual_embeds, outputs.reconstructed_text_embeds, visual_logits, reconstruction_logits
+            )
+        else:
+            logits = visual_logits if visual_logits is not None else reconstruction_logits
+
+        terms = {
+            "alignment_loss": (outputs.alignment_loss, self.config.alignment_loss_weight),
+            "reconstruction_loss": (outputs.reconstruction_loss, self.config.reconstruction_loss_weight),
+        }
+        if labels is not None:
+            terms["visual_classification_loss"] = (
+                F.cross_entropy(visual_logits, labels) if visual_logits is not None else None,
+                self.config.visual_ce_weight,
+            )
+            terms["reconstruction_classification_loss"] = (
+                F.cross_entropy(reconstruction_logits, labels) if reconstruction_logits is not None else None,
+                self.config.reconstruction_ce_weight,
+            )
+            terms["fusion_classification_loss"] = (
+                F.cross_entropy(logits, labels) if self.fusion is not None else None,
+                self.config.fusion_ce_weight,
+            )
+        loss = None
+        if labels is not None:
+            loss = sum(weight * value for value, weight in terms.values() if value is not None)
+
+        output = MARNetImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            visual_logits=visual_logits,
+            reconstruction_logits=reconstruction_logits,
+            **{name: value for name, (value, _) in terms.items()},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MARNetPreTrainedModel",
+    "MARNetModel",
+    "MARNetForImageClassification",
+    "MARNetModelOutput",
+    "MARNetImageClassifierOutput",
+]
