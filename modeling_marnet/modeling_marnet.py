@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
@@ -22,6 +22,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_marnet.MARNetModel",
     "AutoModelForImageClassification": "modeling_marnet.MARNetForImageClassification",
 }
+
+# `from_pretrained` options that locate a checkpoint, shared by its config and its weights.
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
 
 
 @dataclass
@@ -94,17 +97,17 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
     reconstruction_loss: torch.FloatTensor | None = None
 
 
-def _build_vision_model(vision_config, pooling):
-    """The vision tower, without a BERT/ViT-style tanh pooler unless `pooling="pooler"` asks for it.
+def _vision_model_spec(vision_config, pooling):
+    """The tower class for `vision_config`, its extra init kwargs, and the pooling used at forward time.
 
-    Returns the tower and the pooling actually used at forward time.
+    BERT/ViT-style towers are built without their tanh pooler unless `pooling="pooler"` asks for it: such poolers are
+    untrained in most checkpoints and unused here, so leaving them out keeps every parameter trained (DDP needs no
+    `find_unused_parameters`) and makes `"auto"` the CLS token, as in the paper.
     """
     model_class = AutoModel._model_mapping[type(vision_config)]
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters and pooling != "pooler":
-        # Such poolers are untrained in most checkpoints and unused here: leaving them out keeps every parameter
-        # trained (DDP needs no find_unused_parameters) and makes "auto" the CLS token, as in the paper.
-        return model_class(vision_config, add_pooling_layer=False), "cls" if pooling == "auto" else pooling
-    return model_class(vision_config), pooling
+        return model_class, {"add_pooling_layer": False}, "cls" if pooling == "auto" else pooling
+    return model_class, {}, pooling
 
 
 def _infer_vision_hidden_size(vision_model, vision_config):
@@ -178,7 +181,8 @@ class MARNetModel(MARNetPreTrainedModel):
 
     def __init__(self, config: MARNetConfig):
         super().__init__(config)
-        self.vision_model, self.pooling = _build_vision_model(config.vision_config, config.vision_pooling)
+        model_class, init_kwargs, self.pooling = _vision_model_spec(config.vision_config, config.vision_pooling)
+        self.vision_model = model_class(config.vision_config, **init_kwargs)
         if config.vision_hidden_size is None:
             config.vision_hidden_size = _infer_vision_hidden_size(self.vision_model, config.vision_config)
         self.alignment = MARNetEmbeddingAlignment(config) if config.use_alignment else None
@@ -289,23 +293,22 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             vision_model_name_or_path (`str` or `os.PathLike`): the tower's checkpoint.
             config ([`MARNetConfig`], *optional*): MARNet settings; its `vision_config` is replaced by the tower's.
             kwargs: `MARNetConfig` fields (e.g. `text_hidden_size=384`, `id2label=...`), or `from_pretrained`
-                options for the tower (`revision`, `cache_dir`, `token`, `dtype`, ...).
+                options for the tower (`revision`, `cache_dir`, `token`, `local_files_only`, `dtype`, ...).
         """
         config_fields = set(inspect.signature(MARNetConfig.__init__).parameters) | {"id2label", "label2id", "num_labels"}
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
-        vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **kwargs)
-        base = config.to_dict() if config is not None else {}
-        base.update(config_kwargs)
-        base["vision_config"] = vision_model.config
-        base.pop("vision_hidden_size", None)
-        model = cls(MARNetConfig(**{k: v for k, v in base.items() if k not in ("model_type", "transformers_version")}))
-        missing, unexpected = model.marnet.vision_model.load_state_dict(vision_model.state_dict(), strict=False)
-        if unexpected or missing:
-            raise ValueError(
-                f"The tower from {vision_model_name_or_path!s} does not fit the MARNet vision model: "
-                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}."
-            )
-        return model.to(vision_model.dtype)
+        fields = config.to_dict() if config is not None else {}
+        for key in ("model_type", "transformers_version", "vision_hidden_size", "auto_map", "architectures"):
+            fields.pop(key, None)
+        fields.update(config_kwargs)
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        fields["vision_config"] = AutoConfig.from_pretrained(vision_model_name_or_path, **hub_kwargs)
+        model = cls(MARNetConfig(**fields))
+        model_class, init_kwargs, _ = _vision_model_spec(model.config.vision_config, model.config.vision_pooling)
+        model.marnet.vision_model = model_class.from_pretrained(
+            vision_model_name_or_path, config=model.config.vision_config, **init_kwargs, **kwargs
+        )
+        return model.to(model.marnet.vision_model.dtype)
 
     def _check_labels(self, labels, batch_size):
         if labels.dim() != 1 or labels.shape[0] != batch_size:

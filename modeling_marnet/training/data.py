@@ -1,0 +1,172 @@
+"""Data for MARNet training: loading the dataset, checking it, the image transform and the batch collator.
+
+The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (ClassLabel), `text` (the privileged
+text), `ingredients` and `image_id`. Any dataset with an image column and a ClassLabel column works.
+"""
+
+from pathlib import Path
+
+import datasets
+import torch
+from torchvision.transforms import v2 as transforms
+
+from .errors import TrainingInputError
+
+
+def load_image_dataset(name_or_path):
+    """A `DatasetDict` from a `save_to_disk` directory, a Parquet file, a directory of Parquet files (split names in
+    the file names, as `push_to_hub` writes them) or a Hub id."""
+    path = Path(name_or_path)
+    try:
+        if (path / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(path))
+        if (path / "state.json").is_file():
+            raise TrainingInputError(
+                f"--dataset {path}: a single saved split, not a DatasetDict. Save the splits together with "
+                "`DatasetDict({'train': ..., 'validation': ...}).save_to_disk(...)`."
+            )
+        if path.is_file():
+            if path.suffix != ".parquet":
+                raise TrainingInputError(f"--dataset {path}: expected a .parquet file or a directory, got a "
+                                         f"{path.suffix or 'suffix-less'} file.")
+            return datasets.load_dataset("parquet", data_files={"train": str(path)})
+        return datasets.load_dataset(str(name_or_path))
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise TrainingInputError(
+            f"--dataset {name_or_path}: cannot load it ({error}). Give a `save_to_disk` directory, Parquet files, "
+            "or a Hub id (downloads need network: it is not in HF_HUB_OFFLINE mode or the local cache)."
+        ) from None
+
+
+def check_split(dataset_dict, split, option):
+    """The split, or an error naming the option to change and the splits there are."""
+    if split not in dataset_dict:
+        raise TrainingInputError(
+            f"The dataset has no split {split!r} (splits: {', '.join(dataset_dict)}). Pass {option} with one of them."
+        )
+    return dataset_dict[split]
+
+
+def class_names(dataset, label_column):
+    """The label names of the ClassLabel column, in id order."""
+    feature = dataset.features.get(label_column)
+    if not isinstance(feature, datasets.ClassLabel):
+        raise TrainingInputError(
+            f"Column {label_column!r} must be a datasets.ClassLabel (its names become the model's id2label), got "
+            f"{type(feature).__name__ if feature is not None else 'no such column'}. Convert it with "
+            f"`dataset.class_encode_column({label_column!r})` or pass --label-column."
+        )
+    return list(feature.names)
+
+
+def check_columns(dataset, split, columns):
+    """Every column of `columns` ({option: column}) exists in the split."""
+    for option, column in columns.items():
+        if column not in dataset.column_names:
+            raise TrainingInputError(
+                f"Split {split!r} has no column {column!r} (columns: {', '.join(dataset.column_names)}). "
+                f"Pass {option} with the right name."
+            )
+
+
+def check_label_range(dataset, split, label_column, num_labels):
+    """All labels in [0, num_labels): a bad id fails here, not in the loss in the middle of an epoch."""
+    labels = dataset.with_format("numpy")[label_column]
+    if len(labels) == 0:
+        raise TrainingInputError(f"Split {split!r} is empty.")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_labels:
+        raise TrainingInputError(
+            f"Split {split!r}, column {label_column!r}: labels must be in [0, {num_labels - 1}] (the ClassLabel has "
+            f"{num_labels} names), got values from {low} to {high}. Fix the labels or the ClassLabel names."
+        )
+
+
+def processor_image_size(image_processor):
+    """(height, width) of the images the processor outputs."""
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    size = dict(size)
+    if "height" in size:
+        return size["height"], size["width"]
+    edge = size.get("shortest_edge") or size.get("longest_edge")
+    return edge, edge
+
+
+def set_processor_image_size(image_processor, image_size):
+    """Makes the processor output `image_size` x `image_size` images (resize, then no crop)."""
+    image_processor.size = {"height": image_size, "width": image_size}
+    if hasattr(image_processor, "do_center_crop"):
+        image_processor.do_center_crop = False
+
+
+class ImageTransform:
+    """PIL images -> `pixel_values` (B, C, H, W) with the model's image processor; with `augment`, a random resized
+    crop and horizontal flip first (training only)."""
+
+    def __init__(self, image_processor, augment=False):
+        self.image_processor = image_processor
+        self.augmentation = None
+        if augment:
+            self.augmentation = transforms.Compose([
+                transforms.RandomResizedCrop(processor_image_size(image_processor), scale=(0.5, 1.0)),
+                transforms.RandomHorizontalFlip(),
+            ])
+
+    def __call__(self, images):
+        images = [image.convert("RGB") for image in images]
+        if self.augmentation is not None:
+            images = [self.augmentation(image) for image in images]
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+class ImageTextExamples(torch.utils.data.Dataset):
+    """Rows of one split as dicts of `image` (PIL), `labels` and the privileged text: row `i` of `text_embeds`
+    (N, D) when given, else the raw `text` string (for a text encoder trained jointly), else nothing."""
+
+    def __init__(self, dataset, image_column, label_column, text_column=None, text_embeds=None):
+        self.dataset = dataset
+        self.image_column = image_column
+        self.label_column = label_column
+        self.text_column = text_column
+        self.text_embeds = text_embeds
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        row = self.dataset[index]
+        example = {"image": row[self.image_column], "labels": row[self.label_column]}
+        if self.text_embeds is not None:
+            example["text_embeds"] = self.text_embeds[index]
+        elif self.text_column is not None:
+            example["text"] = row[self.text_column]
+        return example
+
+
+class MARNetCollator:
+    """Examples -> a batch of `pixel_values` (B, C, H, W), `labels` (B,) and, when the examples carry text,
+    `text_embeds` (B, D) or the tokenized text as `text_input_ids` / `text_attention_mask` (B, T)."""
+
+    def __init__(self, image_transform, tokenizer=None, max_length=128):
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, examples):
+        batch = {
+            "pixel_values": self.image_transform([example["image"] for example in examples]),
+            "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
+        }
+        if "text_embeds" in examples[0]:
+            batch["text_embeds"] = torch.stack([example["text_embeds"] for example in examples])
+        elif "text" in examples[0] and self.tokenizer is not None:
+            tokens = self.tokenizer(
+                [example["text"] for example in examples],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            batch["text_input_ids"] = tokens["input_ids"]
+            batch["text_attention_mask"] = tokens["attention_mask"]
+        return batch

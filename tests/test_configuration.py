@@ -1,0 +1,88 @@
+import logging
+
+import pytest
+from transformers import AutoConfig, ConvNextConfig, TimmWrapperConfig, ViTConfig
+from transformers.utils import logging as hf_logging
+
+from modeling_marnet import ABLATIONS, MARNetConfig
+from tiny_marnet import tiny_config
+
+
+def test_default_config_is_paper_setup_and_logs_nothing(caplog):
+    hf_logging.set_verbosity_info()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            config = MARNetConfig()
+    finally:
+        hf_logging.set_verbosity_warning()
+    assert caplog.records == []
+    assert isinstance(config.vision_config, ViTConfig)
+    assert (config.vision_config.hidden_size, config.vision_config.patch_size) == (768, 16)
+    assert config.contrastive_temperature_init == 0.07
+    assert (config.use_alignment, config.reconstruction, config.classifier_input) == (True, "diffusion", "fusion")
+    assert not hasattr(config, "temperature")
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    config = tiny_config(fusion_mode="hm", sampler="ddim", alignment_loss_weight=0.3, sampler_seed=7)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is MARNetConfig
+    saved, original = loaded.to_dict(), config.to_dict()
+    saved.pop("_name_or_path"), original.pop("_name_or_path")
+    assert saved == original
+    assert isinstance(loaded.vision_config, ViTConfig)
+
+
+@pytest.mark.parametrize(
+    "vision_config",
+    [TimmWrapperConfig(architecture="test_efficientnet"), ConvNextConfig(hidden_sizes=[8, 16, 24, 32])],
+    ids=["timm", "convnext"],
+)
+def test_any_vision_config_round_trips(tmp_path, vision_config):
+    MARNetConfig(vision_config=vision_config).save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path).vision_config) is type(vision_config)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_rows_apply_their_switches(name):
+    config = MARNetConfig.from_ablation(name, fusion_mode="sum")
+    for field, value in ABLATIONS[name].items():
+        assert getattr(config, field) == value
+    assert config.fusion_mode == "sum"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("fusion_mode", "max", "`fusion_mode` must be one of 'concat', 'add', 'mul', 'sum', 'hm', got 'max'"),
+        ("reconstruction", "vae", "`reconstruction` must be one of 'diffusion', 'mlp', 'none', got 'vae'"),
+        ("sampler", "euler", "`sampler` must be one of 'ddpm', 'ddim', got 'euler'"),
+        ("beta_schedule", "sigmoid", "`beta_schedule` must be one of"),
+        ("classifier_input", "text", "`classifier_input` must be one of"),
+        ("vision_pooling", "max", "`vision_pooling` must be one of"),
+        ("num_inference_steps", 0, "`num_inference_steps` must be a positive integer, got 0"),
+        ("num_inference_steps", 2000, "`num_inference_steps` (2000) must be <= `num_train_timesteps` (1000)"),
+        ("projection_dim", 1.5, "`projection_dim` must be a positive integer, got 1.5"),
+        ("timestep_embedding_dim", 7, "`timestep_embedding_dim` must be even"),
+        ("beta_end", 1e-5, "0 < beta_start < beta_end < 1"),
+        ("contrastive_temperature_init", 0.0, "`contrastive_temperature_init` must be > 0"),
+        ("alignment_loss_weight", -1.0, "`alignment_loss_weight` must be a number >= 0, got -1.0"),
+        ("classifier_dropout", 1.0, "`classifier_dropout` must be in [0, 1), got 1.0"),
+        ("use_alignment", "yes", "`use_alignment` must be True or False, got 'yes'"),
+        ("sampler_seed", -1, "`sampler_seed` must be an integer >= 0, got -1"),
+    ],
+)
+def test_invalid_values_name_field_allowed_and_given(field, value, message):
+    with pytest.raises(ValueError) as error:
+        MARNetConfig(**{field: value})
+    assert message in str(error.value)
+
+
+def test_unknown_ablation_and_inconsistent_switches_are_refused():
+    with pytest.raises(ValueError, match="`ablation` must be one of 'baseline', 'ema', 'mlp', 'cdr', 'full', got 'clip'"):
+        MARNetConfig.from_ablation("clip")
+    with pytest.raises(ValueError, match="needs the CDR branch, but `reconstruction='none'`"):
+        MARNetConfig(reconstruction="none", classifier_input="fusion")
+    with pytest.raises(ValueError, match="must carry its `model_type`"):
+        MARNetConfig(vision_config={"hidden_size": 32})

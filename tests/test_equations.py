@@ -1,0 +1,102 @@
+"""The paper's equations (see FIDELITY.md) checked on numbers against direct transcriptions."""
+
+import math
+
+import pytest
+import torch
+
+from modeling_marnet.alignment import MARNetProjection, image_text_contrastive_loss
+from modeling_marnet.diffusion import MARNetNoiseSchedule, inference_timesteps, make_betas
+from modeling_marnet.fusion import fuse_logits
+from tiny_marnet import tiny_config
+
+
+def test_eq_6_to_8_projection_is_linear_then_leaky_relu():
+    projection = MARNetProjection(3, 2, negative_slope=0.2)
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    linear = projection.dense(x)
+    expected = torch.where(linear >= 0, linear, 0.2 * linear)
+    torch.testing.assert_close(projection(x), expected)
+
+
+def test_eq_5_and_9_to_11_ita_loss():
+    torch.manual_seed(0)
+    v, s = torch.randn(4, 6), torch.randn(4, 6)
+    tau = 0.07
+
+    def sim(a, b):
+        return (a @ b) / (a.norm() * b.norm())
+
+    def direction(x, y):
+        return sum(
+            -math.log(math.exp(sim(x[i], y[i]) / tau) / sum(math.exp(sim(x[i], y[b]) / tau) for b in range(4)))
+            for i in range(4)
+        ) / 4
+
+    expected = direction(v, s) + direction(s, v)
+    loss, logits = image_text_contrastive_loss(v, s, torch.tensor(math.log(1 / tau)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert logits.shape == (4, 4)
+
+
+def test_eq_15_forward_noising():
+    config = tiny_config("cdr")
+    schedule = MARNetNoiseSchedule(config)
+    betas = make_betas("linear", config.num_train_timesteps, config.beta_start, config.beta_end)
+    x0, noise, t = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 17, 49])
+    abar = torch.tensor([math.prod(1 - b for b in betas[: k + 1].tolist()) for k in t.tolist()])[:, None]
+    torch.testing.assert_close(
+        schedule.add_noise(x0, noise, t), (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).float()
+    )
+
+
+def test_eq_21_to_23_ddpm_posterior_with_all_timesteps():
+    config = tiny_config("cdr", num_inference_steps=50, num_train_timesteps=50)
+    schedule = MARNetNoiseSchedule(config)
+    betas = make_betas("linear", 50, config.beta_start, config.beta_end)
+    abar = torch.cumprod(1 - betas, 0)
+    timesteps, coefficients = schedule.reverse_coefficients(50, "ddpm", "cpu", torch.float64)
+    assert timesteps.tolist() == list(range(49, -1, -1))
+    for i, t in enumerate(timesteps.tolist()):
+        abar_prev = abar[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+        beta_hat = (1 - abar_prev) / (1 - abar[t]) * betas[t]  # eq. 21
+        c_x0 = abar_prev.sqrt() * betas[t] / (1 - abar[t])  # eq. 22
+        c_xt = (1 - betas[t]).sqrt() * (1 - abar_prev) / (1 - abar[t])
+        torch.testing.assert_close(coefficients[i], torch.stack([c_x0, c_xt, beta_hat.sqrt()]))
+    # The last step returns the x0 prediction itself.
+    torch.testing.assert_close(coefficients[-1], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_ddim_step_reproduces_x0_and_eps_decomposition():
+    config = tiny_config("cdr", sampler="ddim")
+    schedule = MARNetNoiseSchedule(config)
+    abar = schedule.alphas_cumprod()
+    timesteps, coefficients = schedule.reverse_coefficients(5, "ddim", "cpu", torch.float64)
+    x_t, x0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    t, t_next = timesteps[0], timesteps[1]
+    eps = (x_t - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
+    expected = abar[t_next].sqrt() * x0 + (1 - abar[t_next]).sqrt() * eps
+    torch.testing.assert_close(coefficients[0, 0] * x0 + coefficients[0, 1] * x_t, expected)
+    assert coefficients[:, 2].abs().max() == 0
+
+
+def test_inference_timesteps_span_the_whole_chain():
+    assert inference_timesteps(1000, 10).tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert inference_timesteps(1000, 1).tolist() == [999]
+    with pytest.raises(ValueError, match=r"`num_inference_steps` must be in \[1, 1000\]"):
+        inference_timesteps(1000, 0)
+
+
+def test_cosine_schedule_matches_its_definition():
+    betas = make_betas("squaredcos_cap_v2", 10, 1e-4, 0.02)
+    f = [math.cos((k / 10 + 0.008) / 1.008 * math.pi / 2) ** 2 for k in range(11)]
+    expected = [min(1 - f[k + 1] / f[k], 0.999) for k in range(10)]
+    assert betas.tolist() == pytest.approx(expected)
+
+
+def test_sum_and_harmonic_fusions():
+    a, b = torch.tensor([[2.0, -1.0, 30.0]]), torch.tensor([[0.5, -3.0, 40.0]])
+    torch.testing.assert_close(fuse_logits(a, b, "sum"), torch.log(torch.sigmoid(a + b)))
+    z = torch.sigmoid(a) * torch.sigmoid(b)
+    torch.testing.assert_close(fuse_logits(a, b, "hm"), torch.log(z / (1 + z)))
+    assert torch.isfinite(fuse_logits(torch.full((1, 2), -200.0), torch.full((1, 2), -200.0), "hm")).all()
