@@ -100,3 +100,21 @@ def test_sum_and_harmonic_fusions():
     z = torch.sigmoid(a) * torch.sigmoid(b)
     torch.testing.assert_close(fuse_logits(a, b, "hm"), torch.log(z / (1 + z)))
     assert torch.isfinite(fuse_logits(torch.full((1, 2), -200.0), torch.full((1, 2), -200.0), "hm")).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_reverse_process_is_the_step_formula_applied_from_the_seeded_noise(sampler):
+    torch.manual_seed(0)
+    from modeling_marnet import MARNetForImageClassification
+
+    model = MARNetForImageClassification(tiny_config("cdr", sampler=sampler)).eval()
+    cdr = model.marnet.reconstruction
+    x_v = torch.randn(3, 32)
+    noise = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))  # sampler_seed=0, S + 1 rows
+    timesteps, coefficients = cdr.schedule.reverse_coefficients(5, sampler, "cpu", torch.float32)
+    x = noise[0].expand(3, -1)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            x0 = cdr.denoiser(x, t.expand(3), x_v)  # X_theta(x_s^t, t, x_v) on the concatenated input
+            x = coefficients[i, 0] * x0 + coefficients[i, 1] * x + coefficients[i, 2] * noise[i + 1]  # eq. 23
+        torch.testing.assert_close(cdr.sample(x_v), x, rtol=1e-5, atol=1e-5)

@@ -104,7 +104,7 @@ def test_inference_is_deterministic_and_independent_of_the_batch(sampler):
 def test_number_of_reverse_steps_is_read_from_the_config_at_call_time():
     model = make_model("cdr").eval()
     calls = []
-    model.marnet.reconstruction.denoiser.register_forward_hook(lambda *args: calls.append(1))
+    model.marnet.reconstruction.denoiser.mlp.layers[-1].register_forward_hook(lambda *args: calls.append(1))
     pixel_values, _, _ = tiny_batch(batch_size=2)
     with torch.no_grad():
         model(pixel_values)
