@@ -1,0 +1,18 @@
+"""Assemble the folder that becomes a Hub repo: the publishable files of a source folder plus its model card."""
+
+import shutil
+from pathlib import Path
+
+from .cli_support import atomic_directory
+
+
+def write_repo_folder(source, card, destination):
+    """Copy `source.files_to_publish` byte for byte and write `card` as README.md into `destination` (all or nothing).
+
+    Returns the relative file names in the folder, sorted.
+    """
+    with atomic_directory(destination) as staging:
+        for name in source.files_to_publish:
+            shutil.copyfile(Path(source.folder) / name, staging / name)
+        card.save(staging / "README.md")
+    return sorted(path.name for path in Path(destination).iterdir())
