@@ -102,17 +102,17 @@ class MARNetDenoiser(nn.Module):
         start = self.text_hidden_size + self.timestep_embedding_dim
         return F.linear(vision_features, first.weight[:, start:], first.bias)
 
-    def denoise(self, noisy_text, timestep, condition):
-        """`X_theta` from a precomputed `condition`: (B, D_s) noisy feature, scalar int timestep -> (B, D_s)."""
+    def time_terms(self, timesteps, dtype):
+        """`W_t emb(t)` for every reverse step at once: (S,) int timesteps -> (S, hidden)."""
         first = self.mlp.layers[0]
-        text_end = self.text_hidden_size
-        time_end = text_end + self.timestep_embedding_dim
-        time_embeds = timestep_embedding(timestep.reshape(1), self.timestep_embedding_dim).to(noisy_text.dtype)
-        hidden = (
-            F.linear(noisy_text, first.weight[:, :text_end])  # (B, hidden)
-            + F.linear(time_embeds, first.weight[:, text_end:time_end])  # (1, hidden), the same for every image
-            + condition
-        )
+        start = self.text_hidden_size
+        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(dtype)  # (S, E)
+        return F.linear(time_embeds, first.weight[:, start : start + self.timestep_embedding_dim])
+
+    def denoise(self, noisy_text, time_term, condition):
+        """`X_theta` from precomputed terms: (B, D_s) noisy feature, (hidden,) time term, (B, hidden) condition."""
+        first_text = self.mlp.layers[0].weight[:, : self.text_hidden_size]
+        hidden = torch.addmm(condition + time_term, noisy_text, first_text.t())  # (B, hidden)
         return self.mlp.forward_from_first_layer(hidden)
 
 
@@ -146,17 +146,17 @@ class MARNetNoiseSchedule:
         abar = self.alphas_cumprod().to(clean.device)[timesteps].to(clean.dtype)[:, None]  # (B, 1)
         return abar.sqrt() * clean + (1.0 - abar).sqrt() * noise
 
-    def reverse_coefficients(self, num_inference_steps, sampler, device, dtype):
+    def reverse_coefficients(self, num_inference_steps, sampler):
         """Per reverse step i (timestep t_i, next timestep t_{i+1}, `abar` of the last step taken as 1):
 
-        - ddpm: `x_{t+1} = c_x0 * x0_hat + c_xt * x_t + c_noise * z` with the posterior mean of eq. 22 and the
+        - ddpm: `x_next = c_x0 * x0_hat + c_xt * x_t + c_noise * z` with the posterior mean of eq. 22 and the
           standard deviation `sqrt(beta_hat)` of eq. 21, where `beta` is respaced to `1 - abar_t / abar_next`.
         - ddim (eta = 0): `x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) eps_hat` with
           `eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)`, rewritten in the same three coefficients.
 
-        Returns the (S,) int64 timesteps on `device` and a (S, 3) tensor of `(c_x0, c_xt, c_noise)` in `dtype`.
+        Returns the (S,) int64 timesteps and the (S, 3) float64 `(c_x0, c_xt, c_noise)`, both on the CPU.
         """
-        key = self._key("reverse", num_inference_steps, sampler, str(device), dtype)
+        key = self._key("reverse", num_inference_steps, sampler)
         if key not in self._cache:
             timesteps = inference_timesteps(self.config.num_train_timesteps, num_inference_steps)
             abar_all = self.alphas_cumprod()
@@ -175,8 +175,7 @@ class MARNetNoiseSchedule:
                 c_noise = torch.zeros_like(abar)
             else:
                 raise ValueError(f"`sampler` must be 'ddpm' or 'ddim', got {sampler!r}.")
-            coefficients = torch.stack([c_x0, c_xt, c_noise], dim=-1)  # (S, 3)
-            self._cache[key] = (timesteps.to(device), coefficients.to(device=device, dtype=dtype))
+            self._cache[key] = (timesteps, torch.stack([c_x0, c_xt, c_noise], dim=-1))  # (S,), (S, 3)
         return self._cache[key]
 
     def sampler_noise(self, num_inference_steps, width, device, dtype):
@@ -227,12 +226,15 @@ class MARNetCrossModalReconstruction(nn.Module):
         """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent."""
         batch_size, dtype, device = vision_features.shape[0], vision_features.dtype, vision_features.device
         steps = self.config.num_inference_steps
-        timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler, device, dtype)
+        timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler)
         noise = self.schedule.sampler_noise(steps, self.config.text_hidden_size, device, dtype)  # (S + 1, D_s)
+        # Everything that does not depend on the current sample is computed once for all steps.
+        condition = self.denoiser.condition(vision_features)  # (B, hidden)
+        time_terms = self.denoiser.time_terms(timesteps.to(device), dtype)  # (S, hidden)
         sample = noise[0].expand(batch_size, -1)  # x_T, (B, D_s)
-        condition = self.denoiser.condition(vision_features)  # (B, hidden), computed once for all steps
-        for i in range(steps):
-            predicted_clean = self.denoiser.denoise(sample, timesteps[i], condition)  # X_theta(x_s^t, t, x_v)
-            c_x0, c_xt, c_noise = coefficients[i]
-            sample = c_x0 * predicted_clean + c_xt * sample + c_noise * noise[i + 1]
+        for i, (c_x0, c_xt, c_noise) in enumerate(coefficients.tolist()):
+            predicted_clean = self.denoiser.denoise(sample, time_terms[i], condition)  # X_theta(x_s^t, t, x_v)
+            sample = c_x0 * predicted_clean + c_xt * sample  # posterior mean, eq. 22
+            if c_noise:
+                sample = sample + c_noise * noise[i + 1]  # eq. 23
         return sample
