@@ -71,7 +71,7 @@ def check_columns(dataset, split, columns):
 
 def check_label_range(dataset, split, label_column, num_labels):
     """All labels in [0, num_labels): a bad id fails here, not in the loss in the middle of an epoch."""
-    labels = dataset.with_format("numpy")[label_column]
+    labels = dataset.with_format("numpy")[label_column][:]  # (N,)
     if len(labels) == 0:
         raise TrainingInputError(f"Split {split!r} is empty.")
     low, high = int(labels.min()), int(labels.max())

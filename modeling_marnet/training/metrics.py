@@ -1,6 +1,5 @@
 """Top-k accuracy and mean cross-entropy accumulated over evaluation batches."""
 
-import torch
 import torch.nn.functional as F
 
 
@@ -31,15 +30,3 @@ class ClassificationMetrics:
             "num_samples": self.num_samples,
         }
 
-
-@torch.no_grad()
-def evaluate(model, dataloader, accelerator):
-    """Top-1/top-5 accuracy and loss of `model(pixel_values)` over a prepared dataloader, every sample counted
-    once across processes (`gather_for_metrics` drops the duplicates that pad the last batches)."""
-    model.eval()
-    metrics = ClassificationMetrics()
-    for batch in dataloader:
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
-        metrics.update(logits, labels)
-    return metrics.compute()
