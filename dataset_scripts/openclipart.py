@@ -15,7 +15,8 @@ What the builder makes of it:
 - Many PNGs are symlinks filing one drawing under several directories. Each drawing appears once,
   under its real path: its label is the class of its real location when that is in scope,
   otherwise that of its first in-scope listing (sorted by path).
-- `ingredients`: the cleaned keyword tags (stripped, lowercased; empty, "hash" and repeats dropped)
+- `ingredients`: the cleaned keyword tags (stripped, lowercased; empty tags, "hash" and its
+  "hash(0x...)" variants, and repeats dropped)
   over a sorted tag vocabulary. `text`: title, description and tags joined with ". ".
   Tags often name the class itself ("fruit", "dessert", "beverage"): the text is privileged
   information that makes the task easy when used at test time; this is a stand-in, not a benchmark.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import warnings
 import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
@@ -47,7 +49,8 @@ DEBIAN_ROOT = "/usr/share/openclipart"
 HINT = "Install the Debian packages: apt-get install openclipart-png openclipart-svg."
 CC_WORK = "{http://web.resource.org/cc/}Work"
 NAMESPACES = {"dc": "http://purl.org/dc/elements/1.1/", "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#"}
-DROPPED_TAGS = {"", "hash"}
+#: Empty tags and "hash" / "hash(0x8a0b6a8)" (artefacts of the package export) are dropped.
+DROPPED_TAG = re.compile(r"|hash|hash\(0x[0-9a-f]+\)")
 
 
 @dataclass
@@ -92,7 +95,7 @@ def read_svg_metadata(path: Path) -> tuple[str, str, list[str]]:
                 tags: list[str] = []
                 for item in element.iterfind("dc:subject/rdf:Bag/rdf:li", NAMESPACES):
                     tag = _clean(item.text).lower()
-                    if tag not in DROPPED_TAGS and tag not in tags:
+                    if not DROPPED_TAG.fullmatch(tag) and tag not in tags:
                         tags.append(tag)
                 return title, description, tags
     except ElementTree.ParseError as error:

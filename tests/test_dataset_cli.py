@@ -1,0 +1,269 @@
+"""`marnet-data build`: saved datasets, every documented raw-data error, skipping bad images,
+and the Hub path (Parquet + card written locally, loaded back; the real upload offline)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+import yaml
+
+from dataset_scripts.cli import main
+from raw_fixtures import (
+    VIREO_CLASSES,
+    VIREO_INGREDIENTS,
+    VIREO_LABELS,
+    VIREO_SPLITS,
+    write_food101,
+    write_ingredient101,
+    write_vireo,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    status = main(["build", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Everything in `directory`: scratch folders must never be left behind."""
+    return sorted(path.name for path in directory.iterdir())
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"fixture changed: {old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_build_saves_the_dataset_to_disk(tmp_path, capsys):
+    raw = write_vireo(tmp_path / "raw")
+    output = tmp_path / "out" / "vireo"
+    status, out, _ = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output, "--num-proc", 2)
+
+    assert status == 0
+    assert "train: 4, validation: 1, test: 2 images, 11 classes" in out
+    dataset_dict = datasets.load_from_disk(str(output))
+    assert dataset_dict["train"].features["label"].names == VIREO_CLASSES
+    assert {split: dataset["label"] for split, dataset in dataset_dict.items()} == VIREO_LABELS
+    assert leftovers(output.parent) == ["vireo"]
+
+
+VIREO = "SplitAndIngreLabel"
+# (dataset, how to break the fixture, message pattern: file, line and what is wrong)
+RAW_ERRORS = {
+    "missing root": ("vireo-food172", lambda raw: raw.rename(raw.with_name("moved")), r"raw[/\\]?: raw data root not found"),
+    "missing split file": ("vireo-food172", lambda raw: (raw / VIREO / "TE.txt").unlink(), r"TE\.txt: test split file not found"),
+    "listed image missing": (
+        "vireo-food172",
+        lambda raw: (raw / "ready_chinese_food/10/8_5.jpg").unlink(),
+        r"TR\.txt:3: listed image .*ready_chinese_food/10/8_5\.jpg does not exist",
+    ),
+    "wrong number of ingredient values": (
+        "vireo-food172",
+        lambda raw: replace_in(raw / VIREO / "IngreLabel.txt", "/1/8_5.jpg  1  1  -1  -1  -1\n", "/1/8_5.jpg  1  1  -1  -1\n"),
+        r"IngreLabel\.txt:6: 4 ingredient values for /1/8_5\.jpg, expected 5",
+    ),
+    "value other than 1/-1": (
+        "vireo-food172",
+        lambda raw: replace_in(raw / VIREO / "IngreLabel.txt", "/1/8_5.jpg  1  1  -1", "/1/8_5.jpg  1  1  0"),
+        r"IngreLabel\.txt:6: value '0' in ingredient column 3 of /1/8_5\.jpg; expected 1 .* or -1",
+    ),
+    "class folder out of range": (
+        "vireo-food172",
+        lambda raw: replace_in(raw / VIREO / "TE.txt", "/3/100_2.jpg", "/12/100_2.jpg"),
+        r"TE\.txt:2: class folder 12 of /12/100_2\.jpg is out of range; FoodList\.txt has 11 classes",
+    ),
+    "split path without label row": (
+        "vireo-food172",
+        lambda raw: replace_in(raw / VIREO / "IngreLabel.txt", "/3/100_2.jpg", "/3/100_3.jpg"),
+        r"TE\.txt:2: /3/100_2\.jpg has no row in .*IngreLabel\.txt",
+    ),
+    "missing labels file": (
+        "ingredient-101",
+        lambda raw: (raw / "annotations/val_labels.txt").unlink(),
+        r"val_labels\.txt: validation labels file not found",
+    ),
+    "missing split file, both spellings": (
+        "ingredient-101",
+        lambda raw: (raw / "annotations/test_images.txt").unlink(),
+        r"test_images\.txt or .*test\.txt: test split file not found",
+    ),
+    "label index out of range": (
+        "ingredient-101",
+        lambda raw: replace_in(raw / "annotations/test_labels.txt", "1\n2\n", "1\n4\n"),
+        r"test_labels\.txt:2: label '4' is not a class index in 0\.\.3",
+    ),
+    "labels disagree with folder": (
+        "ingredient-101",
+        lambda raw: replace_in(raw / "annotations/test_labels.txt", "1\n2\n", "1\n1\n"),
+        r"test_images\.txt:2: cheese_plate/2005 is in folder 'cheese_plate' \(class 2\) but line 2 .* class 1 \('cheesecake'\)",
+    ),
+    "split/labels line-count mismatch": (
+        "ingredient-101",
+        lambda raw: replace_in(raw / "annotations/train_labels.txt", "0\n1\n3\n", "0\n1\n3\n3\n"),
+        r"train_images\.txt has 3 lines but .*train_labels\.txt has 4",
+    ),
+    "food-101 class folder unknown": (
+        "food-101",
+        lambda raw: replace_in(raw / "meta/test.txt", "cheesecake/1004", "cheese_cake/1004"),
+        r"test\.txt:1: class folder 'cheese_cake' of cheese_cake/1004 is not in classes\.txt",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_ERRORS))
+def test_raw_data_errors_name_file_and_line_and_leave_no_output(tmp_path, capsys, case):
+    dataset, break_fixture, message = RAW_ERRORS[case]
+    raw = tmp_path / "raw"
+    if dataset == "vireo-food172":
+        write_vireo(raw)
+    elif dataset == "ingredient-101":
+        write_food101(write_ingredient101(raw))
+    else:
+        write_food101(raw)
+    break_fixture(raw)
+    output = tmp_path / "out" / "dataset"
+
+    status, _, err = run_cli(capsys, dataset, "--data-dir", raw, "--output", output)
+
+    assert status == 1
+    error_line = [line for line in err.splitlines() if line.startswith("marnet-data: error:")]
+    assert error_line, err
+    assert re.search(message, error_line[0]), error_line[0]
+    assert "Traceback" not in err
+    assert leftovers(output.parent) == []
+
+
+def truncate_image(raw: Path, path: str) -> None:
+    image = raw / "ready_chinese_food" / path.lstrip("/")
+    image.write_bytes(image.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_unreadable_image_fails_with_file_and_split_line(tmp_path, capsys, num_proc):
+    raw = write_vireo(tmp_path / "raw")
+    truncate_image(raw, "/1/8_5.jpg")
+    output = tmp_path / "out" / "vireo"
+
+    status, _, err = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output, "--num-proc", num_proc)
+
+    assert status == 1
+    assert "ready_chinese_food/1/8_5.jpg (listed at " in err and "TR.txt:2): unreadable image" in err
+    assert "--skip-bad-images" in err
+    assert leftovers(output.parent) == []
+
+
+def test_skip_bad_images_warns_with_count_and_first_ids(tmp_path, capsys, caplog):
+    raw = write_vireo(tmp_path / "raw")
+    truncate_image(raw, "/1/8_5.jpg")
+    (raw / "ready_chinese_food/3/100_2.jpg").write_bytes(b"not an image")
+    output = tmp_path / "vireo"
+
+    status, _, _ = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output, "--skip-bad-images")
+
+    assert status == 0
+    assert "Skipped 2 unreadable images (train: 1, test: 1); first ids: /1/8_5.jpg, /3/100_2.jpg" in caplog.text
+    dataset_dict = datasets.load_from_disk(str(output))
+    assert dataset_dict["train"]["image_id"] == ["/1/16_1.jpg", "/10/8_5.jpg", "/2/1271640204.51_nature_6.jpg"]
+    assert dataset_dict["test"]["image_id"] == ["/2/3.jpg_4.jpg"]
+
+
+def card_metadata(readme: Path) -> dict:
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_dry_run_push_writes_parquet_and_card_that_load_dataset_reads_back(tmp_path, capsys):
+    raw = write_vireo(tmp_path / "raw")
+    hub_folder = tmp_path / "hub"
+    status, out, _ = run_cli(
+        capsys, "vireo-food172", "--data-dir", raw, "--push-to-hub", "my-org/vireo", "--private", "--dry-run", "--output", hub_folder
+    )
+
+    assert status == 0
+    assert "Dry run: would upload to dataset repo my-org/vireo (private=True)" in out
+    for name in ["README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"]:
+        assert name in out and (hub_folder / name).is_file()
+
+    metadata = card_metadata(hub_folder / "README.md")
+    assert metadata["license"] == "other" and metadata["task_categories"] == ["image-classification"]
+    assert metadata["size_categories"] == ["n<1K"]
+    assert metadata["configs"][0]["data_files"] == [
+        {"split": split, "path": f"data/{split}-*"} for split in ("train", "validation", "test")
+    ]
+    readme = (hub_folder / "README.md").read_text()
+    assert "Chen, Jingjing and Ngo" in readme  # citation
+    assert "## Getting the raw data" in readme and "Request it from the VIREO group" in readme
+
+    expected = datasets.load_dataset(str(hub_folder), cache_dir=str(tmp_path / "cache-a"))
+    from_parquet = datasets.load_dataset("parquet", data_dir=str(hub_folder / "data"), cache_dir=str(tmp_path / "cache-b"))
+    for loaded in (expected, from_parquet):
+        assert list(loaded) == ["train", "validation", "test"]
+        features = loaded["train"].features
+        assert features["label"].names == VIREO_CLASSES
+        assert features["ingredients"].feature.names == VIREO_INGREDIENTS
+        assert isinstance(features["image"], datasets.Image)
+        for split, entries in VIREO_SPLITS.items():
+            assert loaded[split]["image_id"] == [path for path, _, _ in entries]
+            assert loaded[split]["label"] == VIREO_LABELS[split]
+            assert loaded[split]["ingredients"] == [present for _, present, _ in entries]
+            raw_images = loaded[split].cast_column("image", datasets.Image(decode=False))["image"]
+            assert [image["bytes"] for image in raw_images] == [
+                (raw / "ready_chinese_food" / path.lstrip("/")).read_bytes() for path, _, _ in entries
+            ]
+
+
+def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    raw = write_food101(tmp_path / "raw")
+    output = tmp_path / "out" / "food101"
+    status, _, err = run_cli(capsys, "food-101", "--data-dir", raw, "--push-to-hub", "my-org/food101", "--output", output)
+
+    assert status == 1
+    assert "marnet-data: error: cannot push to my-org/food101:" in err and "offline mode is enabled" in err
+    assert leftovers(output.parent) == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["food-101", "--data-dir", "{raw}", "--output", "{raw}"], "already exists"),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--dry-run"], "only apply with --push-to-hub"),
+        (["food-101", "--data-dir", "{raw}", "--push-to-hub", "o/n", "--dry-run"], "--output DIR is required"),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--config", "food"], "--config 'food' is not a config of food-101"),
+        (["openclipart", "--output", "{tmp}/o", "--config", "drinks"], "choose one of default, food"),
+        (["food-101", "--output", "{tmp}/o"], "--data-dir is required for food-101"),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--food101-dir", "{raw}"], "--food101-dir only applies"),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--num-proc", "0"], "--num-proc must be at least 1"),
+    ],
+)
+def test_option_errors_exit_2_before_any_work(tmp_path, capsys, args, message):
+    raw = write_food101(tmp_path / "raw")
+    status, _, err = run_cli(capsys, *(arg.format(raw=raw, tmp=tmp_path) for arg in args))
+    assert status == 2
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_entry_point_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dataset_scripts.cli", "build", "food-101", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1
+    assert f"marnet-data: error: {tmp_path / 'nowhere'}: raw data root not found" in result.stderr
+    assert "Traceback" not in result.stderr
