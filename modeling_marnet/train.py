@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
@@ -166,7 +166,10 @@ def publish(accelerator, model, image_processor, output_dir, metrics, hyperparam
 
 def run(args):
     started = time.perf_counter()
+    PartialState()  # joins the other processes (if launched) and lets the logger tell them apart
     check_output_dir(args)
+    checkpoints_dir = Path(args.output_dir) / "checkpoints"
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir) if args.resume_from_checkpoint else None
     train_split, validation_split, test_split, label_names = load_and_check_splits(args)
     checkpoint_config = load_checkpoint_config(args, label_names) if args.model_name_or_path else None
     text_encoder, tokenizer = resolve_text_source(args, train_split, checkpoint_config)
@@ -245,9 +248,7 @@ def run(args):
         accelerator.init_trackers("marnet", config=tracker_config(hyperparameters))
 
     state = TrainerState()
-    checkpoints_dir = output_dir / "checkpoints"
-    if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
+    if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
         if accelerator.is_main_process:
             remove_partial_checkpoints(checkpoints_dir)

@@ -1,0 +1,135 @@
+"""Bad input to `marnet-train` ends before the first step with a clear message, exit status 2 and no traceback."""
+
+import json
+
+import datasets
+import pytest
+from transformers import ViTImageProcessor
+
+from modeling_marnet import MARNetConfig, MARNetForImageClassification
+from modeling_marnet.train import main
+from train_fixtures import (
+    CLASS_COLOURS,
+    IMAGE_SIZE,
+    make_dataset_dict,
+    module_command,
+    run_command,
+    save_dataset,
+    save_text_encoder,
+    save_vision_tower,
+    tiny_model_args,
+)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors")
+    return {
+        "root": root,
+        "dataset": save_dataset(root / "dataset"),
+        "no_text": save_dataset(root / "no_text", make_dataset_dict(with_text=False)),
+        "tower": save_vision_tower(root / "tower"),
+        "bert16": save_text_encoder(root / "bert16", hidden_size=16),
+        "bert24": save_text_encoder(root / "bert24", hidden_size=24),
+    }
+
+
+def train_args(workspace, output_dir, *extra, dataset=None):
+    return ["--dataset", str(dataset or workspace["dataset"]), "--vision-model", str(workspace["tower"]),
+            "--text-encoder", str(workspace["bert16"]), "--output-dir", str(output_dir), "--max-steps", "2",
+            "--per-device-train-batch-size", "4", "--report-to", "none", *tiny_model_args(), *map(str, extra)]
+
+
+def expect_error(capsys, argv, *fragments):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_dataset_without_text_needs_the_baseline_ablation(workspace, tmp_path, capsys):
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=workspace["no_text"]),
+                 "Ablation 'full' learns from privileged text", "has no 'text' column", "--ablation baseline")
+    assert not (tmp_path / "out").exists()
+
+
+def test_visual_only_training_works_without_text_and_says_so(workspace, tmp_path):
+    output_dir = tmp_path / "visual"
+    result = run_command(module_command(
+        "modeling_marnet.train", "--dataset", workspace["no_text"], "--vision-model", workspace["tower"],
+        "--ablation", "baseline", "--output-dir", output_dir, "--max-steps", 3, "--per-device-train-batch-size", 8,
+        "--report-to", "none", "--checkpointing-steps", 0,
+    ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Visual-only training: the dataset has no 'text' column" in result.stderr
+    hyperparameters = json.loads((output_dir / "training_args.json").read_text())
+    assert hyperparameters["ablation"] == "baseline" and hyperparameters["text_hidden_size"] is None
+    assert json.loads((output_dir / "metrics.json").read_text())["per_split"]["test"]["num_samples"] == 9
+
+
+def test_missing_split(workspace, tmp_path, capsys):
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--validation-split", "dev"),
+                 "no split 'dev'", "train, validation, test", "--validation-split")
+
+
+def test_labels_out_of_range(workspace, tmp_path, capsys):
+    splits = make_dataset_dict()
+    bad_labels = [5 if i == 3 else label for i, label in enumerate(splits["validation"]["label"])]
+    splits["validation"] = splits["validation"].remove_columns("label").add_column("label", bad_labels).cast_column(
+        "label", splits["train"].features["label"])
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "bad", splits)),
+                 "Split 'validation', column 'label'", "[0, 3]", "from 0 to 5")
+
+
+def test_label_column_must_be_a_class_label(workspace, tmp_path, capsys):
+    splits = make_dataset_dict()
+    splits = splits.cast_column("label", datasets.Value("int64"))
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "int", splits)),
+                 "'label' must be a datasets.ClassLabel", "class_encode_column")
+
+
+def test_unknown_columns(workspace, tmp_path, capsys):
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--image-column", "photo"),
+                 "no column 'photo'", "image, label, ingredients, text, image_id", "--image-column")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--text-column", "recipe"),
+                 "no 'recipe' column", "--text-column")
+
+
+def test_text_encoder_width_must_match_the_checkpoint(workspace, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    vision_config = MARNetForImageClassification.from_vision_pretrained(str(workspace["tower"])).config.vision_config
+    config = MARNetConfig(vision_config=vision_config, text_hidden_size=16, projection_dim=8, denoiser_hidden_size=24,
+                          timestep_embedding_dim=8, num_train_timesteps=50, num_inference_steps=3,
+                          id2label=dict(enumerate(CLASS_COLOURS)))
+    MARNetForImageClassification(config).save_pretrained(checkpoint)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(checkpoint)
+    argv = ["--dataset", str(workspace["dataset"]), "--model-name-or-path", str(checkpoint), "--text-encoder",
+            str(workspace["bert24"]), "--output-dir", str(tmp_path / "out")]
+    expect_error(capsys, argv, "gives 24-d features", "text_hidden_size=16")
+
+
+def test_option_errors(workspace, tmp_path, capsys):
+    expect_error(capsys, ["--dataset", str(workspace["dataset"]), "--output-dir", str(tmp_path / "out")],
+                 "exactly one model source", "--vision-model", "--model-name-or-path")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("learning_rte: 0.1\n")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--config", config_file),
+                 "unknown option(s) ['learning_rte']", "learning_rate")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--marnet-config", "fusion=hm"),
+                 "unknown MARNetConfig field(s) ['fusion']", "fusion_mode")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.json").write_text("{}")
+    expect_error(capsys, train_args(workspace, tmp_path / "used"), "is not empty", "--resume-from-checkpoint latest")
+    expect_error(capsys, train_args(workspace, tmp_path / "fresh", "--resume-from-checkpoint", "latest"),
+                 "no finished checkpoint")
+
+
+def test_cli_error_is_one_line_on_stderr_without_traceback(workspace, tmp_path):
+    result = run_command(module_command("modeling_marnet.train", *train_args(workspace, tmp_path / "out",
+                                                                            "--train-split", "training")))
+    assert result.returncode == 2
+    assert "marnet-train: error: The dataset has no split 'training'" in result.stderr
+    assert "Traceback" not in result.stderr
