@@ -153,3 +153,59 @@ def write_ingredient101(root: Path, spelling: str = "images") -> Path:
         labels = INGREDIENT101_LABELS[split]
         _write(annotations / INGREDIENT101_LABEL_FILES[split], "".join(f"{label}\n" for label in labels))
     return root
+
+
+# ---------------------------------------------------------------- OpenClipart (Debian layout)
+OPENCLIPART_SVG = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/"
+     xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <metadata><rdf:RDF><cc:Work rdf:about="">
+    <dc:title>{title}</dc:title>
+    <dc:description>{description}</dc:description>
+    <dc:subject><rdf:Bag>{tags}</rdf:Bag></dc:subject>
+    <dc:creator><cc:Agent><dc:title>Some Author</dc:title></cc:Agent></dc:creator>
+  </cc:Work></rdf:RDF></metadata>
+  <rect width="8" height="8"/>
+</svg>
+"""
+OPENCLIPART_SVG_WITHOUT_METADATA = '<svg xmlns="http://www.w3.org/2000/svg"><rect width="8" height="8"/></svg>\n'
+# Regular drawings: path under png/ -> (title, description, raw tags).
+OPENCLIPART_DRAWINGS = {
+    "food/fruit/apple.png": ("An Apple", "", ["hash", "", "Food", "fruit", "hash(0x8a0b6a8)", "food", "apple"]),
+    "food/desserts/pie.png": ("Cherry pie", "A pie with cherries.", ["dessert", "pie"]),
+    "food/menu.png": ("Menu", "", ["menu"]),  # directly under food/: no sub-category
+    "animals/crawfish.png": ("Crawfish", "Crawfish", ["animal"]),
+    **{f"food/fruit/fruit_{index}.png": (f"Fruit {index}", "", ["fruit"]) for index in range(9)},
+    **{f"food/desserts/cake_{index}.png": (f"Cake {index}", "", ["dessert"]) for index in range(9)},
+}
+OPENCLIPART_NO_METADATA = "food/fruit/fruit_0.png"
+# Symlinks as in the package: path -> relative target.
+OPENCLIPART_LINKS = {
+    "food/fruit/pie.png": "../desserts/pie.png",  # cross-listed: real location desserts
+    "food/fruit/crawfish.png": "../../animals/crawfish.png",  # real location outside food/
+    "food/fruit/apple_02.png": "apple.png",  # a duplicate in the same folder
+}
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (8, 8)) -> bytes:
+    """A small RGBA PNG whose pixels depend on `seed`."""
+    pixels = bytes((seed * 29 + index * 7) % 256 for index in range(size[0] * size[1] * 4))
+    buffer = io.BytesIO()
+    Image.frombytes("RGBA", size, pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_openclipart(root: Path) -> Path:
+    """Write the OpenClipart fixture (png/ + svg/ trees with symlinks) under `root`; return `root`."""
+    for seed, (path, (title, description, tags)) in enumerate(OPENCLIPART_DRAWINGS.items()):
+        _write(root / "png" / path, png_bytes(seed))
+        svg = root / "svg" / path.replace(".png", ".svg")
+        if path == OPENCLIPART_NO_METADATA:
+            _write(svg, OPENCLIPART_SVG_WITHOUT_METADATA)
+        else:
+            items = "".join(f"<rdf:li>{tag}</rdf:li>" for tag in tags)
+            _write(svg, OPENCLIPART_SVG.format(title=title, description=description, tags=items))
+    for path, target in OPENCLIPART_LINKS.items():
+        (root / "png" / path).symlink_to(target)
+        (root / "svg" / path.replace(".png", ".svg")).symlink_to(target.replace(".png", ".svg"))
+    return root
