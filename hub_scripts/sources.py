@@ -97,7 +97,7 @@ def check_id2label(config, path):
             f"{path} has no id2label: set the class names when building the model "
             "(e.g. from the dataset's ClassLabel: `id2label=dict(enumerate(features['label'].names))`)."
         )
-    if sorted(id2label, key=int) != [str(i) for i in range(len(id2label))]:
+    if sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
         raise UserError(f"{path}: id2label keys must be the class ids 0..{len(id2label) - 1}, got {sorted(id2label)}.")
     if all(re.fullmatch(r"LABEL_\d+", str(name)) for name in id2label.values()):
         raise UserError(
