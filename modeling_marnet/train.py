@@ -36,6 +36,7 @@ from .training.data import (
     ImageTextExamples,
     ImageTransform,
     MARNetCollator,
+    RandomAugmentation,
     check_columns,
     check_label_range,
     check_split,
@@ -122,7 +123,7 @@ def resolve_text_source(args, train, config):
 
 
 def make_dataloader(examples, collator, batch_size, shuffle, args):
-    # A private generator keeps the global torch RNG (diffusion noise, augmentation) independent of how many
+    # A private generator keeps the global torch RNG (the diffusion noise) independent of how many
     # iterators are created, so a resumed run draws the same numbers as an uninterrupted one.
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
                       num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
@@ -207,9 +208,10 @@ def run(args):
     if joint:
         model = MARNetWithTextEncoder(model, text_encoder)
 
+    augmentation = RandomAugmentation(processor_image_size(image_processor), args.seed) if args.augment else None
     train_examples = ImageTextExamples(train_split, args.image_column, args.label_column,
-                                       args.text_column if joint else None, text_embeds)
-    train_collator = MARNetCollator(ImageTransform(image_processor, args.augment), tokenizer if joint else None,
+                                       args.text_column if joint else None, text_embeds, augmentation)
+    train_collator = MARNetCollator(ImageTransform(image_processor), tokenizer if joint else None,
                                     args.text_max_length)
     eval_collator = MARNetCollator(ImageTransform(image_processor))
     train_dataloader = make_dataloader(train_examples, train_collator, args.per_device_train_batch_size, True, args)
@@ -298,6 +300,7 @@ def run(args):
         if stop:
             break
         train_dataloader.set_epoch(epoch)  # the shuffle of epoch e depends on (seed, e) only
+        train_examples.set_epoch(epoch)  # so does its augmentation
         resumed_batches = state.batches_in_epoch if epoch == state.epoch else 0
         batches = accelerator.skip_first_batches(train_dataloader, resumed_batches) if resumed_batches else train_dataloader
         state.epoch, state.batches_in_epoch = epoch, resumed_batches

@@ -99,43 +99,66 @@ def set_processor_image_size(image_processor, image_size):
         image_processor.do_center_crop = False
 
 
-class ImageTransform:
-    """PIL images -> `pixel_values` (B, C, H, W) with the model's image processor; with `augment`, a random resized
-    crop and horizontal flip first (training only)."""
+class RandomAugmentation:
+    """Random resized crop + horizontal flip (training only) whose randomness depends on (seed, epoch, row) alone,
+    not on the global RNG: resumed, multi-process and multi-worker runs augment each row identically, and the
+    prefetching of batches cannot shift the random numbers the model draws."""
 
-    def __init__(self, image_processor, augment=False):
+    def __init__(self, image_size, seed):
+        self.transforms = transforms.Compose([
+            transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0)),
+            transforms.RandomHorizontalFlip(),
+        ])
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, image, index):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            return self.transforms(image)
+
+
+class ImageTransform:
+    """PIL images -> `pixel_values` (B, C, H, W) with the model's image processor (RGB conversion first)."""
+
+    def __init__(self, image_processor):
         self.image_processor = image_processor
-        self.augmentation = None
-        if augment:
-            self.augmentation = transforms.Compose([
-                transforms.RandomResizedCrop(processor_image_size(image_processor), scale=(0.5, 1.0)),
-                transforms.RandomHorizontalFlip(),
-            ])
 
     def __call__(self, images):
         images = [image.convert("RGB") for image in images]
-        if self.augmentation is not None:
-            images = [self.augmentation(image) for image in images]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 class ImageTextExamples(torch.utils.data.Dataset):
-    """Rows of one split as dicts of `image` (PIL), `labels` and the privileged text: row `i` of `text_embeds`
-    (N, D) when given, else the raw `text` string (for a text encoder trained jointly), else nothing."""
+    """Rows of one split as dicts of `image` (PIL, augmented when `augmentation` is given), `labels` and the
+    privileged text: row `i` of `text_embeds` (N, D) when given, else the raw `text` string (for a text encoder
+    trained jointly), else nothing."""
 
-    def __init__(self, dataset, image_column, label_column, text_column=None, text_embeds=None):
+    def __init__(self, dataset, image_column, label_column, text_column=None, text_embeds=None, augmentation=None):
         self.dataset = dataset
         self.image_column = image_column
         self.label_column = label_column
         self.text_column = text_column
         self.text_embeds = text_embeds
+        self.augmentation = augmentation
 
     def __len__(self):
         return len(self.dataset)
 
+    def set_epoch(self, epoch):
+        """Makes the augmentation of this epoch differ from the others'."""
+        if self.augmentation is not None:
+            self.augmentation.set_epoch(epoch)
+
     def __getitem__(self, index):
         row = self.dataset[index]
-        example = {"image": row[self.image_column], "labels": row[self.label_column]}
+        image = row[self.image_column]
+        if self.augmentation is not None:
+            image = self.augmentation(image.convert("RGB"), index)
+        example = {"image": image, "labels": row[self.label_column]}
         if self.text_embeds is not None:
             example["text_embeds"] = self.text_embeds[index]
         elif self.text_column is not None:
