@@ -139,14 +139,23 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         # `examples` is a list, so `num_proc` workers each get a contiguous slice of it.
+        with_text = self.index.ingredient_names is not None
         return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"examples": self.index.splits[split]})
+            datasets.SplitGenerator(
+                name=split, gen_kwargs={"examples": self.index.splits[split], "with_text": with_text}
+            )
             for split in SPLIT_ORDER
             if split in self.index.splits
         ]
 
-    def _generate_examples(self, examples: list[RawExample]):
-        with_text = self.index.ingredient_names is not None
+    def __getstate__(self):
+        # Workers get their examples through gen_kwargs: shipping the whole index to each of them
+        # would cost more than the work itself.
+        state = dict(super().__getstate__())
+        state.pop("index", None)
+        return state
+
+    def _generate_examples(self, examples: list[RawExample], with_text: bool):
         for example in examples:
             data = Path(example.image_file).read_bytes()
             try:

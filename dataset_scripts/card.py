@@ -58,9 +58,11 @@ def dataset_card(
     parquet_bytes: dict[str, int],
     pretty_name: str | None = None,
     extra_notes: str = "",
+    image_storage: str = "Images are stored as the original file bytes, never re-encoded.",
 ) -> DatasetCard:
     """Build the dataset card for `dataset_dict` made by `builder`, stored as Parquet under `data/`.
 
+    `extra_notes` (markdown) is appended to "How it was built"; `image_storage` says how images are kept.
     The YAML carries license, task category, size, `dataset_info` (features with the ClassLabel names,
     so `load_dataset(repo_id)` gives them back) and `configs` mapping each split to its Parquet files.
     """
@@ -91,7 +93,7 @@ def dataset_card(
 {builder.DESCRIPTION}
 
 Built with the `{type(builder).__name__}` builder of the MARNet project (`dataset_scripts`),
-config `{config_name}`. Columns: {column_names}. Images are stored as the original file bytes.
+config `{config_name}`. Columns: {column_names}. {image_storage}
 
 ```python
 from datasets import load_dataset

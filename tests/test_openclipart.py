@@ -129,3 +129,33 @@ def test_real_debian_package_food_config(tmp_path):
     for image in dataset_dict["test"]["image"]:  # every stored image decodes
         image.load()
         assert min(image.size) > 0
+
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "openclipart-food-demo"
+
+
+def test_committed_demo_subset_loads_with_class_names_and_stays_small(tmp_path):
+    from_card = datasets.load_dataset(str(DEMO), cache_dir=str(tmp_path / "a"))
+    from_parquet = datasets.load_dataset("parquet", data_dir=str(DEMO / "data"), cache_dir=str(tmp_path / "b"))
+    expected_classes = ["beverages", "breads_and_carbs", "desserts", "fruit", "meats_and_eggs", "vegetables"]
+    for loaded in (from_card, from_parquet):
+        assert list(loaded) == ["train", "validation", "test"]
+        assert loaded["train"].features["label"].names == expected_classes
+        assert set(loaded["train"]["label"]) == set(range(len(expected_classes)))
+    assert from_card["test"]["image_id"] == from_parquet["test"]["image_id"]
+    assert max(max(image.size) for image in from_card["validation"]["image"]) <= 96
+    assert sum(path.stat().st_size for path in DEMO.rglob("*") if path.is_file()) < 3 * 1024 * 1024
+
+
+@pytest.mark.skipif(not (DEBIAN_ROOT / "png").is_dir(), reason="Debian openclipart-png/openclipart-svg not installed")
+def test_demo_subset_regenerates_from_the_debian_package(tmp_path):
+    from dataset_scripts.make_demo_subset import main as make_demo_subset
+
+    make_demo_subset(["--output", str(tmp_path / "demo")])
+    committed = datasets.load_dataset(str(DEMO), cache_dir=str(tmp_path / "a"))
+    regenerated = datasets.load_dataset(str(tmp_path / "demo"), cache_dir=str(tmp_path / "b"))
+    assert regenerated["train"].features == committed["train"].features
+    columns = ["image_id", "label", "ingredients", "text"]
+    for split in committed:  # JPEG bytes may differ across libjpeg versions; sizes and rows may not
+        assert regenerated[split].select_columns(columns).to_list() == committed[split].select_columns(columns).to_list()
+        assert [image.size for image in regenerated[split]["image"]] == [image.size for image in committed[split]["image"]]
