@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -167,7 +167,9 @@ def publish(accelerator, model, image_processor, output_dir, metrics, hyperparam
 
 def run(args):
     started = time.perf_counter()
-    PartialState()  # joins the other processes (if launched) and lets the logger tell them apart
+    # Joins the other processes (if launched) and lets the logger tell them apart. ACCELERATE_USE_CPU=1 (what
+    # Accelerator reads) must reach this first state too, or a CPU multi-process launch would run as 1 process.
+    PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     check_output_dir(args)
     checkpoints_dir = Path(args.output_dir) / "checkpoints"
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir) if args.resume_from_checkpoint else None
