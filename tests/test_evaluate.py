@@ -1,0 +1,75 @@
+"""`marnet-eval`: metrics of any saved classifier on any split, in the layout of marnet-train's metrics.json."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, ViTImageProcessor
+
+from modeling_marnet import MARNetConfig, MARNetForImageClassification
+from modeling_marnet.evaluate import main
+from modeling_marnet.training.data import load_image_dataset
+from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, save_dataset, save_vision_tower
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    vision_config = MARNetForImageClassification.from_vision_pretrained(
+        str(save_vision_tower(root / "tower"))).config.vision_config
+    config = MARNetConfig(vision_config=vision_config, text_hidden_size=16, projection_dim=8, denoiser_hidden_size=24,
+                          timestep_embedding_dim=8, num_train_timesteps=50, num_inference_steps=3,
+                          id2label=dict(enumerate(CLASS_COLOURS)), label2id={n: i for i, n in enumerate(CLASS_COLOURS)})
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    MARNetForImageClassification(config).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(model_dir)
+    return model_dir, save_dataset(root / "dataset", parquet=True)
+
+
+def expected_metrics(model_dir, dataset_dir, split):
+    """Top-1 / top-5 computed directly, image by image."""
+    model = MARNetForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    rows = load_image_dataset(dataset_dir)[split]
+    top1 = top5 = 0
+    for row in rows:
+        with torch.no_grad():
+            logits = model(pixel_values=processor(row["image"].convert("RGB"), return_tensors="pt")["pixel_values"]).logits[0]
+        ranking = logits.argsort(descending=True).tolist()
+        top1 += ranking[0] == row["label"]
+        top5 += row["label"] in ranking[:5]
+    return top1 / len(rows), top5 / len(rows), len(rows)
+
+
+def test_metrics_of_two_splits_match_a_direct_computation(saved_model, tmp_path, capsys):
+    model_dir, dataset_dir = saved_model
+    output = tmp_path / "eval" / "metrics.json"
+    main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "validation", "--split", "test",
+          "--batch-size", "4", "--output", str(output)])
+    metrics = json.loads(output.read_text())
+    assert json.loads(capsys.readouterr().out) == metrics
+    assert metrics["split"] == "validation" and set(metrics["per_split"]) == {"validation", "test"}
+    for split in ("validation", "test"):
+        top1, top5, count = expected_metrics(model_dir, dataset_dir, split)
+        assert metrics["per_split"][split]["num_samples"] == count
+        assert metrics["per_split"][split]["top1"] == pytest.approx(top1)
+        assert metrics["per_split"][split]["top5"] == pytest.approx(top5)
+        assert metrics["per_split"][split]["loss"] > 0
+    assert metrics["top1"] == metrics["per_split"]["validation"]["top1"]
+
+
+def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, capsys):
+    model_dir, dataset_dir = saved_model
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "dev"])
+    assert exit_info.value.code == 2
+    assert "no split 'dev'" in capsys.readouterr().err
+    other = MARNetForImageClassification.from_pretrained(model_dir)
+    other.config.id2label = {i: f"dish_{i}" for i in range(4)}
+    other.save_pretrained(tmp_path / "other")
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "other"), "--dataset", str(dataset_dir)])
+    assert exit_info.value.code == 2
+    assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
