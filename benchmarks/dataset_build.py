@@ -2,7 +2,8 @@
 
 Writes a raw Vireo-Food172 archive of `--num-images` small JPEGs (172 class folders, 353 ingredient
 columns, the real layout) into a temp dir, then times `download_and_prepare` (index parsing, reading
-and checking every image, writing Arrow) for each worker count, interleaved, and reports the median.
+and checking every image, writing Arrow) for each worker count, interleaved, and reports the median wall-clock rate and the CPU time per image (workers included): on a machine
+busy with other work the wall-clock gain of more workers shrinks, the CPU cost does not.
 
     python benchmarks/dataset_build.py                       # 10k images of 64 px, num_proc 1 and 2
     python benchmarks/dataset_build.py --num-images 2000 --num-proc 1 2 4
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -69,28 +71,41 @@ def write_raw_vireo(root: Path, num_images: int, image_size: int) -> None:
     (annotations / "IngreLabel.txt").write_text("".join(rows))
 
 
-def timed_build(raw: Path, cache_dir: Path, num_proc: int) -> float:
-    """Seconds to parse the index and write every split (a fresh cache each time)."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished worker processes."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def timed_build(raw: Path, cache_dir: Path, num_proc: int) -> tuple[float, float]:
+    """Wall and CPU seconds to parse the index and write every split (a fresh cache each time)."""
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     builder = VireoFood172(data_dir=str(raw), cache_dir=str(cache_dir))
     builder.download_and_prepare(num_proc=num_proc)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - start_cpu
 
 
 def main():
     args = parse_args()
     datasets.disable_progress_bars()
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "raw"
         write_raw_vireo(raw, args.num_images, args.image_size)
         raw_bytes = sum(path.stat().st_size for path in (raw / "ready_chinese_food").rglob("*.jpg"))
         seconds = {num_proc: [] for num_proc in args.num_proc}
+        cpu = {num_proc: [] for num_proc in args.num_proc}
         for repeat in range(args.repeats):
             for num_proc in args.num_proc:
-                seconds[num_proc].append(timed_build(raw, Path(scratch) / f"cache-{repeat}-{num_proc}", num_proc))
+                wall, cpu_time = timed_build(raw, Path(scratch) / f"cache-{repeat}-{num_proc}", num_proc)
+                seconds[num_proc].append(wall)
+                cpu[num_proc].append(cpu_time)
     results = {
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_at_start": load_at_start,  # other work on the machine competes with the workers
         "num_images": args.num_images,
         "image_size": args.image_size,
         "mean_image_bytes": raw_bytes / args.num_images,
@@ -99,6 +114,7 @@ def main():
                 "seconds": runs,
                 "median_seconds": statistics.median(runs),
                 "images_per_second": args.num_images / statistics.median(runs),
+                "cpu_ms_per_image": 1000 * statistics.median(cpu[num_proc]) / args.num_images,
             }
             for num_proc, runs in seconds.items()
         },
@@ -106,7 +122,11 @@ def main():
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     for num_proc, run in results["runs"].items():
-        print(f"num_proc={num_proc}: {run['images_per_second']:.0f} images/s (median of {args.repeats}: {run['median_seconds']:.1f} s)")
+        print(
+            f"num_proc={num_proc}: {run['images_per_second']:.0f} images/s (median of {args.repeats}: "
+            f"{run['median_seconds']:.1f} s), {run['cpu_ms_per_image']:.2f} CPU ms/image"
+        )
+    print(f"load average at start: {load_at_start:.2f} on {os.cpu_count()} CPUs")
     print(f"wrote {args.output}")
 
 

@@ -38,6 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.utils import tqdm as hf_tqdm
 from PIL import Image
 
 from .builder_base import RawExample, RawImageBuilder, RawImageConfig, RawIndex
@@ -182,7 +183,7 @@ class OpenClipart(RawImageBuilder):
         listings = self._listings_by_real_path(png_root)
         drawings = []  # (label, real path, listing path, title, description, tags)
         oversized, outside, multi_class = [], 0, 0
-        for real_path, listed_paths in sorted(listings.items()):
+        for real_path, listed_paths in hf_tqdm(sorted(listings.items()), desc="Reading OpenClipart metadata", unit=" drawings"):
             in_scope = [(path, self._class_of(path)) for path in listed_paths]
             in_scope = [(path, name) for path, name in in_scope if name is not None]
             if not in_scope:

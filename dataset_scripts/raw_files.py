@@ -97,7 +97,7 @@ def check_image_bytes(data: bytes) -> None:
                     image.load()
                 else:
                     image.verify()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise OSError(str(error)) from None
-        except (SyntaxError, ValueError) as error:  # PIL reports some corrupt files this way
-            raise OSError(str(error)) from None
+        except OSError:
+            raise
+        except Exception as error:  # corrupt files also surface as SyntaxError, ValueError, struct.error, ...
+            raise OSError(f"{type(error).__name__}: {error}") from None

@@ -113,6 +113,16 @@ RAW_ERRORS = {
         lambda raw: replace_in(raw / "annotations/train_labels.txt", "0\n1\n3\n", "0\n1\n3\n3\n"),
         r"train_images\.txt has 3 lines but .*train_labels\.txt has 4",
     ),
+    "blank line inside a class list": (
+        "vireo-food172",
+        lambda raw: replace_in(raw / VIREO / "FoodList.txt", "Mapo tofu\n", "\nMapo tofu\n"),
+        r"FoodList\.txt:3: empty line",
+    ),
+    "image listed twice": (
+        "food-101",
+        lambda raw: replace_in(raw / "meta/test.txt", "cheesecake/1004", "apple_pie/1011328"),
+        r"test\.txt:1: apple_pie/1011328 is already listed at .*train\.txt:2",
+    ),
     "food-101 class folder unknown": (
         "food-101",
         lambda raw: replace_in(raw / "meta/test.txt", "cheesecake/1004", "cheese_cake/1004"),
@@ -146,7 +156,8 @@ def test_raw_data_errors_name_file_and_line_and_leave_no_output(tmp_path, capsys
 
 def truncate_image(raw: Path, path: str) -> None:
     image = raw / "ready_chinese_food" / path.lstrip("/")
-    image.write_bytes(image.read_bytes()[:200])
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) - 40])  # header intact: only a full decode notices
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
