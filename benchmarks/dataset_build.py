@@ -2,7 +2,8 @@
 
 Writes a raw Vireo-Food172 archive of `--num-images` small JPEGs (172 class folders, 353 ingredient
 columns, the real layout) into a temp dir, then times `download_and_prepare` (index parsing, reading
-and checking every image, writing Arrow) for each worker count, interleaved, and reports the median wall-clock rate and the CPU time per image (workers included): on a machine
+and checking every image, writing Arrow) for each worker count, interleaved, and reports the median
+wall-clock rate and the CPU time per image (workers included): on a machine
 busy with other work the wall-clock gain of more workers shrinks, the CPU cost does not.
 
     python benchmarks/dataset_build.py                       # 10k images of 64 px, num_proc 1 and 2

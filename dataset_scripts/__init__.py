@@ -25,4 +25,13 @@ BUILDERS = {
     "openclipart": OpenClipart,
 }
 
-__all__ = ["BUILDERS", "Food101", "Ingredient101", "OpenClipart", "RawDataError", "RawImageBuilder", "VireoFood172", "food_features"]
+__all__ = [
+    "BUILDERS",
+    "Food101",
+    "Ingredient101",
+    "OpenClipart",
+    "RawDataError",
+    "RawImageBuilder",
+    "VireoFood172",
+    "food_features",
+]

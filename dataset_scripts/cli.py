@@ -57,19 +57,33 @@ def build_dataset(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="marnet-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="marnet-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a dataset from its raw files")
     build.add_argument("dataset", choices=sorted(BUILDERS))
     build.add_argument("--data-dir", help=f"root of the raw files (openclipart: defaults to {DEBIAN_ROOT})")
-    build.add_argument("--output", type=Path, help="where to write: save_to_disk folder, or the Parquet files with --push-to-hub")
-    build.add_argument("--food101-dir", help="ingredient-101 only: Food-101 root holding images/ (defaults to --data-dir)")
+    build.add_argument(
+        "--output", type=Path, help="where to write: save_to_disk folder, or the Parquet files with --push-to-hub"
+    )
+    build.add_argument(
+        "--food101-dir", help="ingredient-101 only: Food-101 root holding images/ (defaults to --data-dir)"
+    )
     build.add_argument("--config", help="builder config: ingredient-101 default|simplified, openclipart default|food")
     build.add_argument("--num-proc", type=int, default=1, help="worker processes (default 1)")
-    build.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images with a warning instead of failing")
-    build.add_argument("--push-to-hub", metavar="REPO_ID", help="upload Parquet + dataset card to this Hub dataset repo")
+    build.add_argument(
+        "--skip-bad-images", action="store_true", help="leave out unreadable images with a warning instead of failing"
+    )
+    build.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="upload Parquet + dataset card to this Hub dataset repo"
+    )
     build.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
-    build.add_argument("--dry-run", action="store_true", help="with --push-to-hub: write the files to --output and list them, upload nothing")
+    build.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --push-to-hub: write the files to --output and list them, upload nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,7 +92,9 @@ def check_options(args: argparse.Namespace) -> None:
     builder_class = BUILDERS[args.dataset]
     config_names = [config.name for config in builder_class.BUILDER_CONFIGS] or ["default"]
     if args.config is not None and args.config not in config_names:
-        raise UsageError(f"--config {args.config!r} is not a config of {args.dataset}; choose one of {', '.join(config_names)}.")
+        raise UsageError(
+            f"--config {args.config!r} is not a config of {args.dataset}; choose one of {', '.join(config_names)}."
+        )
     if args.data_dir is None and args.dataset != "openclipart":
         raise UsageError(f"--data-dir is required for {args.dataset}: the folder you unpacked the raw archive into.")
     if args.food101_dir is not None and args.dataset != "ingredient-101":
@@ -128,7 +144,10 @@ def run_build(args: argparse.Namespace) -> None:
             result.rename(args.output)
         summary = ", ".join(f"{split}: {len(dataset):,}" for split, dataset in dataset_dict.items())
         destination = args.output if args.output is not None else args.push_to_hub
-        print(f"{args.dataset} ({builder.config.name}): {summary} images, {builder.info.features['label'].num_classes} classes -> {destination}")
+        print(
+            f"{args.dataset} ({builder.config.name}): {summary} images, "
+            f"{builder.info.features['label'].num_classes} classes -> {destination}"
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -90,7 +90,9 @@ class Food101(RawImageBuilder):
         images = require_dir(data_dir / "images", "image directory", FOOD101_HINT)
         class_names = read_names(require_file(meta / "classes.txt", "class list", FOOD101_HINT), "class name")
         splits = {
-            split: read_food101_split(require_file(meta / f"{split}.txt", f"{split} split file", FOOD101_HINT), images, class_names)
+            split: read_food101_split(
+                require_file(meta / f"{split}.txt", f"{split} split file", FOOD101_HINT), images, class_names
+            )
             for split in ("train", "test")
         }
         return RawIndex(class_names=class_names, ingredient_names=None, splits=splits)

@@ -138,7 +138,8 @@ class Ingredient101(RawImageBuilder):
         lines = read_lines(require_file(path, "ingredient file", HINT))
         if len(lines) != num_classes:
             raise RawDataError(
-                f"{path} has {len(lines)} lines, expected {num_classes} (line i = ingredients of class i in classes.txt)."
+                f"{path} has {len(lines)} lines, expected {num_classes} "
+                "(line i = ingredients of class i in classes.txt)."
             )
         class_ingredients = []
         for number, line in lines:
@@ -147,4 +148,3 @@ class Ingredient101(RawImageBuilder):
                 raise RawDataError(f"{path}:{number}: no ingredient names; expected a comma-separated list.")
             class_ingredients.append(names)
         return class_ingredients
-

@@ -65,7 +65,9 @@ def demo_subset(
     dataset_dict = dataset_dict.filter(lambda label: label in new_label, input_columns="label")
 
     tag_names = features["ingredients"].feature.names
-    used_tags = sorted({tag_names[i] for dataset in dataset_dict.values() for row in dataset["ingredients"] for i in row})
+    used_tags = sorted(
+        {tag_names[i] for dataset in dataset_dict.values() for row in dataset["ingredients"] for i in row}
+    )
     new_tag = {tag_names.index(name): index for index, name in enumerate(used_tags)}
     subset_features = datasets.Features(
         {
@@ -109,7 +111,11 @@ def main(argv=None) -> None:
             subset,
             staging,
             lambda parquet_bytes: dataset_card(
-                builder, subset, REPO_ID, parquet_bytes, pretty_name="OpenClipart food (demo subset)",
+                builder,
+                subset,
+                REPO_ID,
+                parquet_bytes,
+                pretty_name="OpenClipart food (demo subset)",
                 extra_notes=notes,
                 image_storage="Images are small JPEG thumbnails re-encoded from the originals (see Demo subset below).",
             ),
@@ -119,7 +125,9 @@ def main(argv=None) -> None:
         staging.rename(args.output)
     sizes = {split: len(dataset) for split, dataset in subset.items()}
     total_bytes = sum(path.stat().st_size for path in args.output.rglob("*") if path.is_file())
-    print(f"wrote {args.output}: {sizes}, {len(subset['train'].features['label'].names)} classes, {total_bytes:,} bytes")
+    print(
+        f"wrote {args.output}: {sizes}, {len(subset['train'].features['label'].names)} classes, {total_bytes:,} bytes"
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,11 @@ class OpenClipartConfig(RawImageConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (0 <= self.validation_fraction and 0 <= self.test_fraction and self.validation_fraction + self.test_fraction < 1):
+        if not (
+            0 <= self.validation_fraction
+            and 0 <= self.test_fraction
+            and self.validation_fraction + self.test_fraction < 1
+        ):
             raise ValueError(
                 f"validation_fraction={self.validation_fraction} and test_fraction={self.test_fraction} must be "
                 "non-negative and sum to less than 1."
@@ -105,7 +109,7 @@ def read_svg_metadata(path: Path) -> tuple[str, str, list[str]]:
 
 
 def join_text(title: str, description: str, tags: list[str]) -> str:
-    """"Title. Description. tag, tag" with empty or repeated parts left out."""
+    """ "Title. Description. tag, tag" with empty or repeated parts left out."""
     parts: list[str] = []
     for part in (title.rstrip(". "), description.rstrip(". "), ", ".join(tags)):
         if part and part.lower() not in (seen.lower() for seen in parts):
@@ -169,7 +173,8 @@ class OpenClipart(RawImageBuilder):
 }"""
     RAW_DATA_INSTRUCTIONS = (
         "On Debian or Ubuntu: `apt-get install openclipart-png openclipart-svg`, then "
-        "`marnet-data build openclipart [--config food] --output <dir>` (the raw root defaults to /usr/share/openclipart)."
+        "`marnet-data build openclipart [--config food] --output <dir>` "
+        "(the raw root defaults to /usr/share/openclipart)."
     )
 
     def _read_index(self, data_dir: Path) -> RawIndex:
@@ -183,7 +188,9 @@ class OpenClipart(RawImageBuilder):
         listings = self._listings_by_real_path(png_root)
         drawings = []  # (label, real path, listing path, title, description, tags)
         oversized, outside, multi_class = [], 0, 0
-        for real_path, listed_paths in hf_tqdm(sorted(listings.items()), desc="Reading OpenClipart metadata", unit=" drawings"):
+        for real_path, listed_paths in hf_tqdm(
+            sorted(listings.items()), desc="Reading OpenClipart metadata", unit=" drawings"
+        ):
             in_scope = [(path, self._class_of(path)) for path in listed_paths]
             in_scope = [(path, name) for path, name in in_scope if name is not None]
             if not in_scope:
@@ -199,7 +206,8 @@ class OpenClipart(RawImageBuilder):
             drawings.append((label, real_path, in_scope[0][0], *metadata))
         if oversized:
             logger.warning(
-                f"Left out {len(oversized)} drawings above {self.config.max_image_pixels} pixels: {', '.join(oversized[:5])}"
+                f"Left out {len(oversized)} drawings above {self.config.max_image_pixels} pixels: "
+                + ", ".join(oversized[:5])
             )
         logger.info(
             f"OpenClipart {scope or 'top level'}: {outside} drawings outside the classes, "
@@ -250,7 +258,9 @@ class OpenClipart(RawImageBuilder):
                     continue
                 listings[real.relative_to(png_root.resolve()).as_posix()].append(relative)
         if broken:
-            logger.warning(f"Ignored {len(broken)} PNG links with no target inside {png_root}: {', '.join(sorted(broken)[:5])}")
+            logger.warning(
+                f"Ignored {len(broken)} PNG links with no target inside {png_root}: {', '.join(sorted(broken)[:5])}"
+            )
         return {real: sorted(paths) for real, paths in listings.items()}
 
     @staticmethod

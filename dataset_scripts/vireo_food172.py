@@ -41,7 +41,9 @@ def read_ingredient_rows(path: Path, num_ingredients: int) -> dict[str, tuple[in
                     "expected 1 (present) or -1 (absent)."
                 )
         if image_path in rows:
-            raise RawDataError(f"{path}:{number}: duplicate row for {image_path} (first on line {row_line[image_path]}).")
+            raise RawDataError(
+                f"{path}:{number}: duplicate row for {image_path} (first on line {row_line[image_path]})."
+            )
         rows[image_path] = tuple(present)
         row_line[image_path] = number
     return rows

@@ -145,9 +145,7 @@ def write_ingredient101(root: Path, spelling: str = "images") -> Path:
     annotations = root / "annotations"
     _write(annotations / "classes.txt", "".join(f"{name}\n" for name in FOOD101_CLASSES))
     _write(annotations / "ingredients.txt", "".join(f"{line}\n" for line in INGREDIENT101_LINES))
-    _write(
-        annotations / "ingredients_simplified.txt", "".join(f"{line}\n" for line in INGREDIENT101_SIMPLIFIED_LINES)
-    )
+    _write(annotations / "ingredients_simplified.txt", "".join(f"{line}\n" for line in INGREDIENT101_SIMPLIFIED_LINES))
     for split, entries in INGREDIENT101_SPLITS.items():
         _write(annotations / INGREDIENT101_SPELLINGS[spelling][split], "".join(f"{entry}\n" for entry in entries))
         labels = INGREDIENT101_LABELS[split]

@@ -50,7 +50,7 @@ def test_vireo_food172_features_labels_ingredients_and_original_bytes(tmp_path):
         assert dataset["ingredients"] == [present for _, present, _ in entries]
         assert dataset["text"] == [", ".join(VIREO_INGREDIENTS[i] for i in present) for _, present, _ in entries]
         raw_images = dataset.cast_column("image", datasets.Image(decode=False))["image"]
-        for (path, _, mode), stored, decoded in zip(entries, raw_images, dataset["image"]):
+        for (path, _, mode), stored, decoded in zip(entries, raw_images, dataset["image"], strict=True):
             assert stored["bytes"] == (raw / "ready_chinese_food" / path.lstrip("/")).read_bytes()
             assert stored["path"] == path.lstrip("/")  # relative: no local path leaks into the data
             assert decoded.mode == mode  # grayscale and CMYK stay as they are: RGB at load time
@@ -94,9 +94,18 @@ def test_ingredient101_simplified_config_reads_the_simplified_vocabulary(tmp_pat
     write_food101(annotations)  # Food-101 unpacked into the same root: food101_dir defaults to data_dir
     dataset_dict = build(Ingredient101, tmp_path, data_dir=str(annotations), config_name="simplified")
     assert dataset_dict["train"].features["ingredients"].feature.names == [
-        "apple", "cheese", "flour", "grapes", "pork", "sauce", "sugar"
+        "apple",
+        "cheese",
+        "flour",
+        "grapes",
+        "pork",
+        "sauce",
+        "sugar",
     ]
-    assert dataset_dict["validation"]["text"] == [INGREDIENT101_SIMPLIFIED_LINES[0].replace(",", ", "), "cheese, grapes"]
+    assert dataset_dict["validation"]["text"] == [
+        INGREDIENT101_SIMPLIFIED_LINES[0].replace(",", ", "),
+        "cheese, grapes",
+    ]
 
 
 def test_food101_has_official_train_test_splits_and_no_text_columns(tmp_path):

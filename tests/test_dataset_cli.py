@@ -61,8 +61,16 @@ def test_build_saves_the_dataset_to_disk(tmp_path, capsys):
 VIREO = "SplitAndIngreLabel"
 # (dataset, how to break the fixture, message pattern: file, line and what is wrong)
 RAW_ERRORS = {
-    "missing root": ("vireo-food172", lambda raw: raw.rename(raw.with_name("moved")), r"raw[/\\]?: raw data root not found"),
-    "missing split file": ("vireo-food172", lambda raw: (raw / VIREO / "TE.txt").unlink(), r"TE\.txt: test split file not found"),
+    "missing root": (
+        "vireo-food172",
+        lambda raw: raw.rename(raw.with_name("moved")),
+        r"raw[/\\]?: raw data root not found",
+    ),
+    "missing split file": (
+        "vireo-food172",
+        lambda raw: (raw / VIREO / "TE.txt").unlink(),
+        r"TE\.txt: test split file not found",
+    ),
     "listed image missing": (
         "vireo-food172",
         lambda raw: (raw / "ready_chinese_food/10/8_5.jpg").unlink(),
@@ -70,7 +78,9 @@ RAW_ERRORS = {
     ),
     "wrong number of ingredient values": (
         "vireo-food172",
-        lambda raw: replace_in(raw / VIREO / "IngreLabel.txt", "/1/8_5.jpg  1  1  -1  -1  -1\n", "/1/8_5.jpg  1  1  -1  -1\n"),
+        lambda raw: replace_in(
+            raw / VIREO / "IngreLabel.txt", "/1/8_5.jpg  1  1  -1  -1  -1\n", "/1/8_5.jpg  1  1  -1  -1\n"
+        ),
         r"IngreLabel\.txt:6: 4 ingredient values for /1/8_5\.jpg, expected 5",
     ),
     "value other than 1/-1": (
@@ -106,7 +116,8 @@ RAW_ERRORS = {
     "labels disagree with folder": (
         "ingredient-101",
         lambda raw: replace_in(raw / "annotations/test_labels.txt", "1\n2\n", "1\n1\n"),
-        r"test_images\.txt:2: cheese_plate/2005 is in folder 'cheese_plate' \(class 2\) but line 2 .* class 1 \('cheesecake'\)",
+        r"test_images\.txt:2: cheese_plate/2005 is in folder 'cheese_plate' \(class 2\) "
+        r"but line 2 .* class 1 \('cheesecake'\)",
     ),
     "split/labels line-count mismatch": (
         "ingredient-101",
@@ -199,12 +210,26 @@ def test_dry_run_push_writes_parquet_and_card_that_load_dataset_reads_back(tmp_p
     raw = write_vireo(tmp_path / "raw")
     hub_folder = tmp_path / "hub"
     status, out, _ = run_cli(
-        capsys, "vireo-food172", "--data-dir", raw, "--push-to-hub", "my-org/vireo", "--private", "--dry-run", "--output", hub_folder
+        capsys,
+        "vireo-food172",
+        "--data-dir",
+        raw,
+        "--push-to-hub",
+        "my-org/vireo",
+        "--private",
+        "--dry-run",
+        "--output",
+        hub_folder,
     )
 
     assert status == 0
     assert "Dry run: would upload to dataset repo my-org/vireo (private=True)" in out
-    for name in ["README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"]:
+    for name in [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
+        "data/test-00000-of-00001.parquet",
+    ]:
         assert name in out and (hub_folder / name).is_file()
 
     metadata = card_metadata(hub_folder / "README.md")
@@ -218,7 +243,9 @@ def test_dry_run_push_writes_parquet_and_card_that_load_dataset_reads_back(tmp_p
     assert "## Getting the raw data" in readme and "Request it from the VIREO group" in readme
 
     expected = datasets.load_dataset(str(hub_folder), cache_dir=str(tmp_path / "cache-a"))
-    from_parquet = datasets.load_dataset("parquet", data_dir=str(hub_folder / "data"), cache_dir=str(tmp_path / "cache-b"))
+    from_parquet = datasets.load_dataset(
+        "parquet", data_dir=str(hub_folder / "data"), cache_dir=str(tmp_path / "cache-b")
+    )
     for loaded in (expected, from_parquet):
         assert list(loaded) == ["train", "validation", "test"]
         features = loaded["train"].features
@@ -239,7 +266,9 @@ def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monke
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     raw = write_food101(tmp_path / "raw")
     output = tmp_path / "out" / "food101"
-    status, _, err = run_cli(capsys, "food-101", "--data-dir", raw, "--push-to-hub", "my-org/food101", "--output", output)
+    status, _, err = run_cli(
+        capsys, "food-101", "--data-dir", raw, "--push-to-hub", "my-org/food101", "--output", output
+    )
 
     assert status == 1
     assert "marnet-data: error: cannot push to my-org/food101:" in err and "offline mode is enabled" in err
@@ -252,11 +281,20 @@ def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monke
         (["food-101", "--data-dir", "{raw}", "--output", "{raw}"], "already exists"),
         (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--dry-run"], "only apply with --push-to-hub"),
         (["food-101", "--data-dir", "{raw}", "--push-to-hub", "o/n", "--dry-run"], "--output DIR is required"),
-        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--config", "food"], "--config 'food' is not a config of food-101"),
+        (
+            ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--config", "food"],
+            "--config 'food' is not a config of food-101",
+        ),
         (["openclipart", "--output", "{tmp}/o", "--config", "drinks"], "choose one of default, food"),
         (["food-101", "--output", "{tmp}/o"], "--data-dir is required for food-101"),
-        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--food101-dir", "{raw}"], "--food101-dir only applies"),
-        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--num-proc", "0"], "--num-proc must be at least 1"),
+        (
+            ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--food101-dir", "{raw}"],
+            "--food101-dir only applies",
+        ),
+        (
+            ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--num-proc", "0"],
+            "--num-proc must be at least 1",
+        ),
     ],
 )
 def test_option_errors_exit_2_before_any_work(tmp_path, capsys, args, message):
@@ -269,7 +307,17 @@ def test_option_errors_exit_2_before_any_work(tmp_path, capsys, args, message):
 
 def test_console_entry_point_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dataset_scripts.cli", "build", "food-101", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "dataset_scripts.cli",
+            "build",
+            "food-101",
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -101,7 +101,9 @@ def test_oversized_drawings_are_left_out_with_a_warning(tmp_path, caplog):
 def test_missing_metadata_svg_is_an_error_naming_it(tmp_path):
     raw = write_openclipart(tmp_path / "openclipart")
     (raw / "svg/food/desserts/pie.svg").unlink()
-    with pytest.raises(RawDataError, match=r"svg/food/desserts/pie\.svg: metadata SVG of png/food/desserts/pie\.png not found"):
+    with pytest.raises(
+        RawDataError, match=r"svg/food/desserts/pie\.svg: metadata SVG of png/food/desserts/pie\.png not found"
+    ):
         OpenClipart(cache_dir=str(tmp_path / "cache"), config_name="food", data_dir=str(raw))
 
 
@@ -157,5 +159,9 @@ def test_demo_subset_regenerates_from_the_debian_package(tmp_path):
     assert regenerated["train"].features == committed["train"].features
     columns = ["image_id", "label", "ingredients", "text"]
     for split in committed:  # JPEG bytes may differ across libjpeg versions; sizes and rows may not
-        assert regenerated[split].select_columns(columns).to_list() == committed[split].select_columns(columns).to_list()
-        assert [image.size for image in regenerated[split]["image"]] == [image.size for image in committed[split]["image"]]
+        assert (
+            regenerated[split].select_columns(columns).to_list() == committed[split].select_columns(columns).to_list()
+        )
+        assert [image.size for image in regenerated[split]["image"]] == [
+            image.size for image in committed[split]["image"]
+        ]
