@@ -31,10 +31,10 @@ def load_image_dataset(name_or_path):
                                          f"{path.suffix or 'suffix-less'} file.")
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
         return datasets.load_dataset(str(name_or_path))
-    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
         raise TrainingInputError(
             f"--dataset {name_or_path}: cannot load it ({error}). Give a `save_to_disk` directory, Parquet files, "
-            "or a Hub id (downloads need network: it is not in HF_HUB_OFFLINE mode or the local cache)."
+            "or a Hub id (a Hub id needs network access or a copy in the local Hugging Face cache)."
         ) from None
 
 
