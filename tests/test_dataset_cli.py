@@ -16,6 +16,7 @@ import yaml
 
 from dataset_scripts.cli import main
 from raw_fixtures import (
+    FOOD101_CLASSES,
     VIREO_CLASSES,
     VIREO_INGREDIENTS,
     VIREO_LABELS,
@@ -56,6 +57,22 @@ def test_build_saves_the_dataset_to_disk(tmp_path, capsys):
     assert dataset_dict["train"].features["label"].names == VIREO_CLASSES
     assert {split: dataset["label"] for split, dataset in dataset_dict.items()} == VIREO_LABELS
     assert leftovers(output.parent) == ["vireo"]
+
+
+def test_ingredient101_with_separate_food101_dir_and_simplified_config(tmp_path, capsys):
+    annotations = write_ingredient101(tmp_path / "ingredient101", spelling="split")
+    food101 = write_food101(tmp_path / "food-101")
+    output = tmp_path / "i101"
+    status, out, _ = run_cli(
+        capsys, "ingredient-101", "--data-dir", annotations, "--food101-dir", food101, "--config", "simplified",
+        "--output", output,
+    )  # fmt: skip
+
+    assert status == 0
+    assert "ingredient-101 (simplified): train: 3, validation: 2, test: 3 images, 4 classes" in out
+    features = datasets.load_from_disk(str(output))["train"].features
+    assert features["label"].names == FOOD101_CLASSES
+    assert features["ingredients"].feature.names == ["apple", "cheese", "flour", "grapes", "pork", "sauce", "sugar"]
 
 
 VIREO = "SplitAndIngreLabel"
