@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a dataset from its raw files")
-    build.add_argument("dataset", choices=sorted(BUILDERS))
+    build.add_argument("dataset", choices=sorted(BUILDERS), help="which raw dataset to build")
     build.add_argument("--data-dir", help=f"root of the raw files (openclipart: defaults to {DEBIAN_ROOT})")
     build.add_argument(
         "--output", type=Path, help="where to write: save_to_disk folder, or the Parquet files with --push-to-hub"
