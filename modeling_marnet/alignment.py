@@ -4,7 +4,6 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,9 +23,22 @@ class MARNetProjection(nn.Module):
         return self.activation(self.dense(features))
 
 
-def _gather_with_grad(features):
-    """All ranks' rows concatenated in rank order, gradients flowing back to each rank's own rows."""
-    return torch.cat(dist_nn.all_gather(features), dim=0)
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows concatenated in rank order; the backward pass sums every rank's gradient for this rank's rows
+    (each rank's loss uses every row), so DDP's gradient average equals the one-process gradient of the mean loss."""
+
+    @staticmethod
+    def forward(ctx, features):
+        gathered = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, features.contiguous())
+        return torch.cat(gathered, dim=0)  # (B * world, P)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_output = grad_output.contiguous()
+        dist.all_reduce(grad_output)
+        rows = grad_output.shape[0] // dist.get_world_size()
+        return grad_output[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
 
 
 def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True):
@@ -47,8 +59,8 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
     offset = 0
     all_image_embeds, all_text_embeds = image_embeds, text_embeds
     if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        all_image_embeds = _gather_with_grad(image_embeds)  # (B * world, P)
-        all_text_embeds = _gather_with_grad(text_embeds)
+        all_image_embeds = _GatherWithGrad.apply(image_embeds)  # (B * world, P)
+        all_text_embeds = _GatherWithGrad.apply(text_embeds)
         offset = dist.get_rank() * image_embeds.shape[0]
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
     logits_per_image = scale * image_embeds @ all_text_embeds.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau

@@ -17,6 +17,7 @@ from train_fixtures import (
     run_command,
     save_dataset,
     save_text_encoder,
+    save_timm_tower,
     save_vision_tower,
     tiny_model_args,
 )
@@ -146,3 +147,20 @@ def test_joint_text_encoder_accumulation_and_early_stopping(workspace, trained, 
     # Only the classifier is published: the same tensors as a model trained with a frozen encoder.
     joint_keys = set(AutoModelForImageClassification.from_pretrained(output_dir).state_dict())
     assert joint_keys == set(AutoModelForImageClassification.from_pretrained(trained[0]).state_dict())
+
+
+def test_timm_tower_output_folder_has_a_reloadable_image_processor(workspace, tmp_path):
+    output_dir = tmp_path / "timm"
+    result = run_command(module_command(
+        "modeling_marnet.train", "--dataset", workspace["parquet"], "--vision-model", save_timm_tower(tmp_path / "t"),
+        "--ablation", "baseline", "--output-dir", output_dir, "--max-steps", 2, "--per-device-train-batch-size", 4,
+        "--report-to", "none", "--checkpointing-steps", 0,
+    ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    processor_config = json.loads((output_dir / "preprocessor_config.json").read_text())
+    assert processor_config["image_processor_type"] == "BitImageProcessor"
+    assert processor_config["crop_size"] == {"height": 48, "width": 48}
+    predictions = pipeline("image-classification", model=str(output_dir))(
+        make_dataset_dict({"test": 1})["test"][0]["image"], top_k=2
+    )
+    assert {p["label"] for p in predictions} <= set(CLASS_COLOURS)

@@ -114,3 +114,18 @@ def run_command(command, timeout=240, env=None):
     """Runs a command from the repository root, offline; returns the CompletedProcess with text output."""
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or offline_env(),
                           cwd=REPO_ROOT)
+
+
+def save_timm_tower(directory, image_size=48):
+    """A tiny random timm tower (`test_efficientnet`) saved as transformers saves timm models: TimmWrapper config
+    with timm's data config, and no preprocessor_config.json (AutoImageProcessor reads config.json)."""
+    import timm
+    from timm.models import filter_pretrained_cfg
+    from transformers import TimmWrapperConfig, TimmWrapperModel
+
+    timm_model = timm.create_model("test_efficientnet", pretrained=False)
+    data_config = filter_pretrained_cfg(dict(timm_model.pretrained_cfg), remove_source=True, remove_null=True)
+    data_config["input_size"] = (3, image_size, image_size)
+    config = TimmWrapperConfig.from_dict({"architecture": "test_efficientnet", "num_classes": 2, "pretrained_cfg": data_config})
+    TimmWrapperModel(config).save_pretrained(directory)
+    return Path(directory)

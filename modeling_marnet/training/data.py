@@ -4,11 +4,14 @@ The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (
 text), `ingredients` and `image_id`. Any dataset with an image column and a ClassLabel column works.
 """
 
+import math
 from pathlib import Path
 
 import datasets
 import torch
 from torchvision.transforms import v2 as transforms
+from transformers import BitImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from .errors import TrainingInputError
 
@@ -80,6 +83,38 @@ def check_label_range(dataset, split, label_column, num_labels):
             f"Split {split!r}, column {label_column!r}: labels must be in [0, {num_labels - 1}] (the ClassLabel has "
             f"{num_labels} names), got values from {low} to {high}. Fix the labels or the ClassLabel names."
         )
+
+
+TIMM_INTERPOLATIONS = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampling.BILINEAR}
+
+
+def standard_image_processor(image_processor):
+    """`image_processor`, or for timm towers the equivalent `BitImageProcessor`.
+
+    `TimmWrapperImageProcessor.save_pretrained` writes nothing and its loading reads a timm `config.json`, so a MARNet
+    folder trained on a timm tower would carry no usable `preprocessor_config.json` (no pipeline, no publishing).
+    timm's eval transform (resize the shortest edge to `floor(size / crop_pct)`, center crop, normalize) is exactly a
+    `BitImageProcessor`; pixels differ from timm's own by at most one 8-bit level (resampling implementations).
+    """
+    if type(image_processor).__name__ != "TimmWrapperImageProcessor":
+        return image_processor
+    data_config = image_processor.data_config
+    interpolation = data_config.get("interpolation", "bicubic")
+    if interpolation not in TIMM_INTERPOLATIONS or data_config.get("crop_mode", "center") != "center":
+        raise TrainingInputError(
+            f"The timm tower's data config ({data_config}) uses interpolation {interpolation!r} / crop mode "
+            f"{data_config.get('crop_mode')!r}; supported: {sorted(TIMM_INTERPOLATIONS)} with a center crop. "
+            "Save a transformers image processor next to the tower instead."
+        )
+    _, height, width = data_config["input_size"]
+    return BitImageProcessor(
+        size={"shortest_edge": math.floor(height / data_config.get("crop_pct", 0.875))},
+        resample=TIMM_INTERPOLATIONS[interpolation],
+        crop_size={"height": height, "width": width},
+        image_mean=list(data_config["mean"]),
+        image_std=list(data_config["std"]),
+        do_convert_rgb=True,
+    )
 
 
 def processor_image_size(image_processor):

@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
-from .data import processor_image_size, set_processor_image_size
+from .data import processor_image_size, set_processor_image_size, standard_image_processor
 from .errors import TrainingInputError
 
 # Fields that change losses or sampling only, so they may be changed on an existing checkpoint.
@@ -123,7 +123,7 @@ def load_image_processor(args, vision_config):
     tower's fixed input size (ViT-like towers)."""
     source = args.model_name_or_path or args.vision_model
     try:
-        image_processor = AutoImageProcessor.from_pretrained(source)
+        image_processor = standard_image_processor(AutoImageProcessor.from_pretrained(source))
     except (OSError, ValueError) as error:
         raise TrainingInputError(
             f"{source}: no image processor ({error}). Save one next to the model "
