@@ -15,3 +15,6 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python demo/run_demo.py
