@@ -86,3 +86,12 @@ def test_unknown_ablation_and_inconsistent_switches_are_refused():
         MARNetConfig(reconstruction="none", classifier_input="fusion")
     with pytest.raises(ValueError, match="must carry its `model_type`"):
         MARNetConfig(vision_config={"hidden_size": 32})
+
+
+def test_num_labels_and_label_maps_follow_transformers_conventions(tmp_path):
+    config = MARNetConfig(num_labels=3)
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    named = MARNetConfig(id2label={0: "soup", 1: "salad"}, label2id={"soup": 0, "salad": 1})
+    named.save_pretrained(tmp_path)
+    loaded = MARNetConfig.from_pretrained(tmp_path)
+    assert (loaded.num_labels, loaded.id2label, loaded.label2id) == (2, {0: "soup", 1: "salad"}, {"soup": 0, "salad": 1})
