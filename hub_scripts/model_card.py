@@ -146,7 +146,7 @@ def marnet_training_section(run):
     settings = [(f"`{key}`", f"`{json.dumps(value)}`") for key, value in run.training_args.items()]
     text = "## Training\n\nTrained with `marnet-train` (Accelerate). "
     if recorded:
-        text += "Run statistics: " + ", ".join(f"{name} {value}" for name, value in recorded) + ".\n\n"
+        text += "Run statistics: " + ", ".join(f"{name} {round(value, 1) if isinstance(value, float) else value}" for name, value in recorded) + ".\n\n"
     text += "Every resolved setting of the run (`training_args.json`, also in this repo):\n\n"
     return text + markdown_table(("setting", "value"), settings)
 
