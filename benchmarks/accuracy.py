@@ -56,6 +56,8 @@ BASELINE_ROW = "baseline"
 DARK_LEVEL = 32
 # An image counts as "dark background" when at least this fraction of it is transparent and dark.
 DARK_BACKGROUND_FRACTION = 0.25
+# An image is "blank" when its pixel values span fewer levels than this (e.g. black line art on black).
+BLANK_RANGE = 8
 
 
 class BenchmarkError(RuntimeError):
@@ -198,7 +200,8 @@ def prepare_resized_dataset(args, source, tower):
 
 
 def dataset_summary(dataset_path):
-    """Split sizes, classes and the transparent-background counts of the prepared dataset."""
+    """Split sizes and classes of the prepared dataset; how many images have a transparent background that turns
+    black, how many show nothing at all after `convert("RGB")`, and how many texts name their class."""
     import datasets
 
     dataset_dict = datasets.load_from_disk(str(dataset_path))
@@ -212,7 +215,31 @@ def dataset_summary(dataset_path):
     summary["images_with_dark_transparent_background"] = sum(f >= DARK_BACKGROUND_FRACTION for f in dark)
     summary["dark_background_rule"] = (f">= {DARK_BACKGROUND_FRACTION:.0%} of the pixels transparent with stored "
                                        f"RGB mean < {DARK_LEVEL}: black after convert('RGB')")
+    images = (image for split in dataset_dict.values() for image in split["image"])
+    summary["images_blank_after_rgb"] = sum(map(is_blank, images))
+    summary["blank_rule"] = f"every pixel value of the RGB, resized image within {BLANK_RANGE} levels of each other"
+    if "text" in dataset_dict["train"].column_names:
+        names = dataset_dict["train"].features["label"].names
+        texts = [(text, label) for split in dataset_dict.values()
+                 for text, label in zip(split["text"], split["label"])]
+        summary["texts_naming_their_class"] = sum(class_stem(names[label]) in text.lower() for text, label in texts)
+        summary["texts_naming_their_class_rule"] = "the class name (underscores as spaces, final 's' dropped) is a " \
+                                                   "substring of the lower-cased text"
+        summary["num_texts"] = len(texts)
     return summary
+
+
+def is_blank(image):
+    """Whether an image shows nothing: all its pixel values lie within BLANK_RANGE 8-bit levels."""
+    import numpy as np
+
+    return int(np.ptp(np.asarray(image))) < BLANK_RANGE
+
+
+def class_stem(name):
+    """'signs_and_symbols' -> 'signs and symbol', 'animals' -> 'animal': what a text naming the class contains."""
+    name = name.replace("_", " ").lower()
+    return name[:-1] if name.endswith("s") else name
 
 
 def train_command(args, row, seed, dataset, tower, text_encoder, output_dir):

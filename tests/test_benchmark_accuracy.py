@@ -54,7 +54,8 @@ def test_json_has_every_run_and_row_summary(finished):
         assert report["rows"][row]["top1_mean"] == run["top1"]
         assert report["rows"][row]["top1_std"] == 0.0 and report["rows"][row]["num_seeds"] == 1
     assert report["dataset"]["splits"] == {"train": 24, "validation": 11, "test": 9}
-    assert report["dataset"]["images_with_transparency"] == 0
+    assert report["dataset"]["images_with_transparency"] == report["dataset"]["images_blank_after_rgb"] == 0
+    assert report["dataset"]["num_texts"] == 44
     assert report["config"]["image_size"] == 30 and report["config"]["seeds"] == [0]
     assert paths["output"].with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
