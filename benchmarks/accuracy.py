@@ -200,13 +200,17 @@ def prepare_resized_dataset(args, source, tower):
 
 
 def dataset_summary(dataset_path):
-    """Split sizes and classes of the prepared dataset; how many images have a transparent background that turns
-    black, how many show nothing at all after `convert("RGB")`, and how many texts name their class."""
+    """Split sizes and training images per class of the prepared dataset; how many images have a transparent
+    background that turns black, how many show nothing at all after `convert("RGB")`, how many texts name their
+    class."""
     import datasets
 
     dataset_dict = datasets.load_from_disk(str(dataset_path))
     summary = {"path": str(dataset_path), "splits": {split: len(rows) for split, rows in dataset_dict.items()},
                "num_classes": dataset_dict["train"].features["label"].num_classes}
+    names = dataset_dict["train"].features["label"].names
+    train_labels = dataset_dict["train"]["label"]
+    summary["train_images_per_class"] = {name: train_labels.count(label) for label, name in enumerate(names)}
     columns = [dataset_dict[split].select_columns(["has_transparency", "dark_transparent_fraction"])
                for split in dataset_dict]
     has = [value for split in columns for value in split["has_transparency"]]
@@ -219,7 +223,6 @@ def dataset_summary(dataset_path):
     summary["images_blank_after_rgb"] = sum(map(is_blank, images))
     summary["blank_rule"] = f"every pixel value of the RGB, resized image within {BLANK_RANGE} levels of each other"
     if "text" in dataset_dict["train"].column_names:
-        names = dataset_dict["train"].features["label"].names
         texts = [(text, label) for split in dataset_dict.values()
                  for text, label in zip(split["text"], split["label"])]
         summary["texts_naming_their_class"] = sum(class_stem(names[label]) in text.lower() for text, label in texts)

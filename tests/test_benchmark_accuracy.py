@@ -56,6 +56,8 @@ def test_json_has_every_run_and_row_summary(finished):
     assert report["dataset"]["splits"] == {"train": 24, "validation": 11, "test": 9}
     assert report["dataset"]["images_with_transparency"] == report["dataset"]["images_blank_after_rgb"] == 0
     assert report["dataset"]["num_texts"] == 44
+    assert report["dataset"]["train_images_per_class"] == dict.fromkeys(
+        ["tomato_soup", "pea_soup", "blueberry_pie", "banana_bread"], 6)
     assert report["config"]["image_size"] == 30 and report["config"]["seeds"] == [0]
     assert paths["output"].with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
