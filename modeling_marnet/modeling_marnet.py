@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import MODEL_MAPPING, AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
@@ -104,7 +104,12 @@ def _vision_model_spec(vision_config, pooling):
     untrained in most checkpoints and unused here, so leaving them out keeps every parameter trained (DDP needs no
     `find_unused_parameters`) and makes `"auto"` the CLS token, as in the paper.
     """
-    model_class = AutoModel._model_mapping[type(vision_config)]
+    if type(vision_config) not in MODEL_MAPPING:
+        raise ValueError(
+            f"`vision_config` is a {type(vision_config).__name__}, which has no AutoModel class. Use the config of a "
+            "transformers vision model (ViTConfig, ConvNextConfig, TimmWrapperConfig for timm towers, ...)."
+        )
+    model_class = MODEL_MAPPING[type(vision_config)]
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters and pooling != "pooler":
         return model_class, {"add_pooling_layer": False}, "cls" if pooling == "auto" else pooling
     return model_class, {}, pooling

@@ -241,3 +241,13 @@ def test_timm_tower_through_timm_wrapper():
     output.loss.backward()
     assert output.logits.shape == (2, NUM_LABELS)
     assert AutoModel.from_config(config).__class__.__name__ == "MARNetModel"
+
+
+def test_a_vision_config_without_an_auto_model_is_refused():
+    from transformers import PreTrainedConfig
+
+    class NotAVisionConfig(PreTrainedConfig):
+        model_type = "not-a-vision-model"
+
+    with pytest.raises(ValueError, match="`vision_config` is a NotAVisionConfig, which has no AutoModel class"):
+        MARNetModel(tiny_config("full", vision_config=NotAVisionConfig()))
