@@ -130,6 +130,8 @@ def _infer_vision_hidden_size(vision_model, vision_config):
 
 
 class MARNetPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, input checks and loading plumbing shared by the MARNet models."""
+
     config_class = MARNetConfig
     config: MARNetConfig
     base_model_prefix = "marnet"
@@ -348,7 +350,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
-            self._check_labels(labels, pixel_values.shape[0] if pixel_values is not None else -1)
+            self._check_pixel_values(pixel_values)
+            self._check_labels(labels, pixel_values.shape[0])
         outputs = self.marnet(
             pixel_values,
             text_embeds=text_embeds,
