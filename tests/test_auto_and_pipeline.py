@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetModel
+from remote_code import BLOCK_MARNET_PACKAGE
 from tiny_marnet import IMAGE_SIZE, NUM_LABELS, tiny_batch, tiny_config
 
 MODEL_FILES = {"configuration_marnet.py", "modeling_marnet.py", "alignment.py", "diffusion.py", "fusion.py"}
@@ -107,23 +108,8 @@ def test_fine_tuning_on_new_labels_reinitialises_only_the_classifiers(saved):
 
 def test_remote_code_loads_where_the_package_is_not_importable(saved, tmp_path):
     directory, _, _ = saved
-    script = textwrap.dedent(
+    script = BLOCK_MARNET_PACKAGE + textwrap.dedent(
         f"""
-        import sys
-
-        class BlockMARNetPackage:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "modeling_marnet":
-                    raise ImportError("modeling_marnet is blocked in this test")
-
-        sys.meta_path.insert(0, BlockMARNetPackage())
-        try:
-            import modeling_marnet
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("modeling_marnet was importable")
-
         import torch
         from transformers import AutoModel, AutoModelForImageClassification
 

@@ -16,30 +16,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from remote_code import BLOCK_MARNET_PACKAGE
 from test_publish import REPO_ID, write_training_output
 
 from hub_scripts.publish import main as publish_main
 
 COMMIT = hashlib.sha1(b"marnet-publish test commit").hexdigest()
+# The package registers MARNet with the Auto classes; remote-code users have only the repo's files.
+PROLOGUES = {"installed": "import modeling_marnet\n", "remote-code": BLOCK_MARNET_PACKAGE}
 
 LOADER = r'''
-import importlib.abc, json, sys
+import json, sys
 
 mode, image_path, out_path = sys.argv[1:]
-if mode == "remote-code":
-    class BlockMARNetPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_marnet" or name.startswith("modeling_marnet."):
-                raise ImportError(f"{name} is blocked: this process plays a user without the MARNet package")
-    sys.meta_path.insert(0, BlockMARNetPackage())
-    try:
-        import modeling_marnet
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("modeling_marnet is importable although it must be blocked")
-else:
-    import modeling_marnet  # registers MARNet with the Auto classes
 
 import torch
 from PIL import Image
@@ -102,7 +91,7 @@ def load_in_fresh_process(mode, published):
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
     env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-c", LOADER, mode, str(image_path), str(out_path)],
+        [sys.executable, "-c", PROLOGUES[mode] + LOADER, mode, str(image_path), str(out_path)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
