@@ -16,6 +16,7 @@ from train_fixtures import (
     run_command,
     save_dataset,
     save_text_encoder,
+    save_timm_tower,
     save_vision_tower,
     tiny_model_args,
 )
@@ -133,3 +134,10 @@ def test_cli_error_is_one_line_on_stderr_without_traceback(workspace, tmp_path):
     assert result.returncode == 2
     assert "marnet-train: error: The dataset has no split 'training'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_timm_tower_whose_eval_transform_has_no_standard_processor(workspace, tmp_path, capsys):
+    tower = save_timm_tower(tmp_path / "timm", crop_mode="squash")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--vision-model", tower, "--ablation", "baseline"),
+                 "crop mode 'squash'", "Save a transformers image processor next to the tower instead.")
+    assert not (tmp_path / "out").exists()

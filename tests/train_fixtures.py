@@ -119,16 +119,17 @@ def run_command(command, timeout=240, env=None):
                           cwd=REPO_ROOT)
 
 
-def save_timm_tower(directory, image_size=48):
+def save_timm_tower(directory, image_size=48, **data_config_overrides):
     """A tiny random timm tower (`test_efficientnet`) saved as transformers saves timm models: TimmWrapper config
-    with timm's data config, and no preprocessor_config.json (AutoImageProcessor reads config.json)."""
+    with timm's data config (`data_config_overrides` replace its fields), and no preprocessor_config.json
+    (AutoImageProcessor reads config.json)."""
     import timm
     from timm.models import filter_pretrained_cfg
     from transformers import TimmWrapperConfig, TimmWrapperModel
 
     timm_model = timm.create_model("test_efficientnet", pretrained=False)
     data_config = filter_pretrained_cfg(dict(timm_model.pretrained_cfg), remove_source=True, remove_null=True)
-    data_config["input_size"] = (3, image_size, image_size)
+    data_config.update(input_size=(3, image_size, image_size), **data_config_overrides)
     config = TimmWrapperConfig.from_dict({"architecture": "test_efficientnet", "num_classes": 2, "pretrained_cfg": data_config})
     TimmWrapperModel(config).save_pretrained(directory)
     return Path(directory)
