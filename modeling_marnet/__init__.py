@@ -6,7 +6,7 @@ so saved MARNet checkpoints load without `trust_remote_code`.
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration_marnet import ABLATIONS, MARNetConfig
+from .configuration_marnet import ABLATIONS, PAPER_LITERAL, MARNetConfig
 from .modeling_marnet import (
     MARNetForImageClassification,
     MARNetImageClassifierOutput,
@@ -31,4 +31,5 @@ __all__ = [
     "MARNetModel",
     "MARNetModelOutput",
     "MARNetPreTrainedModel",
+    "PAPER_LITERAL",
 ]

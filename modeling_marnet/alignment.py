@@ -41,7 +41,18 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad_output[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
 
 
-def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True):
+def _distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_labels(labels):
+    """Every process's labels in rank order (no gradient needed): (B,) -> (B * world,)."""
+    gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, labels.contiguous())
+    return torch.cat(gathered)
+
+
+def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True, labels=None):
     """`L_ITA = L_v2s + L_s2v` (eq. 9-11): symmetric InfoNCE over the batch on cosine similarities (eq. 5).
 
     Args:
@@ -49,6 +60,8 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
         text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         logit_scale: scalar tensor, `log(1 / tau)`.
         gather: under `torch.distributed`, use every process's rows as negatives.
+        labels: (B,) class ids for class-aware targets (an extension, not in the paper): the target of row i is
+            spread equally over every column with the same label instead of on column i alone. `None`: eq. 9-10.
 
     Returns:
         The loss (each direction averaged over the local rows, the two directions summed) and the (B, B_all)
@@ -57,15 +70,20 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
     image_embeds = F.normalize(image_embeds, dim=-1)
     text_embeds = F.normalize(text_embeds, dim=-1)
     offset = 0
-    all_image_embeds, all_text_embeds = image_embeds, text_embeds
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    all_image_embeds, all_text_embeds, all_labels = image_embeds, text_embeds, labels
+    if gather and _distributed():
         all_image_embeds = _GatherWithGrad.apply(image_embeds)  # (B * world, P)
         all_text_embeds = _GatherWithGrad.apply(text_embeds)
         offset = dist.get_rank() * image_embeds.shape[0]
+        all_labels = _gather_labels(labels) if labels is not None else None
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
     logits_per_image = scale * image_embeds @ all_text_embeds.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau
     logits_per_text = scale * text_embeds @ all_image_embeds.t()  # (B, B_all): Sim(x_s'^i, x_v'^b) / tau
-    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    if labels is None:
+        targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    else:
+        matches = (labels[:, None] == all_labels[None, :]).to(logits_per_image.dtype)  # (B, B_all), diagonal is 1
+        targets = matches / matches.sum(dim=-1, keepdim=True)
     loss = F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
     return loss, logits_per_image
 
@@ -73,7 +91,7 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
 class MARNetEmbeddingAlignment(nn.Module):
     """EMA: projects `x_v` and `x_s` into a shared space and aligns them with `L_ITA`.
 
-    The visual projection `x_v'` is the branch feature `x_EMA` (eq. 1): at inference only the visual side exists.
+    The visual projection `x_v'` is the branch feature `x_EMA` of eq. 1 when `config.visual_features="projection"`.
     """
 
     def __init__(self, config):
@@ -89,12 +107,20 @@ class MARNetEmbeddingAlignment(nn.Module):
             requires_grad=config.learnable_temperature,
         )
         self.gather = config.contrastive_gather
+        self.class_targets = config.alignment_targets == "class"
 
-    def forward(self, vision_features, text_embeds=None):
-        """(B, H_v) visual and optional (B, D_s) text features -> `x_EMA` (B, P), `x_s'` (B, P) or None, loss or None."""
+    def forward(self, vision_features, text_embeds=None, labels=None):
+        """(B, H_v) visual and optional (B, D_s) text features -> `x_v'` (B, P), `x_s'` (B, P) or None, loss or None."""
         visual_embeds = self.visual_projection(vision_features)  # (B, P)
         if text_embeds is None:
             return visual_embeds, None, None
+        if self.class_targets and labels is None:
+            raise ValueError(
+                "`alignment_targets='class'` needs `labels` whenever `text_embeds` are given (the positives of the "
+                "contrastive loss are the texts of the same class). Pass labels, or use alignment_targets='instance'."
+            )
         text_projected = self.text_projection(text_embeds)  # (B, P)
-        loss, _ = image_text_contrastive_loss(visual_embeds, text_projected, self.logit_scale, self.gather)
+        loss, _ = image_text_contrastive_loss(
+            visual_embeds, text_projected, self.logit_scale, self.gather, labels if self.class_targets else None
+        )
         return visual_embeds, text_projected, loss

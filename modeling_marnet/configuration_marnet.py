@@ -10,6 +10,11 @@ CLASSIFIER_INPUTS = ("fusion", "visual", "reconstruction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SAMPLERS = ("ddpm", "ddim")
 VISION_POOLINGS = ("auto", "pooler", "cls", "mean")
+VISUAL_FEATURES = ("tower", "projection")
+RECONSTRUCTION_TRAINING = ("sample", "one_step")
+DIFFUSION_TIMESTEPS = ("uniform", "inference")
+TEXT_NORMALIZATIONS = ("none", "unit_rms")
+ALIGNMENT_TARGETS = ("instance", "class")
 
 # The rows of the paper's ablation (Table 2), each a set of config overrides.
 ABLATIONS = {
@@ -18,6 +23,14 @@ ABLATIONS = {
     "mlp": {"use_alignment": False, "reconstruction": "mlp", "classifier_input": "reconstruction"},
     "cdr": {"use_alignment": False, "reconstruction": "diffusion", "classifier_input": "reconstruction"},
     "full": {"use_alignment": True, "reconstruction": "diffusion", "classifier_input": "fusion"},
+}
+
+# The paper read literally, where it is open and our defaults differ (issue 8 measured each choice; see the docs).
+PAPER_LITERAL = {
+    "visual_features": "projection",
+    "reconstruction_training": "one_step",
+    "diffusion_timesteps": "uniform",
+    "text_normalization": "none",
 }
 
 
@@ -32,8 +45,8 @@ def _check_positive_int(name, value):
 
 
 def _check_non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
 
 
 class MARNetConfig(PreTrainedConfig):
@@ -62,9 +75,23 @@ class MARNetConfig(PreTrainedConfig):
         text_hidden_size (`int`, *optional*, defaults to 768):
             Width `D_s` of the privileged text features `x_s = F_s(i)` given as `text_embeds` (768 for BERT-base,
             384 for MiniLM-L6).
+        text_normalization (`str`, *optional*, defaults to `"none"`):
+            How `text_embeds` are scaled before any loss uses them: `"none"` (as given, the paper) or `"unit_rms"`
+            (each vector L2-normalised then multiplied by `sqrt(text_hidden_size)`, so every dimension has unit
+            mean square whatever the encoder). Raw sentence-encoder features have a per-dimension scale near 0.05-0.25,
+            which makes `L_MSE` (a mean over dimensions) too small to shape anything at `gamma = 1`; cosine-based
+            alignment is unaffected.
         use_alignment (`bool`, *optional*, defaults to `True`):
             Enables EMA (eq. 5-13): the projections `E_v`, `E_s` and the image-text contrastive loss `L_ITA`. When
             `False` the visual branch feature is the raw `x_v`.
+        visual_features (`str`, *optional*, defaults to `"projection"`):
+            What the visual classifier and the fusion read as `x_EMA`: `"projection"` (`g(E_v(x_v))`, eq. 1 and 7 read
+            literally) or `"tower"` (`x_v` itself, as MGCA, the source of the ITA loss, classifies the backbone feature;
+            the projection then only serves the alignment loss). Without alignment both mean `x_v`.
+        alignment_targets (`str`, *optional*, defaults to `"instance"`):
+            Positives of the contrastive loss: `"instance"` (only the paired text, eq. 9-10) or `"class"` (every text
+            of the batch with the same label, weighted equally; needs `labels`). An extension, not in the paper: with
+            instance targets, texts of the same class are pushed apart as negatives.
         projection_dim (`int`, *optional*, defaults to 256):
             Output width of `E_v` and `E_s` (eq. 7-8), *open* in the paper.
         projection_negative_slope (`float`, *optional*, defaults to 0.01):
@@ -76,6 +103,14 @@ class MARNetConfig(PreTrainedConfig):
         reconstruction (`str`, *optional*, defaults to `"diffusion"`):
             The CDR branch: `"diffusion"` (x0-predicting conditional denoiser, eq. 14-23), `"mlp"` (the paper's
             "+MLP" row: a plain four-layer MLP mapping `x_v -> x_s` trained with MSE, no noise), or `"none"`.
+        reconstruction_training (`str`, *optional*, defaults to `"one_step"`):
+            Which `x_CDR` the reconstruction and fusion classifiers are trained on when `text_embeds` are given:
+            `"one_step"` (the denoiser's x0 prediction from the noised text, the paper's training path) or `"sample"`
+            (the reverse-process sample that inference produces, with gradients through every step; text then only
+            enters the losses). At evaluation (`model.eval()`) and without text the sample is always used.
+        diffusion_timesteps (`str`, *optional*, defaults to `"uniform"`):
+            Distribution of `t` in `L_MSE` (eq. 19): `"uniform"` over `[0, T)` (DDPM) or `"inference"`, uniform over
+            the `num_inference_steps` timesteps the sampler visits.
         num_train_timesteps (`int`, *optional*, defaults to 1000):
             Number of forward-process steps `T` (eq. 14-15), *open* in the paper.
         beta_schedule (`str`, *optional*, defaults to `"linear"`):
@@ -115,6 +150,16 @@ class MARNetConfig(PreTrainedConfig):
             `gamma` of eq. 20, weight of `L_MSE` (diffusion or "+MLP" mapping).
         fusion_ce_weight (`float`, *optional*, defaults to 1.0):
             Weight of the CE of the fused classifier.
+        text_classification_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the CE of the reconstruction classifier applied to the real text feature `x_s` (training only):
+            the classifier is then shared between the text and its reconstruction from the image. An extension, not in
+            the paper; needs a reconstruction classifier (`classifier_input` 'fusion' or 'reconstruction').
+        distillation_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the distillation of the text classifier into `logits`: `T^2 KL(softmax(z_s / T) || softmax(z / T))`
+            with the text logits `z_s` detached (generalised distillation, Lopez-Paz et al., ICLR 2016). An extension,
+            not in the paper; needs `text_classification_weight > 0`, so that the teacher is trained.
+        distillation_temperature (`float`, *optional*, defaults to 2.0):
+            Temperature `T` of the distillation.
         classifier_dropout (`float`, *optional*, defaults to 0.0):
             Dropout before every classifier.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -143,12 +188,17 @@ class MARNetConfig(PreTrainedConfig):
         vision_hidden_size=None,
         vision_pooling="auto",
         text_hidden_size=768,
+        text_normalization="none",
         use_alignment=True,
+        visual_features="projection",
+        alignment_targets="instance",
         projection_dim=256,
         projection_negative_slope=0.01,
         contrastive_temperature_init=0.07,
         learnable_temperature=True,
         reconstruction="diffusion",
+        reconstruction_training="one_step",
+        diffusion_timesteps="uniform",
         num_train_timesteps=1000,
         beta_schedule="linear",
         beta_start=1e-4,
@@ -165,6 +215,9 @@ class MARNetConfig(PreTrainedConfig):
         reconstruction_ce_weight=1.0,
         reconstruction_loss_weight=1.0,
         fusion_ce_weight=1.0,
+        text_classification_weight=0.0,
+        distillation_weight=0.0,
+        distillation_temperature=2.0,
         classifier_dropout=0.0,
         initializer_range=0.02,
         contrastive_gather=True,
@@ -187,12 +240,17 @@ class MARNetConfig(PreTrainedConfig):
         self.vision_hidden_size = vision_hidden_size
         self.vision_pooling = vision_pooling
         self.text_hidden_size = text_hidden_size
+        self.text_normalization = text_normalization
         self.use_alignment = use_alignment
+        self.visual_features = visual_features
+        self.alignment_targets = alignment_targets
         self.projection_dim = projection_dim
         self.projection_negative_slope = projection_negative_slope
         self.contrastive_temperature_init = contrastive_temperature_init
         self.learnable_temperature = learnable_temperature
         self.reconstruction = reconstruction
+        self.reconstruction_training = reconstruction_training
+        self.diffusion_timesteps = diffusion_timesteps
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
         self.beta_start = beta_start
@@ -209,6 +267,9 @@ class MARNetConfig(PreTrainedConfig):
         self.reconstruction_ce_weight = reconstruction_ce_weight
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.fusion_ce_weight = fusion_ce_weight
+        self.text_classification_weight = text_classification_weight
+        self.distillation_weight = distillation_weight
+        self.distillation_temperature = distillation_temperature
         self.classifier_dropout = classifier_dropout
         self.initializer_range = initializer_range
         self.contrastive_gather = contrastive_gather
@@ -232,6 +293,11 @@ class MARNetConfig(PreTrainedConfig):
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_choice("fusion_mode", self.fusion_mode, FUSION_MODES)
         _check_choice("classifier_input", self.classifier_input, CLASSIFIER_INPUTS)
+        _check_choice("visual_features", self.visual_features, VISUAL_FEATURES)
+        _check_choice("reconstruction_training", self.reconstruction_training, RECONSTRUCTION_TRAINING)
+        _check_choice("diffusion_timesteps", self.diffusion_timesteps, DIFFUSION_TIMESTEPS)
+        _check_choice("text_normalization", self.text_normalization, TEXT_NORMALIZATIONS)
+        _check_choice("alignment_targets", self.alignment_targets, ALIGNMENT_TARGETS)
         for name in ("use_alignment", "learnable_temperature", "contrastive_gather"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
@@ -271,9 +337,24 @@ class MARNetConfig(PreTrainedConfig):
             "reconstruction_ce_weight",
             "reconstruction_loss_weight",
             "fusion_ce_weight",
+            "text_classification_weight",
+            "distillation_weight",
             "initializer_range",
         ):
             _check_non_negative(name, getattr(self, name))
+        if not 0 < self.distillation_temperature < math.inf:
+            raise ValueError(f"`distillation_temperature` must be > 0, got {self.distillation_temperature!r}.")
+        if self.text_classification_weight > 0 and self.classifier_input == "visual":
+            raise ValueError(
+                f"`text_classification_weight={self.text_classification_weight!r}` trains the reconstruction classifier "
+                "on the text, but `classifier_input='visual'` builds none. Use classifier_input 'fusion' or "
+                "'reconstruction' (with a CDR branch), or set the weight to 0."
+            )
+        if self.distillation_weight > 0 and not self.text_classification_weight > 0:
+            raise ValueError(
+                f"`distillation_weight={self.distillation_weight!r}` distils the text classifier, which only learns "
+                f"when `text_classification_weight` > 0 (got {self.text_classification_weight!r}). Set both."
+            )
         if not 0 <= self.classifier_dropout < 1:
             raise ValueError(f"`classifier_dropout` must be in [0, 1), got {self.classifier_dropout!r}.")
         if self.classifier_input != "visual" and self.reconstruction == "none":
@@ -283,4 +364,4 @@ class MARNetConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["MARNetConfig", "ABLATIONS"]
+__all__ = ["MARNetConfig", "ABLATIONS", "PAPER_LITERAL"]

@@ -192,10 +192,12 @@ class MARNetNoiseSchedule:
 class MARNetCrossModalReconstruction(nn.Module):
     """CDR branch: reconstructs the text feature from the image (`x_CDR`, eq. 2).
 
-    - With `text_embeds` (training): noises `x_s` at a random t (eq. 15), predicts `x_s^0` and returns it with
-      `L_MSE` (eq. 19). In `"mlp"` mode (the paper's "+MLP" row) a plain MLP maps `x_v -> x_s`, no noise.
-    - Without text (inference): runs the reverse process (eq. 21-23, or DDIM) from the fixed noise, conditioned on
-      `x_v`, for `config.num_inference_steps` steps; the last x0 prediction is `x_CDR`.
+    - `L_MSE` (eq. 19), whenever `text_embeds` are given: `x_s` is noised at a random t (eq. 15, t drawn by
+      `config.diffusion_timesteps`) and the denoiser predicts `x_s^0`. In `"mlp"` mode (the paper's "+MLP" row) a
+      plain MLP maps `x_v -> x_s`, no noise, and its output is `x_CDR`.
+    - `x_CDR`: the reverse process (eq. 21-23, or DDIM) from the fixed noise, conditioned on `x_v`, for
+      `config.num_inference_steps` steps; the last x0 prediction. Only in training mode with text and
+      `config.reconstruction_training="one_step"` is it the one-step prediction from the noised text instead.
     """
 
     def __init__(self, config):
@@ -211,19 +213,28 @@ class MARNetCrossModalReconstruction(nn.Module):
         """(B, H_v) visual and optional (B, D_s) text features -> `x_CDR` (B, D_s) and `L_MSE` (or None)."""
         if self.config.reconstruction == "mlp":
             reconstructed = self.mapper(vision_features)
-        elif text_embeds is None:
+            return reconstructed, F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
+        if text_embeds is None:
             return self.sample(vision_features), None
-        else:
-            batch_size = text_embeds.shape[0]
-            timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=text_embeds.device)
-            noise = torch.randn_like(text_embeds)
-            noisy_text = self.schedule.add_noise(text_embeds, noise, timesteps)  # x_s^t, eq. 15
-            reconstructed = self.denoiser(noisy_text, timesteps, vision_features)  # x_s^0 prediction
-        loss = F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
-        return reconstructed, loss
+        timesteps = self.training_timesteps(text_embeds.shape[0], text_embeds.device)
+        noisy_text = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)  # x_s^t, eq. 15
+        predicted_clean = self.denoiser(noisy_text, timesteps, vision_features)  # X_theta(x_s^t, t, x_v)
+        loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19
+        if self.training and self.config.reconstruction_training == "one_step":
+            return predicted_clean, loss
+        return self.sample(vision_features), loss
+
+    def training_timesteps(self, batch_size, device):
+        """(B,) timesteps of `L_MSE`: uniform over [0, T), or over the timesteps the sampler visits."""
+        if self.config.diffusion_timesteps == "uniform":
+            return torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=device)
+        visited, _ = self.schedule.reverse_coefficients(self.config.num_inference_steps, self.config.sampler)
+        return visited.to(device)[torch.randint(0, len(visited), (batch_size,), device=device)]
 
     def sample(self, vision_features):
-        """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent."""
+        """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent.
+
+        Differentiable: in training (`reconstruction_training="sample"`) gradients flow through every step."""
         batch_size, dtype, device = vision_features.shape[0], vision_features.dtype, vision_features.device
         steps = self.config.num_inference_steps
         timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler)

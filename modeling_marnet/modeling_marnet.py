@@ -35,11 +35,15 @@ class MARNetModelOutput(ModelOutput):
         image_embeds (`torch.FloatTensor` of shape `(batch_size, vision_hidden_size)`):
             Pooled visual feature `x_v = F_v(p)`.
         visual_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim or vision_hidden_size)`):
-            Visual branch feature `x_EMA`: `g(E_v(x_v))` with alignment, `x_v` without.
+            Visual branch feature `x_EMA` that the classifiers read: `g(E_v(x_v))` with alignment and
+            `visual_features="projection"`, else `x_v`.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+            The privileged text feature `x_s` as the losses use it (after `config.text_normalization`).
         text_projected_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
             `x_s' = g(E_s(x_s))`, when `text_embeds` were given and alignment is on.
         reconstructed_text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
-            `x_CDR`: the x0 prediction from noised text in training, the reverse-process sample at inference.
+            `x_CDR`: the reverse-process sample (or, in training with `reconstruction_training="one_step"`, the x0
+            prediction from the noised text).
         alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             `L_ITA` (eq. 11), when `text_embeds` were given and alignment is on.
         reconstruction_loss (`torch.FloatTensor` of shape `()`, *optional*):
@@ -54,6 +58,7 @@ class MARNetModelOutput(ModelOutput):
 
     image_embeds: torch.FloatTensor | None = None
     visual_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
     text_projected_embeds: torch.FloatTensor | None = None
     reconstructed_text_embeds: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
@@ -76,6 +81,9 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
             Classifier over `x_EMA`.
         reconstruction_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
             Classifier over `x_CDR`.
+        text_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            The reconstruction classifier over the real text feature `x_s`, in training with
+            `text_classification_weight > 0`.
         visual_classification_loss (`torch.FloatTensor`, *optional*):
             CE of the visual classifier (weight `visual_ce_weight`, `alpha_1` of eq. 13).
         reconstruction_classification_loss (`torch.FloatTensor`, *optional*):
@@ -86,15 +94,56 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
             `L_ITA` (weight `alignment_loss_weight`, `beta` of eq. 13).
         reconstruction_loss (`torch.FloatTensor`, *optional*):
             `L_MSE` (weight `reconstruction_loss_weight`, `gamma` of eq. 20).
+        text_classification_loss (`torch.FloatTensor`, *optional*):
+            CE of `text_logits` (weight `text_classification_weight`).
+        distillation_loss (`torch.FloatTensor`, *optional*):
+            Distillation of the detached `text_logits` into `logits` (weight `distillation_weight`).
     """
 
     visual_logits: torch.FloatTensor | None = None
     reconstruction_logits: torch.FloatTensor | None = None
+    text_logits: torch.FloatTensor | None = None
     visual_classification_loss: torch.FloatTensor | None = None
     reconstruction_classification_loss: torch.FloatTensor | None = None
     fusion_classification_loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
+    text_classification_loss: torch.FloatTensor | None = None
+    distillation_loss: torch.FloatTensor | None = None
+
+
+# Each loss term of MARNetImageClassifierOutput -> the MARNetConfig field that weights it in `loss`.
+LOSS_WEIGHT_FIELDS = {
+    "visual_classification_loss": "visual_ce_weight",
+    "reconstruction_classification_loss": "reconstruction_ce_weight",
+    "fusion_classification_loss": "fusion_ce_weight",
+    "alignment_loss": "alignment_loss_weight",
+    "reconstruction_loss": "reconstruction_loss_weight",
+    "text_classification_loss": "text_classification_weight",
+    "distillation_loss": "distillation_weight",
+}
+
+
+def weighted_loss(terms, config, scales=None):
+    """`sum_k w_k * scale_k * term_k` over the terms that exist (not None); `w_k` from `LOSS_WEIGHT_FIELDS` in
+    `config`, `scales` an optional {term: factor} (e.g. a warm-up ramp), 1 where absent."""
+    scales = scales or {}
+    return sum(
+        getattr(config, LOSS_WEIGHT_FIELDS[name]) * scales.get(name, 1.0) * value
+        for name, value in terms.items()
+        if value is not None
+    )
+
+
+def _cross_entropy(logits, labels):
+    return F.cross_entropy(logits, labels) if logits is not None else None
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+    """`T^2 KL(softmax(teacher / T) || softmax(student / T))`, batch mean; the teacher is detached. (B, L) -> ()."""
+    teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    student = F.log_softmax(student_logits / temperature, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
 def _vision_model_spec(vision_config, pooling):
@@ -113,6 +162,14 @@ def _vision_model_spec(vision_config, pooling):
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters and pooling != "pooler":
         return model_class, {"add_pooling_layer": False}, "cls" if pooling == "auto" else pooling
     return model_class, {}, pooling
+
+
+def normalize_text_embeds(text_embeds, mode):
+    """`x_s` as the losses use it: unchanged (`"none"`) or with unit mean square per dimension (`"unit_rms"`:
+    L2-normalised, times `sqrt(D)`), (B, D) -> (B, D)."""
+    if mode == "none":
+        return text_embeds
+    return F.normalize(text_embeds, dim=-1) * math.sqrt(text_embeds.shape[-1])
 
 
 def _infer_vision_hidden_size(vision_model, vision_config):
@@ -226,6 +283,7 @@ class MARNetModel(MARNetPreTrainedModel):
         self,
         pixel_values=None,
         text_embeds=None,
+        labels=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -236,10 +294,13 @@ class MARNetModel(MARNetPreTrainedModel):
             Images, as prepared by the image processor.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
             Privileged text features `x_s` (pooled output of a frozen or trained text encoder), training only.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class ids; used only by the alignment loss with `config.alignment_targets="class"`.
         """
         self._check_pixel_values(pixel_values)
         if text_embeds is not None:
             self._check_text_embeds(text_embeds, pixel_values.shape[0])
+            text_embeds = normalize_text_embeds(text_embeds, self.config.text_normalization)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         tower_kwargs = {"output_hidden_states": output_hidden_states, "return_dict": True}
         if output_attentions:
@@ -248,8 +309,11 @@ class MARNetModel(MARNetPreTrainedModel):
         image_embeds = self.pool(vision_outputs)  # x_v, (B, H_v)
 
         visual_embeds, text_projected, alignment_loss = image_embeds, None, None
-        if self.alignment is not None:
-            visual_embeds, text_projected, alignment_loss = self.alignment(image_embeds, text_embeds)
+        projection_is_feature = self.config.visual_features == "projection"
+        if self.alignment is not None and (projection_is_feature or text_embeds is not None):
+            projected, text_projected, alignment_loss = self.alignment(image_embeds, text_embeds, labels)
+            if projection_is_feature:
+                visual_embeds = projected
         reconstructed, reconstruction_loss = None, None
         if self.reconstruction is not None:
             reconstructed, reconstruction_loss = self.reconstruction(image_embeds, text_embeds)
@@ -257,6 +321,7 @@ class MARNetModel(MARNetPreTrainedModel):
         output = MARNetModelOutput(
             image_embeds=image_embeds,
             visual_embeds=visual_embeds,
+            text_embeds=text_embeds,
             text_projected_embeds=text_projected,
             reconstructed_text_embeds=reconstructed,
             alignment_loss=alignment_loss,
@@ -278,7 +343,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
     def __init__(self, config: MARNetConfig):
         super().__init__(config)
         self.marnet = MARNetModel(config)
-        visual_dim = config.projection_dim if config.use_alignment else config.vision_hidden_size
+        projected = config.use_alignment and config.visual_features == "projection"
+        visual_dim = config.projection_dim if projected else config.vision_hidden_size
         uses_visual = config.classifier_input in ("visual", "fusion")
         uses_reconstruction = config.classifier_input in ("reconstruction", "fusion")
         self.dropout = nn.Dropout(config.classifier_dropout)
@@ -345,8 +411,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class ids in `[0, num_labels)`. With them the output carries `loss`.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
-            Privileged text features `x_s`, given in training only. With them the alignment and reconstruction
-            losses are computed and the CDR branch uses its one-step x0 prediction instead of sampling.
+            Privileged text features `x_s`, given in training only. With them the alignment, reconstruction and
+            text losses are computed; `logits` depend on them only in training mode with
+            `reconstruction_training="one_step"`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
@@ -355,12 +422,13 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         outputs = self.marnet(
             pixel_values,
             text_embeds=text_embeds,
+            labels=labels,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
             **kwargs,
         )
-        visual_logits = reconstruction_logits = None
+        visual_logits = reconstruction_logits = text_logits = None
         if self.visual_classifier is not None:
             visual_logits = self.visual_classifier(self.dropout(outputs.visual_embeds))  # (B, L)
         if self.reconstruction_classifier is not None:
@@ -372,26 +440,19 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         else:
             logits = visual_logits if visual_logits is not None else reconstruction_logits
 
-        terms = {
-            "alignment_loss": (outputs.alignment_loss, self.config.alignment_loss_weight),
-            "reconstruction_loss": (outputs.reconstruction_loss, self.config.reconstruction_loss_weight),
-        }
-        if labels is not None:
-            terms["visual_classification_loss"] = (
-                F.cross_entropy(visual_logits, labels) if visual_logits is not None else None,
-                self.config.visual_ce_weight,
-            )
-            terms["reconstruction_classification_loss"] = (
-                F.cross_entropy(reconstruction_logits, labels) if reconstruction_logits is not None else None,
-                self.config.reconstruction_ce_weight,
-            )
-            terms["fusion_classification_loss"] = (
-                F.cross_entropy(logits, labels) if self.fusion is not None else None,
-                self.config.fusion_ce_weight,
-            )
+        config = self.config
+        terms = {"alignment_loss": outputs.alignment_loss, "reconstruction_loss": outputs.reconstruction_loss}
         loss = None
         if labels is not None:
-            loss = sum(weight * value for value, weight in terms.values() if value is not None)
+            if outputs.text_embeds is not None and config.text_classification_weight > 0:
+                text_logits = self.reconstruction_classifier(self.dropout(outputs.text_embeds))  # (B, L)
+            terms["visual_classification_loss"] = _cross_entropy(visual_logits, labels)
+            terms["reconstruction_classification_loss"] = _cross_entropy(reconstruction_logits, labels)
+            terms["fusion_classification_loss"] = _cross_entropy(logits if self.fusion is not None else None, labels)
+            terms["text_classification_loss"] = _cross_entropy(text_logits, labels)
+            if text_logits is not None and config.distillation_weight > 0:
+                terms["distillation_loss"] = distillation_loss(logits, text_logits, config.distillation_temperature)
+            loss = weighted_loss(terms, config)
 
         output = MARNetImageClassifierOutput(
             loss=loss,
@@ -400,7 +461,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             attentions=outputs.attentions,
             visual_logits=visual_logits,
             reconstruction_logits=reconstruction_logits,
-            **{name: value for name, (value, _) in terms.items()},
+            text_logits=text_logits,
+            **terms,
         )
         return output if return_dict else output.to_tuple()
 
@@ -411,4 +473,6 @@ __all__ = [
     "MARNetForImageClassification",
     "MARNetModelOutput",
     "MARNetImageClassifierOutput",
+    "LOSS_WEIGHT_FIELDS",
+    "weighted_loss",
 ]

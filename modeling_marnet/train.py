@@ -45,7 +45,7 @@ from .training.data import (
     processor_image_size,
 )
 from .training.errors import TrainingInputError
-from .training.loop import evaluate, optimizer_steps
+from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import (
     ablation_name,
     build_model,
@@ -55,6 +55,7 @@ from .training.model_setup import (
     needs_text,
     new_model_config,
     parameter_groups,
+    tower_parameters,
 )
 from .training.text_features import (
     MARNetWithTextEncoder,
@@ -180,6 +181,8 @@ def run(args):
     config = checkpoint_config or new_model_config(args, label_names, text_encoder and text_encoder.hidden_size)
     set_seed(args.seed)  # identical fresh heads on every process
     model = build_model(args, config)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     image_processor = load_image_processor(args, model.config.vision_config)
 
     accelerator = Accelerator(
@@ -223,7 +226,8 @@ def run(args):
         for name, split in (("validation", validation_split), ("test", test_split)) if split is not None
     }
 
-    optimizer = torch.optim.AdamW(parameter_groups([model], args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.learning_rate,
+                                                   args.tower_lr_multiplier))
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
 
@@ -235,6 +239,14 @@ def run(args):
     # Not prepared: stepped once per optimizer update whatever the number of processes.
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, max_steps)
     accelerator.register_for_checkpointing(scheduler)
+    loss_composer = LossComposer(config, round(args.auxiliary_warmup_ratio * max_steps))
+    gradient_probe = None
+    if args.gradient_norm_steps:
+        if accelerator.num_processes > 1:
+            raise TrainingInputError(f"--gradient-norm-steps runs extra backward passes outside DDP's reducer and "
+                                     f"works in one process only; this run has {accelerator.num_processes}.")
+        probe_parameters = tower_parameters(accelerator.unwrap_model(model))
+        gradient_probe = lambda step: probe_parameters if step % args.gradient_norm_steps == 0 else None  # noqa: E731
 
     hyperparameters = {
         **{key: value for key, value in vars(args).items() if key not in ("config",)},
@@ -307,7 +319,8 @@ def run(args):
         batches = accelerator.skip_first_batches(train_dataloader, resumed_batches) if resumed_batches else train_dataloader
         state.epoch, state.batches_in_epoch = epoch, resumed_batches
         tic = time.perf_counter()
-        for update in optimizer_steps(model, batches, accelerator, optimizer, scheduler):
+        for update in optimizer_steps(model, batches, accelerator, optimizer, scheduler, loss_composer,
+                                      state.global_step, gradient_probe):
             state.global_step += 1
             state.batches_in_epoch += args.gradient_accumulation_steps
             state.train_images += update["images"]
@@ -317,12 +330,19 @@ def run(args):
             if state.global_step % args.logging_steps == 0 or state.global_step == 1:
                 loss = accelerator.reduce(update["loss"], "mean").item()
                 record = {"step": state.global_step, "epoch": state.global_step / updates_per_epoch, "loss": loss,
-                          "learning_rate": scheduler.get_last_lr()[0], "images_per_second": images_per_second}
+                          **{name: accelerator.reduce(value, "mean").item() for name, value in update["terms"].items()},
+                          "learning_rate": scheduler.get_last_lr()[-1],
+                          "auxiliary_loss_scale": loss_composer.auxiliary_scale(state.global_step - 1),
+                          "images_per_second": images_per_second}
                 progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
                 accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"},
                                 step=state.global_step)
                 if accelerator.is_main_process:
                     append_history(output_dir, record)
+            if update["gradient_norms"] is not None:
+                norms = {f"tower_gradient_norm/{name}": value for name, value in update["gradient_norms"].items()}
+                accelerator.log(norms, step=state.global_step)
+                append_history(output_dir, {"step": state.global_step, **norms})
             if args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0:
                 stop = evaluate_and_track()
                 last_evaluated = state.global_step

@@ -1,7 +1,10 @@
-"""benchmarks/accuracy.py end to end on a tiny fixture dataset and tower: two rows, one seed, two steps each."""
+"""benchmarks/accuracy.py end to end on a tiny fixture dataset and tower: the tuning -> final -> paired-difference
+protocol, with one grid point, one loss-weight variant and two seeds."""
 
 import json
+import re
 import shlex
+import statistics
 import sys
 
 import pytest
@@ -16,82 +19,127 @@ from train_fixtures import (
 )
 
 SCRIPT = REPO_ROOT / "benchmarks" / "accuracy.py"
-ROWS = ("baseline", "full-concat")
+ROWS = ("baseline", "marnet")
 
 
 def benchmark_command(paths, *extra, rows=ROWS):
     return [
         sys.executable, str(SCRIPT), "--dataset", str(paths["dataset"]), "--vision-model", str(paths["tower"]),
-        "--text-encoder", str(paths["text"]), "--rows", *rows, "--seeds", "0", "--max-steps", "2",
-        "--batch-size", "8", "--image-size", "30", "--num-proc", "1", "--work-dir", str(paths["work"]),
-        "--output", str(paths["output"]), *extra, "--", *tiny_model_args(),
+        "--text-encoder", str(paths["text"]), "--rows", *rows, "--proxies", "original", "--grid", "1e-3:0.5",
+        "--weight-grid", "alignment_loss_weight=0.5", "--tune-seeds", "0", "--seeds", "0", "1",
+        "--train-fractions", "1.0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
+        "--num-proc", "1", "--work-dir", str(paths["work"]), "--output", str(paths["output"]), *extra,
+        "--", *tiny_model_args(),
     ]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """The paths of one finished tiny table and the CompletedProcess that made it."""
+    """The paths of one finished tiny protocol and the CompletedProcess that made it."""
     root = tmp_path_factory.mktemp("accuracy")
     paths = {"dataset": save_dataset(root / "data"), "tower": save_vision_tower(root / "tower"),
              "text": save_text_encoder(root / "text"), "work": root / "work", "output": root / "out" / "acc.json"}
-    completed = run_command(benchmark_command(paths))
+    completed = run_command(benchmark_command(paths), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return paths, completed
 
 
-def test_json_has_every_run_and_row_summary(finished):
+def test_tuning_reads_validation_only_and_searches_weights_for_text_rows(finished):
     paths, _ = finished
     report = json.loads(paths["output"].read_text())
-    assert [(run["row"], run["seed"]) for run in report["runs"]] == [(row, 0) for row in ROWS]
+    assert set(report["tuning"]) == {"shared/baseline", "original/marnet"}
+    assert list(report["tuning"]["shared/baseline"]["validation_top1"]) == ["lr0.001-x0.5"]
+    # The text row also tries the loss-weight variant at its best grid point.
+    assert list(report["tuning"]["original/marnet"]["validation_top1"]) == [
+        "lr0.001-x0.5", "lr0.001-x0.5-alignment_loss_weight0.5"]
+    for row in report["tuning"].values():
+        assert row["chosen"] in row["validation_top1"]
+        assert row["validation_top1"][row["chosen"]] == max(row["validation_top1"].values())
+
+
+def test_final_rows_are_paired_by_seed_and_match_the_trainers_test_metrics(finished):
+    paths, _ = finished
+    report = json.loads(paths["output"].read_text())
+    assert set(report["results"]) == {"original@1"}
+    group = report["results"]["original@1"]
+    for row, values in group.items():
+        proxy = "shared" if row == "baseline" else "original"
+        folders = [paths["work"] / "runs" / proxy / row / values["variant"] / f"seed-{seed}" for seed in (0, 1)]
+        tests = [json.loads((folder / "metrics.json").read_text())["per_split"]["test"] for folder in folders]
+        assert values["top1"] == [test["top1"] for test in tests]
+        assert values["top1_mean"] == pytest.approx(statistics.fmean(values["top1"]))
+        differences = [a - b for a, b in zip(values["top1"], group["baseline"]["top1"])]
+        assert values["paired_difference_mean"] == pytest.approx(statistics.fmean(differences))
+        assert values["paired_difference_std"] == pytest.approx(statistics.stdev(differences))
+
+
+def test_training_fractions_keep_a_stratified_prefix_of_each_class(tmp_path):
+    import datasets
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from accuracy import prepare_fraction
+
+    source = save_dataset(tmp_path / "data")
+    subset = datasets.load_from_disk(str(prepare_fraction(source, 0.25)))
+    full = datasets.load_from_disk(str(source))
+    labels = full["train"]["label"]  # 6 rows per class -> ceil(1.5) = 2 kept per class, the first two
+    expected = [i for i, label in enumerate(labels) if labels[: i + 1].count(label) <= 2]
+    assert subset["train"]["image_id"] == [full["train"][i]["image_id"] for i in expected]
+    assert len(subset["validation"]) == len(full["validation"]) and len(subset["test"]) == len(full["test"])
+    assert prepare_fraction(source, 1.0) == source
+
+
+def test_runs_get_the_protocol_options(finished):
+    paths, _ = finished
+    report = json.loads(paths["output"].read_text())
     for run in report["runs"]:
-        metrics = json.loads((paths["work"] / "runs" / run["row"] / "seed-0" / "metrics.json").read_text())
-        assert (run["top1"], run["top5"], run["global_step"]) == (metrics["top1"], metrics["top5"], 2)
-        assert run["split"] == "test" and run["process_seconds"] > 0
-    assert "--ablation baseline" in report["runs"][0]["command"]
-    assert "--text-encoder" not in report["runs"][0]["command"]
-    assert "--fusion-mode concat" in report["runs"][1]["command"]
-    for row, run in zip(ROWS, report["runs"]):
-        assert report["rows"][row]["top1_mean"] == run["top1"]
-        assert report["rows"][row]["top1_std"] == 0.0 and report["rows"][row]["num_seeds"] == 1
-    assert report["dataset"]["splits"] == {"train": 24, "validation": 11, "test": 9}
-    assert report["dataset"]["images_with_transparency"] == report["dataset"]["images_blank_after_rgb"] == 0
-    assert report["dataset"]["num_texts"] == 44
-    assert report["dataset"]["train_images_per_class"] == dict.fromkeys(
-        ["tomato_soup", "pea_soup", "blueberry_pie", "banana_bread"], 6)
-    assert report["config"]["image_size"] == 30 and report["config"]["seeds"] == [0]
-    assert paths["output"].with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        command = run["command"]
+        assert "--augment" in command and "--tower-lr-multiplier 0.5" in command and "--learning-rate 0.001" in command
+        assert ("--text-encoder" in command) == (run["row"] != "baseline")
+    assert report["config"]["seeds"] == [0, 1] and report["config"]["tune_seeds"] == [0]
+    assert report["text"]["original"]["num_texts"] == 44
+    assert 0 <= report["text"]["original"]["text_probe_validation_top1"] <= 1
+    for suffix in (".png", "_curves.png"):
+        image = paths["output"].with_name(paths["output"].stem + suffix)
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_prints_a_markdown_row_per_ablation_row(finished):
+def test_prints_a_markdown_table_per_group_with_paired_differences(finished):
     paths, completed = finished
     report = json.loads(paths["output"].read_text())
-    lines = {line.split("|")[1].strip(): line for line in completed.stdout.splitlines() if line.startswith("| ")}
-    baseline = report["rows"]["baseline"]["top1_mean"]
-    for row in ROWS:
-        top1 = report["rows"][row]["top1_mean"]
-        assert f"| {100 * top1:.2f} ± 0.00 |" in lines[row]
-        assert f"| {100 * (top1 - baseline):+.2f} |" in lines[row]
+    marnet = report["results"]["original@1"]["marnet"]
+    expected = f"| {100 * marnet['paired_difference_mean']:+.2f} ± {100 * marnet['paired_difference_std']:.2f} |"
+    assert expected in completed.stdout
 
 
 def test_rerun_reuses_finished_runs(finished):
     paths, _ = finished
     before = json.loads(paths["output"].read_text())
-    completed = run_command(benchmark_command(paths))
+    completed = run_command(benchmark_command(paths), timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.count("done before") == len(ROWS)
+    assert re.search(r"seed \d+: validation top-1", completed.stdout) is None  # nothing trained again
     after = json.loads(paths["output"].read_text())
-    assert [run["top1"] for run in after["runs"]] == [run["top1"] for run in before["runs"]]
+    assert after["results"] == before["results"]
 
 
 def test_failing_run_reports_its_log_and_writes_no_results(finished, tmp_path):
-    """A trainer that fails (a stand-in launcher, so no second training is paid for) stops the table with exit 1,
+    """A trainer that fails (a stand-in launcher, so no second training is paid for) stops the protocol with exit 1,
     its log tail on stderr and no results file; the finished runs stay for the next call."""
     paths, _ = finished
     paths = {**paths, "output": tmp_path / "acc.json"}
     failing_trainer = shlex.join([sys.executable, "-c", "import sys; print('bad option'); sys.exit(2)"])
-    completed = run_command(benchmark_command(paths, "--launcher", failing_trainer, rows=("ema",)))
+    completed = run_command(benchmark_command(paths, "--launcher", failing_trainer, rows=("baseline",)), timeout=300)
     assert completed.returncode == 1
-    assert "ema seed 0: marnet-train exited with 2" in completed.stderr
+    assert "baseline (lr0.001-x0.5, seed 0): the trainer exited with 2" in completed.stderr
     assert "bad option" in completed.stderr and "Traceback" not in completed.stderr
     assert not paths["output"].exists()
-    assert (paths["work"] / "runs" / "baseline" / "seed-0" / "metrics.json").is_file()
+    assert (paths["work"] / "runs" / "original" / "marnet" / "lr0.001-x0.5" / "seed-0" / "metrics.json").is_file()
+
+
+def test_grid_and_seed_errors_are_clear():
+    completed = run_command([sys.executable, str(SCRIPT), "--grid", "fast"])
+    assert completed.returncode == 2 and "expected LR:TOWER_MULTIPLIER such as 1e-3:0.1, got 'fast'" in completed.stderr
+    completed = run_command([sys.executable, str(SCRIPT), "--tune-seeds", "7", "--seeds", "0", "1"])
+    assert completed.returncode == 2 and "--tune-seeds [7] must be among --seeds [0, 1]" in completed.stderr
+    completed = run_command([sys.executable, str(SCRIPT), "--rows", "marnet"])
+    assert completed.returncode == 2 and "--rows must include 'baseline'" in completed.stderr

@@ -66,6 +66,12 @@ def build_parser():
     optim.add_argument("--num-train-epochs", type=float, default=3.0)
     optim.add_argument("--max-steps", type=int, help="Optimizer steps; overrides --num-train-epochs.")
     optim.add_argument("--learning-rate", type=float, default=5e-5)
+    optim.add_argument("--tower-lr-multiplier", type=float, default=1.0, help="Learning rate of the pretrained towers "
+                       "(vision, and a jointly trained text encoder) as a multiple of --learning-rate, which the fresh "
+                       "MARNet heads use.")
+    optim.add_argument("--auxiliary-warmup-ratio", type=float, default=0.0, help="Fraction of the steps over which "
+                       "the auxiliary losses (alignment, reconstruction, text classification, distillation) ramp "
+                       "linearly from 0 to their weights.")
     optim.add_argument("--weight-decay", type=float, default=0.05, help="Not applied to biases, norms, logit_scale.")
     optim.add_argument("--warmup-ratio", type=float, default=0.1, help="Fraction of steps of linear warmup "
                        "before the cosine decay.")
@@ -90,6 +96,11 @@ def build_parser():
     loop.add_argument("--resume-from-checkpoint", help="`latest` or a checkpoint directory.")
     loop.add_argument("--report-to", choices=REPORT_TO, default="tensorboard")
     loop.add_argument("--logging-steps", type=int, default=10)
+    loop.add_argument("--gradient-norm-steps", type=int, default=0, help="Every N optimizer steps, log how much "
+                      "gradient each weighted loss term sends into the vision tower (L2 norm; one extra backward per "
+                      "term; single process only). 0: never.")
+    data.add_argument("--channels-last", action="store_true", help="Run the vision tower in channels-last memory "
+                      "format (faster for convolutional towers on CPU and recent GPUs).")
     return parser
 
 
@@ -158,6 +169,12 @@ def _check_ranges(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise TrainingInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if not 0 < args.tower_lr_multiplier < float("inf"):
+        raise TrainingInputError(f"--tower-lr-multiplier must be a finite number > 0, got {args.tower_lr_multiplier}.")
+    if not 0 <= args.auxiliary_warmup_ratio <= 1:
+        raise TrainingInputError(f"--auxiliary-warmup-ratio must be in [0, 1], got {args.auxiliary_warmup_ratio}.")
+    if args.gradient_norm_steps < 0:
+        raise TrainingInputError(f"--gradient-norm-steps must be >= 0, got {args.gradient_norm_steps}.")
     if args.checkpointing_steps < 0 or args.dataloader_num_workers < 0 or args.learning_rate <= 0:
         raise TrainingInputError("--checkpointing-steps and --dataloader-num-workers must be >= 0 and "
                                  f"--learning-rate > 0, got {args.checkpointing_steps}, "

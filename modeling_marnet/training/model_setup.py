@@ -141,10 +141,22 @@ def load_image_processor(args, vision_config):
     return image_processor
 
 
-def parameter_groups(modules, weight_decay):
-    """AdamW groups: decay on matrices, none on biases, norm weights, scalars (`logit_scale`), as in nanoGPT."""
-    parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def tower_parameters(model):
+    """The pretrained towers' trainable parameters: the vision tower's and, when trained jointly, the text encoder's."""
+    classifier = getattr(model, "classifier", model)  # MARNetWithTextEncoder holds the classifier
+    towers = [classifier.marnet.vision_model] + ([model.text_encoder] if hasattr(model, "text_encoder") else [])
+    return [p for tower in towers for p in tower.parameters() if p.requires_grad]
+
+
+def parameter_groups(model, weight_decay, learning_rate, tower_lr_multiplier=1.0):
+    """AdamW groups: decay on matrices, none on biases, norm weights, scalars (`logit_scale`), as in nanoGPT; the
+    pretrained towers at `learning_rate * tower_lr_multiplier`, the fresh MARNet heads at `learning_rate`."""
+    towers = {id(p) for p in tower_parameters(model)}
+    groups = []
+    for is_tower, lr in ((True, learning_rate * tower_lr_multiplier), (False, learning_rate)):
+        parameters = [p for p in model.parameters() if p.requires_grad and (id(p) in towers) == is_tower]
+        groups += [
+            {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr},
+            {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
+        ]
+    return [group for group in groups if group["params"]]
