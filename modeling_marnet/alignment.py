@@ -46,7 +46,7 @@ def _distributed():
 
 
 def _gather_labels(labels):
-    """Every process's labels in rank order (no gradient needed): (B,) -> (B * world,)."""
+    """Every process's labels in rank order (no gradient needed): (B, ...) -> (B * world, ...)."""
     gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, labels.contiguous())
     return torch.cat(gathered)
@@ -60,8 +60,9 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
         text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         logit_scale: scalar tensor, `log(1 / tau)`.
         gather: under `torch.distributed`, use every process's rows as negatives.
-        labels: (B,) class ids for class-aware targets (an extension, not in the paper): the target of row i is
-            spread equally over every column with the same label instead of on column i alone. `None`: eq. 9-10.
+        labels: (B,) class ids or (B, L) multi-hot rows for class-aware targets (an extension, not in the paper):
+            the target of row i is spread equally over every column with the same label (the same label set) instead
+            of on column i alone. `None`: eq. 9-10.
 
     Returns:
         The loss (each direction averaged over the local rows, the two directions summed) and the (B, B_all)
@@ -82,7 +83,10 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
     if labels is None:
         targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
     else:
-        matches = (labels[:, None] == all_labels[None, :]).to(logits_per_image.dtype)  # (B, B_all), diagonal is 1
+        matches = labels[:, None] == all_labels[None, :]  # (B, B_all), or (B, B_all, L) for multi-hot rows
+        if matches.dim() == 3:
+            matches = matches.all(dim=-1)
+        matches = matches.to(logits_per_image.dtype)  # (B, B_all), diagonal is 1
         targets = matches / matches.sum(dim=-1, keepdim=True)
     loss = F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
     return loss, logits_per_image
@@ -102,10 +106,8 @@ class MARNetEmbeddingAlignment(nn.Module):
         self.text_projection = MARNetProjection(
             config.text_hidden_size, config.projection_dim, config.projection_negative_slope
         )
-        self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / config.contrastive_temperature_init)),
-            requires_grad=config.learnable_temperature,
-        )
+        # Frozen without `learnable_temperature` by MARNetPreTrainedModel, which also re-freezes it after loading.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.contrastive_temperature_init)))
         self.gather = config.contrastive_gather
         self.class_targets = config.alignment_targets == "class"
 
@@ -114,12 +116,15 @@ class MARNetEmbeddingAlignment(nn.Module):
         visual_embeds = self.visual_projection(vision_features)  # (B, P)
         if text_embeds is None:
             return visual_embeds, None, None
-        if self.class_targets and labels is None:
-            raise ValueError(
-                "`alignment_targets='class'` needs `labels` whenever `text_embeds` are given (the positives of the "
-                "contrastive loss are the texts of the same class). Pass labels, or use alignment_targets='instance'."
-            )
         text_projected = self.text_projection(text_embeds)  # (B, P)
+        if self.class_targets and labels is None:
+            if not self.training:
+                return visual_embeds, text_projected, None  # evaluation without labels: nothing to align on
+            raise ValueError(
+                "`alignment_targets='class'` needs `labels` in training whenever `text_embeds` are given (the "
+                "positives of the contrastive loss are the texts of the same class). Pass labels, or use "
+                "alignment_targets='instance'."
+            )
         loss, _ = image_text_contrastive_loss(
             visual_embeds, text_projected, self.logit_scale, self.gather, labels if self.class_targets else None
         )

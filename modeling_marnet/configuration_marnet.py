@@ -15,6 +15,7 @@ RECONSTRUCTION_TRAINING = ("sample", "one_step")
 DIFFUSION_TIMESTEPS = ("uniform", "inference")
 TEXT_NORMALIZATIONS = ("none", "unit_rms")
 ALIGNMENT_TARGETS = ("instance", "class")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 # The rows of the paper's ablation (Table 2), each a set of config overrides.
 ABLATIONS = {
@@ -167,6 +168,31 @@ class MARNetConfig(PreTrainedConfig):
         contrastive_gather (`bool`, *optional*, defaults to `True`):
             Under `torch.distributed`, gather features of every process for `L_ITA`, so the negatives are the
             global batch, as in one process.
+        image_only_training (`bool`, *optional*, defaults to `False`):
+            Declares that training gives no `text_embeds`, e.g. fine-tuning a published MARNet on a new image dataset.
+            The parameters that only the text trains are then frozen (`requires_grad=False`, weights kept as loaded),
+            so every trainable parameter gets a gradient from images and labels, as DDP with
+            `find_unused_parameters=False` requires (`Trainer` uses that setting with gradient checkpointing). Frozen:
+            `alignment.text_projection` and `alignment.logit_scale`; `alignment.visual_projection` unless the visual
+            classifier reads it (`visual_features="projection"` and `classifier_input` 'visual' or 'fusion'); the CDR
+            branch when no classifier reads it (`classifier_input="visual"`). `text_embeds` in training mode are then
+            refused. Set it when loading: `from_pretrained(path, image_only_training=True)`.
+        problem_type (`str`, *optional*):
+            As for every transformers classifier: `"single_label_classification"` (integer `labels` (B,), cross
+            entropy), `"multi_label_classification"` (multi-hot float `labels` (B, num_labels), BCE with logits) or
+            `"regression"` (float `labels` (B, num_labels), or (B,) when `num_labels=1`; MSE). When `None` it is
+            inferred from the first `labels` as transformers does (one label: regression; integer labels:
+            single-label; else multi-label) and stored in the config. Every classification term (visual,
+            reconstruction, fused, text) follows it. Logit fusions return the fused score's inverse link: `"sum"`
+            gives `log sigmoid(a + b)` for single-label (softmax renormalises it) and the logit `a + b` of the same
+            score for multi-label; `"hm"` scores `z / (1 + z) <= 0.5`, so it is single-label only; regression refuses
+            both. Multi-label `alignment_targets="class"` takes the texts with the same label set as positives, and
+            distillation compares per-class sigmoids (binary KL, mean over classes as the BCE); regression refuses both.
+
+    Sizes: the heads do not follow the tower's width. A tiny model for tests (transformers' common tests keep theirs
+    under 1M parameters) needs small heads as well as a small tower, e.g. `text_hidden_size=16, projection_dim=8,
+    denoiser_hidden_size=24, timestep_embedding_dim=8` with a 2-layer, 32-wide ViT (about 30k parameters); with the
+    default head sizes the same tower carries about 4M.
 
     Example:
 
@@ -181,6 +207,20 @@ class MARNetConfig(PreTrainedConfig):
 
     model_type = "marnet"
     sub_configs = {"vision_config": AutoConfig}
+    # Outputs that `Trainer` leaves out of its predictions, so `compute_metrics` gets `logits` (the branch outputs
+    # and every weighted loss term of MARNetImageClassifierOutput).
+    keys_to_ignore_at_inference = [
+        "visual_logits",
+        "reconstruction_logits",
+        "text_logits",
+        "visual_classification_loss",
+        "reconstruction_classification_loss",
+        "fusion_classification_loss",
+        "alignment_loss",
+        "reconstruction_loss",
+        "text_classification_loss",
+        "distillation_loss",
+    ]
 
     def __init__(
         self,
@@ -221,6 +261,7 @@ class MARNetConfig(PreTrainedConfig):
         classifier_dropout=0.0,
         initializer_range=0.02,
         contrastive_gather=True,
+        image_only_training=False,
         **kwargs,
     ):
         if vision_config is None:
@@ -273,6 +314,7 @@ class MARNetConfig(PreTrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.initializer_range = initializer_range
         self.contrastive_gather = contrastive_gather
+        self.image_only_training = image_only_training
         super().__init__(**kwargs)
         self.validate_marnet()
 
@@ -298,7 +340,7 @@ class MARNetConfig(PreTrainedConfig):
         _check_choice("diffusion_timesteps", self.diffusion_timesteps, DIFFUSION_TIMESTEPS)
         _check_choice("text_normalization", self.text_normalization, TEXT_NORMALIZATIONS)
         _check_choice("alignment_targets", self.alignment_targets, ALIGNMENT_TARGETS)
-        for name in ("use_alignment", "learnable_temperature", "contrastive_gather"):
+        for name in ("use_alignment", "learnable_temperature", "contrastive_gather", "image_only_training"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         for name in (
@@ -361,6 +403,35 @@ class MARNetConfig(PreTrainedConfig):
             raise ValueError(
                 f"`classifier_input={self.classifier_input!r}` needs the CDR branch, but `reconstruction='none'`. "
                 "Use `classifier_input='visual'` or set `reconstruction` to 'diffusion' or 'mlp'."
+            )
+        if self.problem_type is not None:
+            _check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+            self.check_problem_type(self.problem_type)
+
+    def check_problem_type(self, problem_type):
+        """Raises `ValueError` naming the field that has no meaning for `problem_type` (set or inferred)."""
+        fuses_logits = self.classifier_input == "fusion" and self.fusion_mode in ("sum", "hm")
+        if problem_type == "regression" and fuses_logits:
+            raise ValueError(
+                f"`fusion_mode={self.fusion_mode!r}` fuses class scores (sigmoids of the branch logits), which "
+                "`problem_type='regression'` does not have. Use fusion_mode 'concat', 'add' or 'mul', or a "
+                "classification problem_type."
+            )
+        if problem_type == "multi_label_classification" and fuses_logits and self.fusion_mode == "hm":
+            raise ValueError(
+                "`fusion_mode='hm'` scores each class z / (1 + z) <= 0.5 (z = sigmoid(a) * sigmoid(b)), so under "
+                "`problem_type='multi_label_classification'` (sigmoid outputs) no label could be predicted present. "
+                "Use fusion_mode 'sum' (fused logit a + b) or 'concat', 'add', 'mul'."
+            )
+        if problem_type == "regression" and self.use_alignment and self.alignment_targets == "class":
+            raise ValueError(
+                "`alignment_targets='class'` takes the texts of the same class as positives, but "
+                "`problem_type='regression'` has no classes. Use alignment_targets='instance'."
+            )
+        if problem_type == "regression" and self.distillation_weight > 0:
+            raise ValueError(
+                f"`distillation_weight={self.distillation_weight!r}` distils temperature-scaled class probabilities, "
+                "which `problem_type='regression'` does not have. Set distillation_weight=0."
             )
 
 

@@ -8,14 +8,18 @@ FEATURE_FUSIONS = ("concat", "add", "mul")
 LOGIT_FUSIONS = ("sum", "hm")
 
 
-def fuse_logits(visual_logits, reconstruction_logits, mode):
+def fuse_logits(visual_logits, reconstruction_logits, mode, problem_type="single_label_classification"):
     """Counterfactual-VQA fusions of two branch logits (B, L) -> (B, L).
 
-    `sum`: `log sigmoid(a + b)`; `hm` (harmonic): `log(z / (1 + z))` with `z = sigmoid(a) * sigmoid(b)`, computed as
+    Each fuses the branches into a per-class score `p` and returns its inverse link for `problem_type`: `log p` for
+    single-label (the softmax renormalises it), `logit p` for multi-label (the sigmoid gives `p` back).
+    `sum`: `p = sigmoid(a + b)`, so `log sigmoid(a + b)` or `a + b`. `hm` (harmonic, single-label only, see
+    `MARNetConfig.check_problem_type`): `p = z / (1 + z)` with `z = sigmoid(a) * sigmoid(b)`, returned as
     `log z - softplus(log z)` so it stays finite for large |a|, |b|.
     """
     if mode == "sum":
-        return F.logsigmoid(visual_logits + reconstruction_logits)
+        fused = visual_logits + reconstruction_logits
+        return fused if problem_type == "multi_label_classification" else F.logsigmoid(fused)
     if mode == "hm":
         log_z = F.logsigmoid(visual_logits) + F.logsigmoid(reconstruction_logits)
         return log_z - F.softplus(log_z)
@@ -43,10 +47,10 @@ class MARNetFusion(nn.Module):
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(fused_dim, config.num_labels)
 
-    def forward(self, visual_embeds, reconstruction_embeds, visual_logits, reconstruction_logits):
+    def forward(self, visual_embeds, reconstruction_embeds, visual_logits, reconstruction_logits, problem_type):
         """(B, D_EMA), (B, D_s) features and their (B, L) branch logits -> (B, L) fused logits."""
         if self.mode in LOGIT_FUSIONS:
-            return fuse_logits(visual_logits, reconstruction_logits, self.mode)
+            return fuse_logits(visual_logits, reconstruction_logits, self.mode, problem_type)
         if self.mode == "concat":
             fused = torch.cat([visual_embeds, reconstruction_embeds], dim=-1)  # (B, D_EMA + D_s)
         elif self.mode == "add":

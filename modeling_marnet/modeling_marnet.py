@@ -5,12 +5,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .alignment import MARNetEmbeddingAlignment
 from .configuration_marnet import MARNetConfig
@@ -25,6 +26,8 @@ AUTO_MAP = {
 
 # `from_pretrained` options that locate a checkpoint, shared by its config and its weights.
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -82,20 +85,21 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
         reconstruction_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
             Classifier over `x_CDR`.
         text_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
-            The reconstruction classifier over the real text feature `x_s`, in training with
+            The reconstruction classifier over the real text feature `x_s`, with `labels`, `text_embeds` and
             `text_classification_weight > 0`.
         visual_classification_loss (`torch.FloatTensor`, *optional*):
-            CE of the visual classifier (weight `visual_ce_weight`, `alpha_1` of eq. 13).
+            Loss of the visual classifier for `config.problem_type`, cross entropy for single-label (weight
+            `visual_ce_weight`, `alpha_1` of eq. 13).
         reconstruction_classification_loss (`torch.FloatTensor`, *optional*):
-            CE of the reconstruction classifier (weight `reconstruction_ce_weight`, `alpha_2` of eq. 20).
+            Loss of the reconstruction classifier (weight `reconstruction_ce_weight`, `alpha_2` of eq. 20).
         fusion_classification_loss (`torch.FloatTensor`, *optional*):
-            CE of the fused logits (weight `fusion_ce_weight`).
+            Loss of the fused logits (weight `fusion_ce_weight`).
         alignment_loss (`torch.FloatTensor`, *optional*):
             `L_ITA` (weight `alignment_loss_weight`, `beta` of eq. 13).
         reconstruction_loss (`torch.FloatTensor`, *optional*):
             `L_MSE` (weight `reconstruction_loss_weight`, `gamma` of eq. 20).
         text_classification_loss (`torch.FloatTensor`, *optional*):
-            CE of `text_logits` (weight `text_classification_weight`).
+            Loss of `text_logits` (weight `text_classification_weight`).
         distillation_loss (`torch.FloatTensor`, *optional*):
             Distillation of the detached `text_logits` into `logits` (weight `distillation_weight`).
     """
@@ -135,15 +139,43 @@ def weighted_loss(terms, config, scales=None):
     )
 
 
-def _cross_entropy(logits, labels):
-    return F.cross_entropy(logits, labels) if logits is not None else None
+def classification_loss(logits, labels, problem_type):
+    """The loss of (B, L) logits for `problem_type`, as transformers' classifiers compute it (None without logits):
+    cross entropy on (B,) class ids, BCE with logits on (B, L) multi-hot targets, MSE on (B, L) values."""
+    if logits is None:
+        return None
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits, labels)
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return F.mse_loss(logits, labels.to(logits.dtype))
 
 
-def distillation_loss(student_logits, teacher_logits, temperature):
-    """`T^2 KL(softmax(teacher / T) || softmax(student / T))`, batch mean; the teacher is detached. (B, L) -> ()."""
-    teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    student = F.log_softmax(student_logits / temperature, dim=-1)
+def distillation_loss(student_logits, teacher_logits, temperature, problem_type):
+    """`T^2 KL(teacher || student)` of temperature-scaled probabilities, the teacher detached: (B, L) -> ().
+
+    Single-label: softmax over classes, batch mean of the KL. Multi-label: each class's sigmoid (binary KL), mean over
+    batch and classes like the BCE term."""
+    teacher = teacher_logits.detach() / temperature
+    student = student_logits / temperature
+    if problem_type == "multi_label_classification":
+        present = torch.sigmoid(teacher)
+        kl = present * (F.logsigmoid(teacher) - F.logsigmoid(student)) + (1 - present) * (
+            F.logsigmoid(-teacher) - F.logsigmoid(-student)
+        )  # (B, L)
+        return kl.mean() * temperature**2
+    teacher, student = F.log_softmax(teacher, dim=-1), F.log_softmax(student, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def reads_visual(config):
+    """Whether a classifier reads the visual feature `x_EMA`."""
+    return config.classifier_input in ("visual", "fusion")
+
+
+def reads_reconstruction(config):
+    """Whether a classifier reads the reconstructed feature `x_CDR`."""
+    return config.classifier_input in ("reconstruction", "fusion")
 
 
 def _vision_model_spec(vision_config, pooling):
@@ -204,6 +236,39 @@ class MARNetPreTrainedModel(PreTrainedModel):
         super().post_init()
         # Whichever MARNet class is saved, `trust_remote_code=True` users get every Auto class from the folder.
         self.config.auto_map = dict(AUTO_MAP)
+        self._freeze_fixed_parameters()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
+        # transformers' loading makes every loaded parameter trainable again.
+        model._freeze_fixed_parameters()
+        return loaded
+
+    def _freeze_fixed_parameters(self):
+        """`requires_grad=False` on what the config keeps fixed: `logit_scale` without `learnable_temperature`, and
+        with `image_only_training` every parameter that only text trains."""
+        base = self.base_model
+        frozen = base.text_only_parameters() if self.config.image_only_training else []
+        if base.alignment is not None and not self.config.learnable_temperature:
+            frozen.append(base.alignment.logit_scale)
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+
+    def _problem_type(self, labels=None):
+        """`config.problem_type`, else what transformers' classification loss infers from `labels` (single-label
+        without labels), checked against the MARNet fields that depend on it."""
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.config.num_labels == 1:
+                problem_type = "regression"
+            elif labels is None or labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        self.config.check_problem_type(problem_type)
+        return problem_type
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -258,6 +323,24 @@ class MARNetModel(MARNetPreTrainedModel):
     def get_input_embeddings(self):
         return self.vision_model.get_input_embeddings()
 
+    def text_only_parameters(self):
+        """The parameters that no loss reaches in a training step without `text_embeds` (what
+        `config.image_only_training` freezes): the EMA text projection and temperature, the visual projection unless
+        the visual classifier reads it, and the CDR branch unless a classifier reads it."""
+        config = self.config
+        modules = []
+        if self.alignment is not None:
+            modules.append(self.alignment.text_projection)
+            if not (config.visual_features == "projection" and reads_visual(config)):
+                modules.append(self.alignment.visual_projection)
+        if self.reconstruction is not None and not reads_reconstruction(config):
+            modules.append(self.reconstruction)
+        parameters = [parameter for module in modules for parameter in module.parameters()]
+        return parameters + ([self.alignment.logit_scale] if self.alignment is not None else [])
+
+    def _text_only_trainable(self):
+        return any(parameter.requires_grad for parameter in self.text_only_parameters())
+
     def pool(self, vision_outputs):
         """`x_v` (B, H_v) from the tower's output, by `config.vision_pooling`."""
         last_hidden_state = vision_outputs.last_hidden_state
@@ -295,16 +378,36 @@ class MARNetModel(MARNetPreTrainedModel):
         text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
             Privileged text features `x_s` (pooled output of a frozen or trained text encoder), training only.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class ids; used only by the alignment loss with `config.alignment_targets="class"`.
+            Class ids (multi-hot rows of shape `(batch_size, num_labels)` for multi-label); used only by the alignment
+            loss with `config.alignment_targets="class"`.
         """
         self._check_pixel_values(pixel_values)
+        config = self.config
+        if labels is not None:
+            self._problem_type(labels)
         if text_embeds is not None:
             self._check_text_embeds(text_embeds, pixel_values.shape[0])
-            text_embeds = normalize_text_embeds(text_embeds, self.config.text_normalization)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_kwargs = {"output_hidden_states": output_hidden_states, "return_dict": True}
-        if output_attentions:
-            tower_kwargs["output_attentions"] = output_attentions
+            if self.training and config.image_only_training:
+                raise ValueError(
+                    "`text_embeds` were given in training, but `image_only_training=True` froze the parameters that "
+                    "learn from text. Load with `from_pretrained(path, image_only_training=False)` to train with "
+                    "text, or train on images alone."
+                )
+            text_embeds = normalize_text_embeds(text_embeds, config.text_normalization)
+        elif self.training and dist.is_available() and dist.is_initialized() and self._text_only_trainable():
+            logger.warning_once(
+                "MARNet is training without `text_embeds`: the parameters that only text trains get no gradient, "
+                "which DDP with find_unused_parameters=False refuses. To fine-tune on images alone, load with "
+                "`from_pretrained(path, image_only_training=True)`, which freezes them."
+            )
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        # The MARNet config's flags win over the tower's own config, as in any transformers model; unset, the
+        # tower's config decides.
+        tower_kwargs = {"return_dict": True}
+        for name, value in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)):
+            value = value if value is not None else getattr(config, name) or None
+            if value is not None:
+                tower_kwargs[name] = value
         vision_outputs = self.vision_model(pixel_values, **tower_kwargs, **kwargs)
         image_embeds = self.pool(vision_outputs)  # x_v, (B, H_v)
 
@@ -337,20 +440,32 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
     """MARNet with its branch classifiers, fusion and final classifier (eq. 4, 24).
 
     `forward(pixel_values)` alone gives `logits` (what the image-classification pipeline calls). In training, pass
-    `labels` and the privileged `text_embeds` to get the weighted MARNet loss and each of its terms.
+    `labels` and the privileged `text_embeds` to get the weighted MARNet loss and each of its terms. As any
+    transformers image classifier it follows `config.problem_type` (single-label, multi-label, regression; see
+    [`MARNetConfig`]) and works with `Trainer`, whose predictions are the `logits` alone
+    (`MARNetConfig.keys_to_ignore_at_inference`). In evaluation mode `logits` never depend on `text_embeds`.
+
+    Fine-tuning on images alone (no `text_embeds`), e.g. a published model on a new dataset: load it with
+    `from_pretrained(path, image_only_training=True)`. The parameters that only text trains (the EMA text projection
+    and temperature, and whatever no classifier reads) are then frozen and keep their weights, so every trainable
+    parameter gets a gradient, as DDP with `find_unused_parameters=False` requires (`Trainer` with gradient
+    checkpointing, `marnet-train`). Re-heading with `from_pretrained(path, num_labels=N, ignore_mismatched_sizes=True)`
+    re-initialises the visual, reconstruction and fusion classifiers and keeps every other weight.
     """
+
+    # The loss is a mean over the batch: Trainer must scale it for gradient accumulation itself rather than pass
+    # `num_items_in_batch` (which would go to the vision tower through `**kwargs`).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: MARNetConfig):
         super().__init__(config)
         self.marnet = MARNetModel(config)
         projected = config.use_alignment and config.visual_features == "projection"
         visual_dim = config.projection_dim if projected else config.vision_hidden_size
-        uses_visual = config.classifier_input in ("visual", "fusion")
-        uses_reconstruction = config.classifier_input in ("reconstruction", "fusion")
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.visual_classifier = nn.Linear(visual_dim, config.num_labels) if uses_visual else None
+        self.visual_classifier = nn.Linear(visual_dim, config.num_labels) if reads_visual(config) else None
         self.reconstruction_classifier = (
-            nn.Linear(config.text_hidden_size, config.num_labels) if uses_reconstruction else None
+            nn.Linear(config.text_hidden_size, config.num_labels) if reads_reconstruction(config) else None
         )
         self.fusion = (
             MARNetFusion(config, visual_dim, config.text_hidden_size) if config.classifier_input == "fusion" else None
@@ -383,17 +498,37 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         )
         return model.to(model.marnet.vision_model.dtype)
 
-    def _check_labels(self, labels, batch_size):
-        if labels.dim() != 1 or labels.shape[0] != batch_size:
-            raise ValueError(f"`labels` must have shape ({batch_size},) (one class id per image), got {tuple(labels.shape)}.")
-        if labels.dtype.is_floating_point:
-            raise ValueError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.config.num_labels:
+    def _prepare_labels(self, labels, batch_size, problem_type):
+        """Checks `labels` for `problem_type`; returns them as the losses take them: (B,) class ids, or (B, L)."""
+        num_labels = self.config.num_labels
+        if problem_type == "single_label_classification":
+            if labels.dim() != 1 or labels.shape[0] != batch_size:
+                raise ValueError(
+                    f"`labels` must have shape ({batch_size},) (one class id per image), got {tuple(labels.shape)}."
+                )
+            if labels.dtype.is_floating_point:
+                raise ValueError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= num_labels:
+                raise ValueError(
+                    f"`labels` must be class ids in [0, {num_labels - 1}] (num_labels={num_labels}), "
+                    f"got values from {low} to {high}."
+                )
+            return labels
+        expected = (batch_size, num_labels)
+        if tuple(labels.shape) != expected and not (num_labels == 1 and tuple(labels.shape) == (batch_size,)):
+            inferred = " (inferred from non-integer labels)" if self.config.problem_type is None else ""
             raise ValueError(
-                f"`labels` must be class ids in [0, {self.config.num_labels - 1}] (num_labels={self.config.num_labels}), "
-                f"got values from {low} to {high}."
+                f"`labels` must have shape {expected} (one row of {num_labels} targets per image) for "
+                f"problem_type={problem_type!r}{inferred}, got {tuple(labels.shape)}. For single-label classification "
+                "pass integer class ids of shape (batch_size,), or set `config.problem_type`."
             )
+        if problem_type == "multi_label_classification" and (labels.min() < 0 or labels.max() > 1):
+            raise ValueError(
+                f"`labels` must be multi-hot targets in [0, 1] for problem_type='multi_label_classification', got "
+                f"values from {labels.min().item()} to {labels.max().item()}."
+            )
+        return labels.reshape(expected)
 
     def forward(
         self,
@@ -409,16 +544,20 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as prepared by the image processor.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class ids in `[0, num_labels)`. With them the output carries `loss`.
+            Class ids in `[0, num_labels)`; for `config.problem_type` multi-label or regression, float targets of shape
+            `(batch_size, num_labels)`. With them the output carries `loss`.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
             Privileged text features `x_s`, given in training only. With them the alignment, reconstruction and
             text losses are computed; `logits` depend on them only in training mode with
             `reconstruction_training="one_step"`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        problem_type = self._problem_type(labels)
         if labels is not None:
             self._check_pixel_values(pixel_values)
-            self._check_labels(labels, pixel_values.shape[0])
+            labels = self._prepare_labels(labels, pixel_values.shape[0], problem_type)
+            config.problem_type = problem_type  # stored once inferred, as transformers' classification losses do
         outputs = self.marnet(
             pixel_values,
             text_embeds=text_embeds,
@@ -435,23 +574,29 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             reconstruction_logits = self.reconstruction_classifier(self.dropout(outputs.reconstructed_text_embeds))
         if self.fusion is not None:
             logits = self.fusion(
-                outputs.visual_embeds, outputs.reconstructed_text_embeds, visual_logits, reconstruction_logits
+                outputs.visual_embeds, outputs.reconstructed_text_embeds, visual_logits, reconstruction_logits,
+                problem_type,
             )
         else:
             logits = visual_logits if visual_logits is not None else reconstruction_logits
 
-        config = self.config
         terms = {"alignment_loss": outputs.alignment_loss, "reconstruction_loss": outputs.reconstruction_loss}
         loss = None
         if labels is not None:
             if outputs.text_embeds is not None and config.text_classification_weight > 0:
                 text_logits = self.reconstruction_classifier(self.dropout(outputs.text_embeds))  # (B, L)
-            terms["visual_classification_loss"] = _cross_entropy(visual_logits, labels)
-            terms["reconstruction_classification_loss"] = _cross_entropy(reconstruction_logits, labels)
-            terms["fusion_classification_loss"] = _cross_entropy(logits if self.fusion is not None else None, labels)
-            terms["text_classification_loss"] = _cross_entropy(text_logits, labels)
+            fused_logits = logits if self.fusion is not None else None
+            for name, term_logits in (
+                ("visual_classification_loss", visual_logits),
+                ("reconstruction_classification_loss", reconstruction_logits),
+                ("fusion_classification_loss", fused_logits),
+                ("text_classification_loss", text_logits),
+            ):
+                terms[name] = classification_loss(term_logits, labels, problem_type)
             if text_logits is not None and config.distillation_weight > 0:
-                terms["distillation_loss"] = distillation_loss(logits, text_logits, config.distillation_temperature)
+                terms["distillation_loss"] = distillation_loss(
+                    logits, text_logits, config.distillation_temperature, problem_type
+                )
             loss = weighted_loss(terms, config)
 
         output = MARNetImageClassifierOutput(

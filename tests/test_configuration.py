@@ -80,6 +80,9 @@ def test_ablation_rows_apply_their_switches(name):
         ("classifier_dropout", 1.0, "`classifier_dropout` must be in [0, 1), got 1.0"),
         ("use_alignment", "yes", "`use_alignment` must be True or False, got 'yes'"),
         ("sampler_seed", -1, "`sampler_seed` must be an integer >= 0, got -1"),
+        ("image_only_training", 1, "`image_only_training` must be True or False, got 1"),
+        ("problem_type", "ordinal", "`problem_type` must be one of 'single_label_classification', "
+         "'multi_label_classification', 'regression', got 'ordinal'"),
     ],
 )
 def test_invalid_values_name_field_allowed_and_given(field, value, message):
@@ -104,3 +107,30 @@ def test_num_labels_and_label_maps_follow_transformers_conventions(tmp_path):
     named.save_pretrained(tmp_path)
     loaded = MARNetConfig.from_pretrained(tmp_path)
     assert (loaded.num_labels, loaded.id2label, loaded.label2id) == (2, {0: "soup", 1: "salad"}, {"soup": 0, "salad": 1})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"problem_type": "regression", "fusion_mode": "sum"}, "`fusion_mode='sum'` fuses class scores (sigmoids of "
+         "the branch logits), which `problem_type='regression'` does not have. Use fusion_mode 'concat', 'add' or 'mul'"),
+        ({"problem_type": "regression", "fusion_mode": "hm"}, "`fusion_mode='hm'` fuses class scores"),
+        ({"problem_type": "multi_label_classification", "fusion_mode": "hm"}, "`fusion_mode='hm'` scores each class "
+         "z / (1 + z) <= 0.5 (z = sigmoid(a) * sigmoid(b)), so under `problem_type='multi_label_classification'`"),
+        ({"problem_type": "regression", "alignment_targets": "class"}, "`alignment_targets='class'` takes the texts "
+         "of the same class as positives, but `problem_type='regression'` has no classes. Use alignment_targets='instance'"),
+        ({"problem_type": "regression", "text_classification_weight": 1.0, "distillation_weight": 0.5},
+         "`distillation_weight=0.5` distils temperature-scaled class probabilities, which `problem_type='regression'` "
+         "does not have. Set distillation_weight=0"),
+    ],
+)
+def test_fields_without_a_meaning_for_the_problem_type_are_refused(fields, message):
+    with pytest.raises(ValueError) as error:
+        MARNetConfig(**fields)
+    assert message in str(error.value)
+
+
+def test_problem_type_restrictions_apply_only_to_the_parts_in_use():
+    MARNetConfig(problem_type="multi_label_classification", fusion_mode="sum", alignment_targets="class")
+    MARNetConfig(problem_type="regression", fusion_mode="hm", classifier_input="visual")  # no fusion classifier
+    MARNetConfig(problem_type="regression", alignment_targets="class", use_alignment=False)
