@@ -164,6 +164,8 @@ def parse_args(argv=None):
     runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     runs.add_argument("--train-fractions", nargs="+", type=float, default=[1.0, 0.25],
                       help="final runs at these fractions of the training rows of each class (tuning uses 1.0)")
+    runs.add_argument("--max-train-per-class", type=int, default=300, help="keep at most the first N training rows "
+                      "of each class (OpenClipart's two largest classes hold half the rows; 0: no cap)")
     runs.add_argument("--image-size", type=int, default=64)
     runs.add_argument("--epochs", type=int, default=8)
     runs.add_argument("--batch-size", type=int, default=32)
@@ -191,6 +193,7 @@ def parse_args(argv=None):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds} (their runs are reused).")
     if not all(0 < fraction <= 1 for fraction in args.train_fractions) or 1.0 not in args.train_fractions:
         parser.error(f"--train-fractions {args.train_fractions}: values in (0, 1], 1.0 among them.")
+    args.max_train_per_class = args.max_train_per_class or None
     if BASELINE_ROW not in args.rows:
         parser.error(f"--rows must include {BASELINE_ROW!r}: every row is compared with it, paired by seed.")
     return args
@@ -374,12 +377,13 @@ def prepare_proxy(args, resized, proxy):
     return target
 
 
-def prepare_fraction(dataset_path, fraction):
-    """`dataset_path`, or for fraction < 1 a copy whose training split keeps the first `ceil(fraction * n_c)` rows
-    of each class c (at least one); validation and test unchanged."""
-    if fraction == 1.0:
+def prepare_train_subset(dataset_path, fraction=1.0, max_per_class=None):
+    """`dataset_path`, or a copy whose training split keeps, of each class c, the first
+    `ceil(fraction * min(n_c, max_per_class))` rows (at least one); validation and test unchanged."""
+    if fraction == 1.0 and max_per_class is None:
         return dataset_path
-    target = dataset_path.with_name(f"{dataset_path.name}-train{fraction:g}")
+    cap = "" if max_per_class is None else f"-max{max_per_class}"
+    target = dataset_path.with_name(f"{dataset_path.name}{cap}" + ("" if fraction == 1.0 else f"-train{fraction:g}"))
     if not (target / "dataset_dict.json").is_file():
         import math
 
@@ -387,9 +391,9 @@ def prepare_fraction(dataset_path, fraction):
 
         dataset_dict = datasets.load_from_disk(str(dataset_path))
         labels = dataset_dict["train"]["label"]
-        kept, seen, quota = [], {}, {}
-        for label in set(labels):
-            quota[label] = max(1, math.ceil(fraction * labels.count(label)))
+        quota = {label: max(1, math.ceil(fraction * min(labels.count(label), max_per_class or len(labels))))
+                 for label in set(labels)}
+        kept, seen = [], {}
         for index, label in enumerate(labels):
             seen[label] = seen.get(label, 0) + 1
             if seen[label] <= quota[label]:
@@ -720,7 +724,8 @@ def main(argv=None):
     resized = prepare_resized_dataset(args, prepare_dataset(args), tower)
     text_encoder = args.text_encoder or default_text_encoder()
     proxy_paths = {proxy: prepare_proxy(args, resized, proxy) for proxy in {"original", *args.proxies}}
-    datasets_by_proxy = {proxy: {fraction: prepare_fraction(path, fraction) for fraction in args.train_fractions}
+    datasets_by_proxy = {proxy: {fraction: prepare_train_subset(path, fraction, args.max_train_per_class)
+                                 for fraction in args.train_fractions}
                          for proxy, path in proxy_paths.items()}
     context = (datasets_by_proxy, tower, text_encoder)
     try:
@@ -738,10 +743,11 @@ def main(argv=None):
         "config": {"rows": {row: ROWS[row].options for row in args.rows}, "proxies": args.proxies,
                    "grid": [list(point) for point in args.grid], "weight_grid": args.weight_grid,
                    "tune_seeds": args.tune_seeds, "seeds": args.seeds, "train_fractions": args.train_fractions,
-                   "background": args.background, "image_size": args.image_size, "epochs": args.epochs,
+                   "background": args.background,
+                   "max_train_per_class": args.max_train_per_class, "image_size": args.image_size, "epochs": args.epochs,
                    "batch_size": args.batch_size, "threads": args.threads, "vision_model": str(tower),
                    "text_encoder": str(text_encoder), "launcher": args.launcher, "extra_train_args": args.train_args},
-        "dataset": dataset_summary(resized),
+        "dataset": dataset_summary(datasets_by_proxy["original"][1.0]),
         "text": text_statistics(args, {proxy: proxy_paths[proxy] for proxy in args.proxies}, text_encoder),
         "std": "sample standard deviation over seeds (n - 1); paired differences are per seed, row - baseline",
         "call_wall_seconds": time.perf_counter() - started,  # this call only: reused runs cost nothing here

@@ -27,7 +27,7 @@ def benchmark_command(paths, *extra, rows=ROWS):
         sys.executable, str(SCRIPT), "--dataset", str(paths["dataset"]), "--vision-model", str(paths["tower"]),
         "--text-encoder", str(paths["text"]), "--rows", *rows, "--proxies", "original", "--grid", "1e-3:0.5",
         "--weight-grid", "alignment_loss_weight=0.5", "--tune-seeds", "0", "--seeds", "0", "1",
-        "--train-fractions", "1.0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
+        "--train-fractions", "1.0", "--max-train-per-class", "0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
         "--num-proc", "1", "--work-dir", str(paths["work"]), "--output", str(paths["output"]), *extra,
         "--", *tiny_model_args(),
     ]
@@ -77,16 +77,17 @@ def test_training_fractions_keep_a_stratified_prefix_of_each_class(tmp_path):
     import datasets
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from accuracy import prepare_fraction
+    from accuracy import prepare_train_subset
 
     source = save_dataset(tmp_path / "data")
-    subset = datasets.load_from_disk(str(prepare_fraction(source, 0.25)))
     full = datasets.load_from_disk(str(source))
-    labels = full["train"]["label"]  # 6 rows per class -> ceil(1.5) = 2 kept per class, the first two
-    expected = [i for i, label in enumerate(labels) if labels[: i + 1].count(label) <= 2]
-    assert subset["train"]["image_id"] == [full["train"][i]["image_id"] for i in expected]
-    assert len(subset["validation"]) == len(full["validation"]) and len(subset["test"]) == len(full["test"])
-    assert prepare_fraction(source, 1.0) == source
+    labels = full["train"]["label"]  # 6 rows per class
+    for fraction, cap, kept_per_class in ((0.25, None, 2), (1.0, 4, 4), (0.5, 4, 2)):  # ceil(0.25 * 6) = 2, ...
+        subset = datasets.load_from_disk(str(prepare_train_subset(source, fraction, cap)))
+        expected = [i for i, label in enumerate(labels) if labels[: i + 1].count(label) <= kept_per_class]
+        assert subset["train"]["image_id"] == [full["train"][i]["image_id"] for i in expected]
+        assert len(subset["validation"]) == len(full["validation"]) and len(subset["test"]) == len(full["test"])
+    assert prepare_train_subset(source, 1.0, None) == source
 
 
 def test_runs_get_the_protocol_options(finished):
