@@ -2,6 +2,7 @@ import logging
 
 import pytest
 from transformers import AutoConfig, ConvNextConfig, TimmWrapperConfig, ViTConfig
+from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
 
 from modeling_marnet import ABLATIONS, MARNetConfig
@@ -11,11 +12,12 @@ from tiny_marnet import tiny_config
 def test_default_config_is_paper_setup_and_logs_nothing(caplog):
     hf_logging.set_verbosity_info()
     try:
-        with caplog.at_level(logging.DEBUG):
+        # transformers' own loggers do not propagate to the root logger that caplog watches: capture them too.
+        with caplog.at_level(logging.DEBUG), CaptureLogger(hf_logging.get_logger("transformers")) as transformers_log:
             config = MARNetConfig()
     finally:
         hf_logging.set_verbosity_warning()
-    assert caplog.records == []
+    assert caplog.records == [] and transformers_log.out == ""
     assert isinstance(config.vision_config, ViTConfig)
     assert (config.vision_config.hidden_size, config.vision_config.patch_size) == (768, 16)
     assert config.contrastive_temperature_init == 0.07
