@@ -1,0 +1,57 @@
+"""Options of `marnet-eval`, with the names `marnet-train` uses for the same things."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import UsageError
+from .options import MARNetArgumentParser
+
+DESCRIPTION = """\
+Top-1/top-5 accuracy and loss of an image classifier (a MARNet run folder or any other) on dataset splits, printed
+as JSON in the layout of marnet-train's metrics.json. Run it plainly, or with
+`accelerate launch -m modeling_marnet.evaluate ...` on several devices.
+
+example:
+  marnet-eval --model_name_or_path runs/vireo --dataset_name datasets/vireo-food172 --split validation test
+"""
+
+
+@dataclass
+class EvalArguments:
+    """Every option of `marnet-eval`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
+
+    config: str | None = field(default=None, metadata={"help": "YAML or JSON file of option values; the command "
+                                                       "line overrides them."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "aliases": ["--model"], "help": "Model directory (a marnet-train output folder, one of its "
+        "checkpoints/best-model) or Hub id, with its image processor."})
+    dataset: str | None = field(default=None, metadata={
+        "aliases": ["--dataset_name"], "help": "Hub id, `save_to_disk` directory or Parquet file(s)."})
+    split: list[str] | None = field(default=None, metadata={
+        "action": "extend", "help": "Split(s) to evaluate, the first one reported on top (default: test)."})
+    image_column: str = field(default="image", metadata={"aliases": ["--image_column_name"]})
+    label_column: str = field(default="label", metadata={"aliases": ["--label_column_name"]})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each split."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"aliases": ["--batch_size"]})
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={
+        "help": "Default: Accelerate's config or `accelerate launch --mixed_precision`."})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "Override MARNet's reverse diffusion "
+                                                                    "steps."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a Hub model to run its own code."})
+    metrics_file: str | None = field(default=None, metadata={"aliases": ["--output"], "help": "Also write the "
+                                                             "metrics JSON to this file."})
+
+    def __post_init__(self):
+        for name in ("model_name_or_path", "dataset"):
+            if not getattr(self, name):
+                raise UsageError(f"--{name} is required (on the command line or in --config).")
+        self.split = self.split or ["test"]
+        for name in ("per_device_eval_batch_size", "max_eval_samples", "num_inference_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be >= 1, got {value}.")
+
+
+def parse_eval_args(argv=None):
+    """The [`EvalArguments`] of `argv` (default: the command line)."""
+    return MARNetArgumentParser(EvalArguments, prog="marnet-eval", description=DESCRIPTION).parse(argv)

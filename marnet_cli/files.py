@@ -1,0 +1,98 @@
+"""Writing files and folders all at once: readers see the old state or the complete new one, never a partial one.
+
+Everything is first written under a hidden name next to its destination (same filesystem), then renamed. A process
+killed in between leaves only a `.partial-*` entry, which the next write of the same folder removes.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PARTIAL_PREFIX = ".partial-"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a fresh temporary file path next to `path`; rename it to `path` if the block succeeds, else remove it.
+
+    The temporary name is unique, so concurrent writers of the same file (processes of one run on a shared disk)
+    cannot clobber each other's halves; the last rename wins with a complete file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def atomic_write_text(path, text):
+    """Write `text` (UTF-8) to `path` all at once."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path, value):
+    """Write `value` as indented JSON to `path` all at once."""
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def staging_directory(destination):
+    """The hidden folder where `destination` is assembled: `.partial-<name>` beside it, emptied."""
+    destination = Path(destination)
+    staging = destination.with_name(f"{PARTIAL_PREFIX}{destination.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit_directory(staging, destination):
+    """Rename the finished `staging` folder to `destination`, replacing an existing `destination`."""
+    destination = Path(destination)
+    if destination.exists():
+        stale = destination.with_name(f"{PARTIAL_PREFIX}old-{destination.name}")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(destination, stale)
+        os.replace(staging, destination)
+        shutil.rmtree(stale)
+    else:
+        os.replace(staging, destination)
+
+
+@contextlib.contextmanager
+def atomic_directory(destination):
+    """Yield an empty staging folder; it becomes `destination` (replacing it) only if the block succeeds.
+
+    For one process. Multi-process writers call [`staging_directory`] and [`commit_directory`] themselves, around
+    their own synchronisation.
+    """
+    staging = staging_directory(destination)
+    try:
+        yield staging
+        commit_directory(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_files(directory, last=()):
+    """Yield a staging folder whose files are then moved into `directory`, each by an atomic rename.
+
+    For a folder that also holds other things (a run folder with its checkpoints): each file appears complete, and the
+    names in `last` appear after all others, so their presence means that the whole set is there.
+    """
+    directory = Path(directory)
+    staging = staging_directory(directory / "files")
+    try:
+        yield staging
+        for path in sorted(staging.iterdir(), key=lambda path: (path.name in last, path.name)):
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

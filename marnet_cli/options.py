@@ -1,0 +1,195 @@
+"""Command-line options from dataclasses, as transformers' `HfArgumentParser` reads them, plus a config file.
+
+Every option is accepted in both spellings (`--output_dir` and `--output-dir`), old names included (`aliases`), and
+`--help` shows the defaults. A dataclass with a `config` field also reads a YAML or JSON file of option values
+(`--config run.yaml`, or the file as the only argument, as in transformers' examples); the command line overrides it.
+
+Field metadata understood on top of `HfArgumentParser`'s (`help`, `aliases`, argparse keywords):
+
+- `group`: the `--help` section the option is listed in;
+- `positional`: the field is a positional argument (no `--`).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
+
+from .errors import UsageError
+
+CONFIG_FIELD = "config"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (unless the help states it, or there is none); descriptions and epilogs
+    keep their line breaks (examples)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default in (None, [], argparse.SUPPRESS) or "default" in help:
+            return help
+        return f"{help} (default: %(default)s)".lstrip()
+
+    def _format_action(self, action):
+        if not action.help and action.default not in (None, [], argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints no line for an option without help
+        return super()._format_action(action)
+
+
+def option_spellings(option):
+    """`--output-dir` -> [`--output-dir`, `--output_dir`]: both spellings of a long option, the given one first."""
+    if not option.startswith("--"):
+        return [option]
+    name = option[2:]
+    return list(dict.fromkeys([option, f"--{name.replace('-', '_')}", f"--{name.replace('_', '-')}"]))
+
+
+class MARNetArgumentParser(HfArgumentParser):
+    """An `HfArgumentParser` for one dataclass, whose [`parse`] returns its instance.
+
+    Args:
+        dataclass_type (`type`): the dataclass of the command's options. Its `__post_init__` checks the values and
+            raises [`UsageError`] for bad ones.
+        kwargs: `argparse.ArgumentParser` arguments (`prog`, `description`, `epilog`, ...).
+    """
+
+    def __init__(self, dataclass_type, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        self._groups = {}
+        super().__init__(dataclass_type, **kwargs)
+        self.dataclass_type = dataclass_type
+
+    def _add_dataclass_arguments(self, dtype):
+        type_hints = typing.get_type_hints(dtype)
+        for field in dataclasses.fields(dtype):
+            metadata = dict(field.metadata)
+            title = metadata.pop("group", None)
+            parser = self if title is None else self._groups.setdefault(title, self.add_argument_group(title))
+            if metadata.pop("positional", False):
+                parser.add_argument(field.name, type=type_hints[field.name], **metadata)
+                continue
+            aliases = metadata.get("aliases", [])
+            metadata["aliases"] = [
+                spelling for alias in ([aliases] if isinstance(aliases, str) else aliases)
+                for spelling in option_spellings(alias)
+            ]
+            self._parse_dataclass_field(parser, _copy_field(field, type_hints[field.name], metadata))
+
+    def parse(self, argv=None):
+        """The dataclass instance of `argv` (default `sys.argv[1:]`), over the values of its config file if any.
+
+        Raises [`UsageError`] for a bad config file or bad values; a malformed command line exits with status 2 and
+        argparse's message, as every argparse program.
+        """
+        argv = [str(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+        field_names = {field.name for field in dataclasses.fields(self.dataclass_type)}
+        if CONFIG_FIELD in field_names:
+            if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
+                argv = [f"--{CONFIG_FIELD}", argv[0]]
+            config_file = self._config_file(argv)
+            if config_file is not None:
+                self.set_defaults(**self.read_config_file(config_file))
+        return self.from_namespace(self.parse_args(argv))
+
+    def from_namespace(self, namespace):
+        """The dataclass instance of a parsed namespace (this parser's, or its parent's for a sub-command)."""
+        field_names = {field.name for field in dataclasses.fields(self.dataclass_type)}
+        return self.dataclass_type(**{name: value for name, value in vars(namespace).items() if name in field_names})
+
+    def _config_file(self, argv):
+        finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        for spelling in option_spellings(f"--{CONFIG_FIELD}"):
+            finder.add_argument(spelling, dest=CONFIG_FIELD)
+        return finder.parse_known_args(argv)[0].config
+
+    def read_config_file(self, path):
+        """{option: value} of a YAML/JSON file, each value checked and converted as on the command line.
+
+        Keys are option names in either spelling (aliases too). A list option may be given as a list, a single
+        value, or a mapping (`{field: value}` becomes the `field=value` entries of a KEY=VALUE option).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"--config {path}: no such file.")
+        text = path.read_text(encoding="utf-8")
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        try:
+            values = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise UsageError(f"--config {path}: not valid {kind}: {error}") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"--config {path}: expected a mapping of option names to values, got "
+                             f"{type(values).__name__}.")
+        actions = {}
+        for action in self._actions:
+            for option in action.option_strings:
+                actions[option.lstrip("-").replace("-", "_")] = action
+        actions.pop(CONFIG_FIELD, None)
+        actions.pop("help", None)
+        unknown = sorted(str(key) for key in values if str(key).replace("-", "_") not in actions)
+        if unknown:
+            valid = sorted({action.dest for action in actions.values()})
+            raise UsageError(f"--config {path}: unknown option(s) {unknown}. Valid keys: {', '.join(valid)}.")
+        converted = {}
+        for key, value in values.items():
+            action = actions[str(key).replace("-", "_")]
+            converted[action.dest] = _file_value(action, value, f"--config {path}: `{key}`")
+        return converted
+
+
+def _copy_field(field, resolved_type, metadata):
+    """`field` with its type resolved and `metadata` replaced (HfArgumentParser passes metadata to argparse)."""
+    copy = dataclasses.field(default=field.default, default_factory=field.default_factory)
+    copy.name, copy.type, copy.metadata = field.name, resolved_type, types.MappingProxyType(metadata)
+    return copy
+
+
+def _file_value(action, value, where):
+    """`value` from a config file, converted and checked like the command-line string of `action`."""
+    if value is None:
+        return None
+    takes_list = action.nargs in ("+", "*") or isinstance(action, (argparse._AppendAction, argparse._ExtendAction))
+    if takes_list:
+        if isinstance(value, dict):
+            value = [f"{key}={json.dumps(item)}" for key, item in value.items()]
+        return [_file_scalar(action, item, where) for item in (value if isinstance(value, list) else [value])]
+    if isinstance(value, bool) and action.nargs == "?" and action.type is not string_to_bool:
+        return action.const if value else action.default  # `augment: true` for an option with an optional value
+    return _file_scalar(action, value, where)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", Path: "a path"}
+
+
+def _file_scalar(action, value, where):
+    expected = TYPE_NAMES.get(action.type, "a valid value")
+    if action.type is str and isinstance(value, (dict, list)):
+        value = json.dumps(value)  # a JSON-valued option (e.g. --lr_scheduler_kwargs) written as YAML
+    if action.type is not None and action.type is not string_to_bool:
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            raise UsageError(f"{where} must be {expected}, got {value!r}.")
+        if action.type is int and isinstance(value, float) and not value.is_integer():
+            raise UsageError(f"{where} must be an integer, got {value!r}.")
+        try:
+            value = action.type(int(value) if action.type is int and isinstance(value, float) else value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UsageError(f"{where} must be {expected}, got {value!r}.") from None
+    elif action.type is string_to_bool:
+        try:
+            value = string_to_bool(value) if isinstance(value, (bool, str)) else None
+        except argparse.ArgumentTypeError:
+            value = None
+        if value is None:
+            raise UsageError(f"{where} must be true or false.")
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise UsageError(f"{where} must be one of {choices}, got {value!r}.")
+    return value
