@@ -16,12 +16,10 @@ import datasets
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from marnet_cli.errors import CLIError
+
 #: Same default as `push_to_hub`.
 MAX_SHARD_BYTES = 500 * 1024 * 1024
-
-
-class HubPushError(RuntimeError):
-    """Uploading to the Hub failed; the message says why and how to fix it."""
 
 
 def write_parquet_shards(dataset_dict: datasets.DatasetDict, folder: Path) -> dict[str, int]:
@@ -61,7 +59,7 @@ def describe_folder(folder: Path) -> list[str]:
 def upload_hub_folder(folder: Path, repo_id: str, private: bool) -> str:
     """Create the dataset repo if needed and upload `folder` in one commit (old shards are replaced).
 
-    Returns the URL of the commit. Raises `HubPushError` with the reason on any Hub failure.
+    Returns the URL of the commit. Raises a `CLIError` with the reason on any Hub failure.
     """
     api = HfApi()
     try:
@@ -74,11 +72,11 @@ def upload_hub_folder(folder: Path, repo_id: str, private: bool) -> str:
             commit_message="Upload dataset built with marnet-data",
         )
     except OfflineModeIsEnabled as error:
-        raise HubPushError(
-            f"cannot push to {repo_id}: {error} Use --dry-run to only write the files locally."
+        raise CLIError(
+            f"cannot push to {repo_id}: {error} Use --dry_run to only write the files locally."
         ) from None
     except (HfHubHTTPError, OSError) as error:
-        raise HubPushError(
+        raise CLIError(
             f"cannot push to {repo_id}: {error}. Check the repo id, that you are logged in "
             "(`hf auth login` or HF_TOKEN) and have write access."
         ) from None

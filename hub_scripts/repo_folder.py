@@ -3,11 +3,12 @@
 import shutil
 from pathlib import Path
 
-from .cli_support import atomic_directory
+from marnet_cli.files import atomic_directory
 
 
 def write_repo_folder(source, card, destination):
-    """Copy `source.files_to_publish` byte for byte and write `card` as README.md into `destination` (all or nothing).
+    """Copy `source.files_to_publish` byte for byte and write `card` as README.md into `destination`, all at once
+    (replacing an existing `destination`).
 
     Returns the relative file names in the folder, sorted.
     """

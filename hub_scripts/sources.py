@@ -4,8 +4,6 @@ Everything is checked before any file is written or sent, so a broken folder is 
 the file, what was expected and how to fix it.
 """
 
-import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,23 +11,20 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .cli_support import UserError
+from marnet_cli.errors import CLIError
+from marnet_cli.run_folder import METRICS_NAME, TRAINING_ARGS_NAME, RunFolder, read_json_object
 
 CONFIG_NAME = "config.json"
 PROCESSOR_NAME = "preprocessor_config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
-METRICS_NAME = "metrics.json"
-TRAINING_ARGS_NAME = "training_args.json"
 CONVERSION_RECORD_NAME = "conversion.json"
-# training_args.json keys the model card cannot do without (the training contract lists more).
-REQUIRED_TRAINING_ARGS = ("dataset", "vision_model", "text_encoder", "ablation")
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageClassification")
 
 
 @dataclass
 class TrainingRun:
-    """A `marnet-train --output-dir` folder: the saved model plus what the run measured and how it was configured."""
+    """A `marnet-train --output_dir` folder: the saved model plus what the run measured and how it was configured."""
 
     folder: Path
     config: dict
@@ -57,19 +52,6 @@ class ConvertedVisionTower:
         return [CONFIG_NAME, PROCESSOR_NAME, *self.weight_files, CONVERSION_RECORD_NAME]
 
 
-def read_json_object(path, produced_by):
-    """The JSON object in `path`; `produced_by` says which tool writes the file, for the error message."""
-    if not path.is_file():
-        raise UserError(f"Missing {path}: it is written by {produced_by}.")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); re-create it with {produced_by}.") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} must hold a JSON object, got {type(value).__name__}.")
-    return value
-
-
 def find_weight_files(folder):
     """Relative names of the safetensors weights in `folder` (a single file, or an index and its shards)."""
     if (folder / SAFETENSORS_NAME).is_file():
@@ -79,11 +61,11 @@ def find_weight_files(folder):
         shards = sorted(set(index.get("weight_map", {}).values()))
         missing = [name for name in shards if not (folder / name).is_file()]
         if not shards or missing:
-            raise UserError(f"{folder / SAFETENSORS_INDEX_NAME} lists missing or no shards: {missing or shards}.")
+            raise CLIError(f"{folder / SAFETENSORS_INDEX_NAME} lists missing or no shards: {missing or shards}.")
         return [SAFETENSORS_INDEX_NAME, *shards]
     others = sorted(name for name in os.listdir(folder) if name.endswith((".bin", ".pt", ".pth", ".ckpt")))
     found = f" Found only {others}: weights are published as safetensors only." if others else ""
-    raise UserError(
+    raise CLIError(
         f"No weights in {folder}: expected {SAFETENSORS_NAME} (or {SAFETENSORS_INDEX_NAME} with shards).{found} "
         "Save the model with `save_pretrained` (safetensors is its default)."
     )
@@ -93,49 +75,16 @@ def check_id2label(config, path):
     """The classifier's labels must be real names for classes 0..n-1, or the pipeline prints LABEL_i."""
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or not id2label:
-        raise UserError(
+        raise CLIError(
             f"{path} has no id2label: set the class names when building the model "
             "(e.g. from the dataset's ClassLabel: `id2label=dict(enumerate(features['label'].names))`)."
         )
     if sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
-        raise UserError(f"{path}: id2label keys must be the class ids 0..{len(id2label) - 1}, got {sorted(id2label)}.")
+        raise CLIError(f"{path}: id2label keys must be the class ids 0..{len(id2label) - 1}, got {sorted(id2label)}.")
     if all(re.fullmatch(r"LABEL_\d+", str(name)) for name in id2label.values()):
-        raise UserError(
+        raise CLIError(
             f"{path}: id2label only holds placeholder names (LABEL_0, ...): set the dataset's class names."
         )
-
-
-def check_score(value, name, path):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise UserError(f"{path}: {name!r} must be an accuracy fraction in [0, 1], got {value!r}.")
-
-
-def read_metrics(path):
-    """metrics.json of the training contract: `top1`/`top5` fractions of `split`, optionally `per_split` details."""
-    metrics = read_json_object(path, "marnet-train (after its final evaluation)")
-    for name in ("top1", "top5"):
-        if name not in metrics:
-            raise UserError(f"{path} has no {name!r}: the card reports only measured accuracies.")
-        check_score(metrics[name], name, path)
-    if not isinstance(metrics.get("split"), str):
-        raise UserError(f"{path}: 'split' must name the evaluated split (e.g. 'test'), got {metrics.get('split')!r}.")
-    per_split = metrics.get("per_split", {})
-    if not isinstance(per_split, dict):
-        raise UserError(f"{path}: 'per_split' must map split names to metrics, got {type(per_split).__name__}.")
-    for split, values in per_split.items():
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: per_split.{split} must be an object of metrics, got {values!r}.")
-        for name in ("top1", "top5"):
-            if name in values:
-                check_score(values[name], f"per_split.{split}.{name}", path)
-    reported = per_split.get(metrics["split"], {})
-    for name in ("top1", "top5"):
-        if name in reported and reported[name] != metrics[name]:
-            raise UserError(
-                f"{path}: {name}={metrics[name]} disagrees with per_split.{metrics['split']}.{name}="
-                f"{reported[name]}: fix the file so the card reports one measured number."
-            )
-    return metrics
 
 
 def find_remote_code_files(folder, auto_map, config_path):
@@ -146,7 +95,7 @@ def find_remote_code_files(folder, auto_map, config_path):
     for reference in auto_map.values():
         module_file = folder / f"{reference.split('.')[0]}.py"
         if not module_file.is_file():
-            raise UserError(
+            raise CLIError(
                 f"{config_path} auto_map points to {module_file.name}, which is missing from {folder}: "
                 "save the model with `save_pretrained` after `import modeling_marnet` (it copies the model files)."
             )
@@ -154,7 +103,7 @@ def find_remote_code_files(folder, auto_map, config_path):
         try:
             files.update(Path(name).name for name in get_relative_import_files(str(module_file)))
         except OSError as error:
-            raise UserError(f"{module_file.name} imports a sibling file that is missing from {folder}: {error}") from None
+            raise CLIError(f"{module_file.name} imports a sibling file that is missing from {folder}: {error}") from None
     return sorted(files)
 
 
@@ -165,17 +114,14 @@ def load_training_run(folder, config):
     auto_map = config.get("auto_map") or {}
     missing_auto = [name for name in REQUIRED_AUTO_MAP if name not in auto_map]
     if missing_auto:
-        raise UserError(
+        raise CLIError(
             f"{config_path} auto_map lacks {missing_auto}: `trust_remote_code` users could not load the model. "
             "Re-save it with `save_pretrained` from an installed modeling_marnet."
         )
     weight_files = find_weight_files(folder)
     read_json_object(folder / PROCESSOR_NAME, "the image processor's `save_pretrained` (the pipeline needs it)")
-    metrics = read_metrics(folder / METRICS_NAME)
-    training_args = read_json_object(folder / TRAINING_ARGS_NAME, "marnet-train")
-    missing_args = [name for name in REQUIRED_TRAINING_ARGS if name not in training_args]
-    if missing_args:
-        raise UserError(f"{folder / TRAINING_ARGS_NAME} lacks {missing_args}, which the model card states.")
+    run = RunFolder(folder)
+    metrics, training_args = run.read_metrics(), run.read_training_args()
     return TrainingRun(
         folder=folder,
         config=config,
@@ -198,14 +144,14 @@ def load_source(folder):
     """A [`TrainingRun`] or [`ConvertedVisionTower`], chosen by the `model_type` in `folder/config.json`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: pass a `marnet-train --output-dir` or a converted vision tower.")
+        raise CLIError(f"{folder} is not a folder: pass a `marnet-train --output_dir` or a converted vision tower.")
     config = read_json_object(folder / CONFIG_NAME, "`save_pretrained`")
     model_type = config.get("model_type")
     if model_type == "marnet":
         return load_training_run(folder, config)
     if model_type == "timm_wrapper":
         return load_vision_tower(folder, config)
-    raise UserError(
+    raise CLIError(
         f"{folder / CONFIG_NAME} has model_type {model_type!r}: expected 'marnet' (a marnet-train output folder) "
         "or 'timm_wrapper' (a marnet-convert-efficientnet output folder)."
     )

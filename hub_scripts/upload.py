@@ -2,21 +2,21 @@
 
 from huggingface_hub import HfApi, constants, get_token
 
-from .cli_support import UserError
+from marnet_cli.errors import CLIError
 
 
 def check_can_upload():
     """Refuse early, before anything is assembled or sent, when an upload cannot work."""
     if constants.HF_HUB_OFFLINE:
-        raise UserError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it, or use --dry-run.")
+        raise CLIError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it, or use a dry run (marnet-publish --dry_run, marnet-train --hub_dry_run).")
     if get_token() is None:
-        raise UserError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run.")
+        raise CLIError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use a dry run (marnet-publish --dry_run, marnet-train --hub_dry_run).")
 
 
 def upload_repo_folder(folder, repo_id, *, private, revision, commit_message, create_pr):
     """Create `repo_id` if needed (and the `revision` branch) and upload `folder` as one commit; returns its URL.
 
-    The token comes from HF_TOKEN or the stored login. A failure becomes a [`UserError`] saying what exists remotely.
+    The token comes from HF_TOKEN or the stored login. A failure becomes a [`CLIError`] saying what exists remotely.
     """
     api = HfApi()
     step, done = "create the repo", "nothing was created or uploaded"
@@ -36,7 +36,7 @@ def upload_repo_folder(folder, repo_id, *, private, revision, commit_message, cr
             create_pr=create_pr,
         )
     except Exception as error:
-        raise UserError(
+        raise CLIError(
             f"Could not {step} on {constants.ENDPOINT} ({type(error).__name__}: {error}); {done}."
         ) from None
     return commit.pr_url if create_pr else commit.commit_url

@@ -1,22 +1,22 @@
-"""Evaluate an image classifier (a MARNet checkpoint or any other) on dataset splits: `marnet-eval` or
+"""Evaluate an image classifier (a MARNet run folder or any other) on dataset splits: `marnet-eval` or
 `accelerate launch -m modeling_marnet.evaluate ...`.
 
-Prints the metrics as JSON and, with `--output`, writes them in the `metrics.json` layout of `marnet-train`:
-{"top1", "top5", "split", "per_split": {split: {"top1", "top5", "loss", "num_samples"}}, ...}. Only images are used. MARNet
-is registered with the Auto classes by importing this package, so no `trust_remote_code` is needed.
+Prints the metrics as JSON in the metrics.json layout of the run folder (`marnet_cli.run_folder`) and, with
+`--metrics_file`, writes them there. Only images are used. MARNet is registered with the Auto classes by importing
+this package, so no `trust_remote_code` is needed for it.
 """
 
-import argparse
 import json
-import logging
-import os
 import sys
 import time
-from pathlib import Path
 
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from marnet_cli.errors import CLIError, UsageError
+from marnet_cli.files import atomic_write_json
+from marnet_cli.run_folder import classification_metrics
 
 from .training.data import (
     ImageTextExamples,
@@ -26,38 +26,25 @@ from .training.data import (
     check_label_range,
     check_split,
     class_names,
+    first_rows,
     load_image_dataset,
 )
-from .training.errors import TrainingInputError
 from .training.loop import evaluate
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="marnet-eval", description="Top-1/top-5 accuracy of an image classifier "
-                                     "on dataset splits.")
-    parser.add_argument("--model", required=True, help="Model directory (e.g. a marnet-train output dir or one of "
-                        "its checkpoints/best-model) or Hub id, with its image processor.")
-    parser.add_argument("--dataset", required=True, help="Hub id, `save_to_disk` directory or Parquet file(s).")
-    parser.add_argument("--split", action="append", help="Split(s) to evaluate (repeatable; default: test).")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--batch-size", type=int, default=64, help="Per device.")
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument("--num-inference-steps", type=int, help="Override MARNet's reverse diffusion steps.")
-    parser.add_argument("--output", help="Write the metrics JSON here.")
-    return parser
-
-
 def load_classifier(args):
+    """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
     try:
-        model = AutoModelForImageClassification.from_pretrained(args.model)
-        image_processor = AutoImageProcessor.from_pretrained(args.model)
+        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path,
+                                                                trust_remote_code=args.trust_remote_code)
+        image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path,
+                                                             trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as error:
-        raise TrainingInputError(f"--model {args.model}: cannot load an image classifier and its image processor "
-                                 f"({error}).") from None
+        raise CLIError(f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its "
+                       f"image processor ({error}).") from None
     if args.num_inference_steps is not None:
         if not hasattr(model.config, "num_inference_steps"):
-            raise TrainingInputError("--num-inference-steps applies to MARNet models only.")
+            raise UsageError("--num_inference_steps applies to MARNet models only.")
         model.config.num_inference_steps = args.num_inference_steps
         model.config.validate_marnet()
     return model, image_processor
@@ -66,7 +53,7 @@ def load_classifier(args):
 def check_labels(model, label_names):
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != label_names:
-        raise TrainingInputError(
+        raise CLIError(
             f"The model's labels {model_labels[:5]} ({len(model_labels)}) differ from the dataset's ClassLabel names "
             f"{label_names[:5]} ({len(label_names)}): accuracy would compare unrelated ids. Evaluate on the dataset "
             "the model was trained for."
@@ -74,58 +61,42 @@ def check_labels(model, label_names):
 
 
 def run(args):
+    """Evaluates with the options of `marnet_cli.eval_args.EvalArguments`; returns the metrics."""
     started = time.perf_counter()
-    splits = args.split or ["test"]
     dataset = load_image_dataset(args.dataset)
     model, image_processor = load_classifier(args)
     loaders = {}
     collator = MARNetCollator(ImageTransform(image_processor))
-    for split_name in splits:
+    for split_name in args.split:
         split = check_split(dataset, split_name, "--split")
-        check_columns(split, split_name, {"--image-column": args.image_column, "--label-column": args.label_column})
+        check_columns(split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column})
         label_names = class_names(split, args.label_column)
         check_labels(model, label_names)
         check_label_range(split, split_name, args.label_column, len(label_names))
+        if args.max_eval_samples is not None:
+            split = first_rows(split, args.max_eval_samples)
         examples = ImageTextExamples(split, args.image_column, args.label_column)
-        loaders[split_name] = DataLoader(examples, batch_size=args.batch_size, collate_fn=collator)
+        loaders[split_name] = DataLoader(examples, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = accelerator.prepare(model)
-    per_split = {}
-    for split_name, loader in loaders.items():
-        per_split[split_name] = evaluate(model, accelerator.prepare(loader), accelerator)
-    metrics = {
-        "top1": per_split[splits[0]]["top1"],
-        "top5": per_split[splits[0]]["top5"],
-        "split": splits[0],
-        "per_split": per_split,
-        "model": str(args.model),
-        "dataset": str(args.dataset),
-        "wall_time_seconds": time.perf_counter() - started,
-    }
+    per_split = {name: evaluate(model, accelerator.prepare(loader), accelerator, name) for name, loader in loaders.items()}
+    metrics = classification_metrics(per_split, args.split[0], model=str(args.model_name_or_path),
+                                     dataset=str(args.dataset), mixed_precision=accelerator.mixed_precision,
+                                     wall_time_seconds=time.perf_counter() - started)
     if accelerator.is_main_process:
         print(json.dumps(metrics, indent=2))
-        if args.output:
-            output = Path(args.output)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            partial = output.with_name(f".{output.name}.partial")
-            partial.write_text(json.dumps(metrics, indent=2))
-            os.replace(partial, output)
+        if args.metrics_file:
+            atomic_write_json(args.metrics_file, metrics)
     return metrics
 
 
 def main(argv=None):
-    """Console entry point: bad input ends with a message on stderr and exit status 2."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = build_parser().parse_args(argv)
-    try:
-        if args.batch_size < 1:
-            raise TrainingInputError(f"--batch-size must be >= 1, got {args.batch_size}.")
-        run(args)
-    except TrainingInputError as error:
-        print(f"marnet-eval: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """`python -m modeling_marnet.evaluate`: the `marnet-eval` console script."""
+    from marnet_cli.commands import evaluate as evaluate_command
+
+    return evaluate_command(argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -296,21 +296,21 @@ def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monke
     "args, message",
     [
         (["food-101", "--data-dir", "{raw}", "--output", "{raw}"], "already exists"),
-        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--dry-run"], "only apply with --push-to-hub"),
-        (["food-101", "--data-dir", "{raw}", "--push-to-hub", "o/n", "--dry-run"], "--output DIR is required"),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--dry-run"], "only apply with --push_to_hub"),
+        (["food-101", "--data-dir", "{raw}", "--push-to-hub", "o/n", "--dry-run"], "--output_dir DIR is required"),
         (
             ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--config", "food"],
-            "--config 'food' is not a config of food-101",
+            "--dataset_config_name 'food' is not a config of food-101",
         ),
         (["openclipart", "--output", "{tmp}/o", "--config", "drinks"], "choose one of default, food"),
-        (["food-101", "--output", "{tmp}/o"], "--data-dir is required for food-101"),
+        (["food-101", "--output", "{tmp}/o"], "--data_dir is required for food-101"),
         (
             ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--food101-dir", "{raw}"],
-            "--food101-dir only applies",
+            "--food101_dir only applies",
         ),
         (
             ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--num-proc", "0"],
-            "--num-proc must be at least 1",
+            "--num_proc must be at least 1",
         ),
     ],
 )

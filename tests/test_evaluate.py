@@ -45,8 +45,9 @@ def expected_metrics(model_dir, dataset_dir, split):
 def test_metrics_of_two_splits_match_a_direct_computation(saved_model, tmp_path, capsys):
     model_dir, dataset_dir = saved_model
     output = tmp_path / "eval" / "metrics.json"
-    main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "validation", "--split", "test",
-          "--batch-size", "4", "--output", str(output)])
+    # Old option names (--model, --batch-size, --output, repeated --split) are aliases of the new ones.
+    assert main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "validation", "--split", "test",
+                 "--batch-size", "4", "--output", str(output)]) == 0
     metrics = json.loads(output.read_text())
     assert json.loads(capsys.readouterr().out) == metrics
     assert metrics["split"] == "validation" and set(metrics["per_split"]) == {"validation", "test"}
@@ -61,15 +62,13 @@ def test_metrics_of_two_splits_match_a_direct_computation(saved_model, tmp_path,
 
 def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, capsys):
     model_dir, dataset_dir = saved_model
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "dev"])
-    assert exit_info.value.code == 2
-    assert "no split 'dev'" in capsys.readouterr().err
+    assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--split", "dev"]) == 1
+    assert "marnet-eval: error: The dataset has no split 'dev'" in capsys.readouterr().err
     other = MARNetForImageClassification.from_pretrained(model_dir)
     other.config.id2label = {i: f"dish_{i}" for i in range(4)}
     other.save_pretrained(tmp_path / "other")
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(tmp_path / "other")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(tmp_path / "other"), "--dataset", str(dataset_dir)])
-    assert exit_info.value.code == 2
+    assert main(["--model_name_or_path", str(tmp_path / "other"), "--dataset", str(dataset_dir)]) == 1
     assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
+    assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--batch_size", "0"]) == 2
+    assert "marnet-eval: error: --per_device_eval_batch_size must be >= 1, got 0." in capsys.readouterr().err

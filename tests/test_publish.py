@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from tiny_marnet import IMAGE_SIZE, tiny_config
 from transformers import ViTImageProcessor
 
 from hub_scripts.convert_efficientnet_lite0 import main as convert_main
 from hub_scripts.publish import main
 from modeling_marnet import MARNetForImageClassification
+from tiny_marnet import IMAGE_SIZE, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "org/marnet-food172"
@@ -227,5 +227,5 @@ def test_vision_tower_card_states_provenance_license_and_check(converted_tower, 
     assert not card.data.eval_results  # no accuracy was measured, so none is claimed
 
     assert main([str(converted_tower), "--repo-id", repo_id, "--dry-run", "--output-dir", str(tmp_path / "other"),
-                 "--license", "mit"]) == 1
+                 "--license", "mit"]) == 2
     assert "--license apply to MARNet models" in capsys.readouterr().err

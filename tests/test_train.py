@@ -111,14 +111,14 @@ def test_checkpoints_rotate_and_logs_are_written(trained):
 
 
 def test_frozen_text_embeddings_are_cached_by_encoder_and_dataset(workspace, tmp_path):
-    encoder, tokenizer = load_text_encoder(str(workspace["bert"]), "mean")
+    encoder, tokenizer = load_text_encoder(str(workspace["bert"]), "mean", 32)
     train = load_image_dataset(workspace["disk"])["train"]
     accelerator = Accelerator(cpu=True)
-    first, first_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", 32, tmp_path)
-    again, again_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", 32, tmp_path)
+    first, first_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", tmp_path)
+    again, again_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", tmp_path)
     assert (first_hit, again_hit) == (False, True)
     assert first.shape == (24, 16) and torch.equal(first, again)
-    other_rows, other_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train.select(range(8)), "text", 32,
+    other_rows, other_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train.select(range(8)), "text",
                                                    tmp_path)
     assert not other_hit and other_rows.shape == (8, 16)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2

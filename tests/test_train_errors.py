@@ -1,4 +1,5 @@
-"""Bad input to `marnet-train` ends before the first step with a clear message, exit status 2 and no traceback."""
+"""Bad input to `marnet-train` ends before the first step with `marnet-train: error: ...` and no traceback: exit
+status 2 when the command line itself is wrong, 1 when the data or models are."""
 
 import json
 
@@ -6,8 +7,8 @@ import datasets
 import pytest
 from transformers import ViTImageProcessor
 
+from marnet_cli.commands import train as main
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
-from modeling_marnet.train import main
 from train_fixtures import (
     CLASS_COLOURS,
     IMAGE_SIZE,
@@ -41,18 +42,17 @@ def train_args(workspace, output_dir, *extra, dataset=None):
             "--per-device-train-batch-size", "4", "--report-to", "none", *tiny_model_args(), *map(str, extra)]
 
 
-def expect_error(capsys, argv, *fragments):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+def expect_error(capsys, argv, status, *fragments):
+    assert main(argv) == status
     message = capsys.readouterr().err
+    assert message.strip().splitlines()[-1].startswith("marnet-train: error: "), message
     for fragment in fragments:
         assert fragment in message, message
     return message
 
 
 def test_dataset_without_text_needs_the_baseline_ablation(workspace, tmp_path, capsys):
-    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=workspace["no_text"]),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=workspace["no_text"]), 1,
                  "Ablation 'full' learns from privileged text", "has no 'text' column", "--ablation baseline")
     assert not (tmp_path / "out").exists()
 
@@ -72,8 +72,8 @@ def test_visual_only_training_works_without_text_and_says_so(workspace, tmp_path
 
 
 def test_missing_split(workspace, tmp_path, capsys):
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--validation-split", "dev"),
-                 "no split 'dev'", "train, validation, test", "--validation-split")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--validation-split", "dev"), 1,
+                 "no split 'dev'", "train, validation, test", "--validation_split", "--train_val_split")
 
 
 def test_labels_out_of_range(workspace, tmp_path, capsys):
@@ -81,22 +81,22 @@ def test_labels_out_of_range(workspace, tmp_path, capsys):
     bad_labels = [5 if i == 3 else label for i, label in enumerate(splits["validation"]["label"])]
     splits["validation"] = splits["validation"].remove_columns("label").add_column("label", bad_labels).cast_column(
         "label", splits["train"].features["label"])
-    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "bad", splits)),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "bad", splits)), 1,
                  "Split 'validation', column 'label'", "[0, 3]", "from 0 to 5")
 
 
 def test_label_column_must_be_a_class_label(workspace, tmp_path, capsys):
     splits = make_dataset_dict()
     splits = splits.cast_column("label", datasets.Value("int64"))
-    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "int", splits)),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", dataset=save_dataset(tmp_path / "int", splits)), 1,
                  "'label' must be a datasets.ClassLabel", "class_encode_column")
 
 
 def test_unknown_columns(workspace, tmp_path, capsys):
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--image-column", "photo"),
-                 "no column 'photo'", "image, label, ingredients, text, image_id", "--image-column")
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--text-column", "recipe"),
-                 "no 'recipe' column", "--text-column")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--image-column", "photo"), 1,
+                 "no column 'photo'", "image, label, ingredients, text, image_id", "--image_column")
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--text-column", "recipe"), 1,
+                 "no 'recipe' column", "--text_column")
 
 
 def test_text_encoder_width_must_match_the_checkpoint(workspace, tmp_path, capsys):
@@ -109,35 +109,35 @@ def test_text_encoder_width_must_match_the_checkpoint(workspace, tmp_path, capsy
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(checkpoint)
     argv = ["--dataset", str(workspace["dataset"]), "--model-name-or-path", str(checkpoint), "--text-encoder",
             str(workspace["bert24"]), "--output-dir", str(tmp_path / "out")]
-    expect_error(capsys, argv, "gives 24-d features", "text_hidden_size=16")
+    expect_error(capsys, argv, 1, "gives 24-d features", "text_hidden_size=16")
 
 
 def test_option_errors(workspace, tmp_path, capsys):
-    expect_error(capsys, ["--dataset", str(workspace["dataset"]), "--output-dir", str(tmp_path / "out")],
-                 "exactly one model source", "--vision-model", "--model-name-or-path")
+    expect_error(capsys, ["--dataset", str(workspace["dataset"]), "--output-dir", str(tmp_path / "out")], 2,
+                 "exactly one model source", "--vision_model", "--model_name_or_path")
     config_file = tmp_path / "run.yaml"
     config_file.write_text("learning_rte: 0.1\n")
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--config", config_file),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--config", config_file), 2,
                  "unknown option(s) ['learning_rte']", "learning_rate")
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--marnet-config", "fusion=hm"),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--marnet-config", "fusion=hm"), 2,
                  "unknown MARNetConfig field(s) ['fusion']", "fusion_mode")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "metrics.json").write_text("{}")
-    expect_error(capsys, train_args(workspace, tmp_path / "used"), "is not empty", "--resume-from-checkpoint latest")
-    expect_error(capsys, train_args(workspace, tmp_path / "fresh", "--resume-from-checkpoint", "latest"),
+    expect_error(capsys, train_args(workspace, tmp_path / "used"), 2, "is not empty", "--resume_from_checkpoint latest")
+    expect_error(capsys, train_args(workspace, tmp_path / "fresh", "--resume-from-checkpoint", "latest"), 1,
                  "no finished checkpoint")
 
 
 def test_cli_error_is_one_line_on_stderr_without_traceback(workspace, tmp_path):
     result = run_command(module_command("modeling_marnet.train", *train_args(workspace, tmp_path / "out",
                                                                             "--train-split", "training")))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "marnet-train: error: The dataset has no split 'training'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_timm_tower_whose_eval_transform_has_no_standard_processor(workspace, tmp_path, capsys):
     tower = save_timm_tower(tmp_path / "timm", crop_mode="squash")
-    expect_error(capsys, train_args(workspace, tmp_path / "out", "--vision-model", tower, "--ablation", "baseline"),
+    expect_error(capsys, train_args(workspace, tmp_path / "out", "--vision-model", tower, "--ablation", "baseline"), 1,
                  "crop mode 'squash'", "Save a transformers image processor next to the tower instead.")
     assert not (tmp_path / "out").exists()

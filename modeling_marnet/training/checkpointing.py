@@ -1,8 +1,11 @@
-"""Resumable checkpoints: written to a hidden partial directory, then renamed, so a run killed while saving never
-leaves a half-written `checkpoint-<step>` that `--resume-from-checkpoint latest` could pick.
+"""Resumable checkpoints and saved models, written all at once (`marnet_cli.files`): a run killed while saving never
+leaves a half-written `checkpoint-<step>` that `--resume_from_checkpoint latest` could pick, nor a half-written best
+model.
 
 A checkpoint holds `accelerator.save_state` (model, optimizer, registered scheduler, sampler, every process's RNG
 states) and `trainer_state.json` (step, epoch position, best metric, early-stopping counter, throughput counters).
+Models are saved with full weights whatever the parallelism: `accelerator.get_state_dict` gathers DeepSpeed ZeRO-3
+and FSDP shards on the main process, which writes them with `save_pretrained(state_dict=...)`.
 
 Test hook: with the environment variable `MARNET_TEST_KILL_DURING_CHECKPOINT=<step>` the process SIGKILLs itself
 in the middle of writing that step's checkpoint (state saved, not yet renamed). The fault-tolerance test uses it.
@@ -16,10 +19,12 @@ import shutil
 import signal
 from pathlib import Path
 
-from .errors import TrainingInputError
+from marnet_cli.errors import CLIError
+from marnet_cli.files import PARTIAL_PREFIX, atomic_directory, commit_directory, staging_directory
+
+from .text_features import MARNetWithTextEncoder
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-PARTIAL_PREFIX = ".partial-"
 STATE_FILE = "trainer_state.json"
 KILL_HOOK_ENV = "MARNET_TEST_KILL_DURING_CHECKPOINT"
 
@@ -45,17 +50,6 @@ class TrainerState:
         return cls(**json.loads((Path(directory) / STATE_FILE).read_text()))
 
 
-def _replace_directory(partial, final):
-    """Renames `partial` to `final`, replacing an existing `final`."""
-    final = Path(final)
-    stale = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}")
-    if final.exists():
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(final, stale)
-    os.replace(partial, final)
-    shutil.rmtree(stale, ignore_errors=True)
-
-
 def completed_checkpoints(checkpoints_dir):
     """Finished checkpoints, oldest first: `checkpoint-<step>` directories holding a trainer state."""
     checkpoints_dir = Path(checkpoints_dir)
@@ -71,12 +65,10 @@ def completed_checkpoints(checkpoints_dir):
 
 def save_checkpoint(accelerator, checkpoints_dir, state, keep_last):
     """Saves the full training state as `checkpoint-<global_step>` and deletes all but the last `keep_last`."""
-    checkpoints_dir = Path(checkpoints_dir)
-    final = checkpoints_dir / f"checkpoint-{state.global_step}"
-    partial = checkpoints_dir / f"{PARTIAL_PREFIX}{final.name}"
+    final = Path(checkpoints_dir) / f"checkpoint-{state.global_step}"
+    partial = final.with_name(f"{PARTIAL_PREFIX}{final.name}")
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        staging_directory(final)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if os.environ.get(KILL_HOOK_ENV) == str(state.global_step):
@@ -84,7 +76,7 @@ def save_checkpoint(accelerator, checkpoints_dir, state, keep_last):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.save(partial)
-        _replace_directory(partial, final)
+        commit_directory(partial, final)
         for old in completed_checkpoints(checkpoints_dir)[:-keep_last]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -102,16 +94,16 @@ def resolve_checkpoint(resume_from, checkpoints_dir):
     if resume_from == "latest":
         checkpoints = completed_checkpoints(checkpoints_dir)
         if not checkpoints:
-            raise TrainingInputError(
-                f"--resume-from-checkpoint latest: no finished checkpoint in {checkpoints_dir}. Run without it to "
+            raise CLIError(
+                f"--resume_from_checkpoint latest: no finished checkpoint in {checkpoints_dir}. Run without it to "
                 "start from scratch, or give a checkpoint directory."
             )
         return checkpoints[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise TrainingInputError(
-            f"--resume-from-checkpoint {path}: not a finished checkpoint (no {STATE_FILE}). Give a "
-            f"`checkpoints/checkpoint-<step>` directory written by marnet-train, or `latest`."
+        raise CLIError(
+            f"--resume_from_checkpoint {path}: not a finished checkpoint (no {STATE_FILE}). Give a "
+            "`checkpoints/checkpoint-<step>` directory written by marnet-train, or `latest`."
         )
     return path
 
@@ -122,13 +114,23 @@ def load_checkpoint(accelerator, path):
     return TrainerState.load(path)
 
 
-def save_pretrained_atomically(accelerator, model, image_processor, directory):
-    """`save_pretrained` of the model and its image processor into `directory`, replacing it all at once."""
-    directory = Path(directory)
-    partial = directory.with_name(f"{PARTIAL_PREFIX}{directory.name}")
+def unwrap_classifier(accelerator, model):
+    """The MARNet classifier inside the prepared model (without a jointly trained text encoder)."""
+    model = accelerator.unwrap_model(model)
+    return model.classifier if isinstance(model, MARNetWithTextEncoder) else model
+
+
+def save_model(accelerator, model, image_processor, directory):
+    """`save_pretrained` of the classifier inside the prepared `model` (full weights, also under DeepSpeed ZeRO-3 or
+    FSDP) and of its image processor into `directory`, replacing it all at once. Called by every process."""
+    state_dict = accelerator.get_state_dict(model)  # a collective: gathers shards onto the main process
+    classifier = unwrap_classifier(accelerator, model)
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        image_processor.save_pretrained(partial)
-        _replace_directory(partial, directory)
+        if classifier is not accelerator.unwrap_model(model):  # drop the jointly trained text encoder
+            prefix = "classifier."
+            state_dict = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        with atomic_directory(directory) as staging:
+            classifier.save_pretrained(staging, state_dict=state_dict, is_main_process=True,
+                                       save_function=accelerator.save)
+            image_processor.save_pretrained(staging)
     accelerator.wait_for_everyone()

@@ -1,19 +1,23 @@
-"""Data for MARNet training: loading the dataset, checking it, the image transform and the batch collator.
+"""Data for MARNet training: loading the dataset and its splits, checking them, the image transform and the batch
+collator.
 
 The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (ClassLabel), `text` (the privileged
-text), `ingredients` and `image_id`. Any dataset with an image column and a ClassLabel column works.
+text), `ingredients` and `image_id` (docs/datasets.md). Any dataset with an image column and a ClassLabel column
+works.
 """
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
-from torchvision.transforms import v2 as transforms
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
-from .errors import TrainingInputError
+from marnet_cli.errors import CLIError
+
+from .text_features import tokenize_texts
 
 
 def load_image_dataset(name_or_path):
@@ -24,18 +28,18 @@ def load_image_dataset(name_or_path):
         if (path / "dataset_dict.json").is_file():
             return datasets.load_from_disk(str(path))
         if (path / "state.json").is_file():
-            raise TrainingInputError(
+            raise CLIError(
                 f"--dataset {path}: a single saved split, not a DatasetDict. Save the splits together with "
                 "`DatasetDict({'train': ..., 'validation': ...}).save_to_disk(...)`."
             )
         if path.is_file():
             if path.suffix != ".parquet":
-                raise TrainingInputError(f"--dataset {path}: expected a .parquet file or a directory, got a "
+                raise CLIError(f"--dataset {path}: expected a .parquet file or a directory, got a "
                                          f"{path.suffix or 'suffix-less'} file.")
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
         return datasets.load_dataset(str(name_or_path))
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise TrainingInputError(
+        raise CLIError(
             f"--dataset {name_or_path}: cannot load it ({error}). Give a `save_to_disk` directory, Parquet files, "
             "or a Hub id (a Hub id needs network access or a copy in the local Hugging Face cache)."
         ) from None
@@ -44,7 +48,7 @@ def load_image_dataset(name_or_path):
 def check_split(dataset_dict, split, option):
     """The split, or an error naming the option to change and the splits there are."""
     if split not in dataset_dict:
-        raise TrainingInputError(
+        raise CLIError(
             f"The dataset has no split {split!r} (splits: {', '.join(dataset_dict)}). Pass {option} with one of them."
         )
     return dataset_dict[split]
@@ -54,10 +58,10 @@ def class_names(dataset, label_column):
     """The label names of the ClassLabel column, in id order."""
     feature = dataset.features.get(label_column)
     if not isinstance(feature, datasets.ClassLabel):
-        raise TrainingInputError(
+        raise CLIError(
             f"Column {label_column!r} must be a datasets.ClassLabel (its names become the model's id2label), got "
             f"{type(feature).__name__ if feature is not None else 'no such column'}. Convert it with "
-            f"`dataset.class_encode_column({label_column!r})` or pass --label-column."
+            f"`dataset.class_encode_column({label_column!r})` or pass --label_column."
         )
     return list(feature.names)
 
@@ -66,7 +70,7 @@ def check_columns(dataset, split, columns):
     """Every column of `columns` ({option: column}) exists in the split."""
     for option, column in columns.items():
         if column not in dataset.column_names:
-            raise TrainingInputError(
+            raise CLIError(
                 f"Split {split!r} has no column {column!r} (columns: {', '.join(dataset.column_names)}). "
                 f"Pass {option} with the right name."
             )
@@ -76,13 +80,77 @@ def check_label_range(dataset, split, label_column, num_labels):
     """All labels in [0, num_labels): a bad id fails here, not in the loss in the middle of an epoch."""
     labels = dataset.with_format("numpy")[label_column][:]  # (N,)
     if len(labels) == 0:
-        raise TrainingInputError(f"Split {split!r} is empty.")
+        raise CLIError(f"Split {split!r} is empty.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_labels:
-        raise TrainingInputError(
+        raise CLIError(
             f"Split {split!r}, column {label_column!r}: labels must be in [0, {num_labels - 1}] (the ClassLabel has "
             f"{num_labels} names), got values from {low} to {high}. Fix the labels or the ClassLabel names."
         )
+
+
+@dataclass
+class Splits:
+    """The splits of a run: `validation` and `test` may be None; `label_names` are the ClassLabel names, in id order."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    test: datasets.Dataset | None
+    label_names: list
+
+
+def hold_out_validation(train, fraction, seed, label_column):
+    """(train, validation): `fraction` of the rows held out, stratified by label, reproducibly for `seed`."""
+    try:
+        parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
+    except ValueError as error:
+        raise CLIError(f"--train_val_split {fraction}: cannot hold out a stratified validation split ({error}). "
+                       "Use a larger fraction or a dataset with a validation split.") from None
+    return parts["train"], parts["test"]
+
+
+def load_splits(args):
+    """The training, validation and test splits named by the options, checked before anything runs.
+
+    Without a `--validation_split` split in the dataset, `--train_val_split` holds one out of the training rows. The
+    validation split is required unless nothing is evaluated during training and the test split exists.
+    `--max_train_samples` / `--max_eval_samples` then keep the first rows.
+    """
+    dataset = load_image_dataset(args.dataset)
+    train = check_split(dataset, args.train_split, "--train_split")
+    label_names = class_names(train, args.label_column)
+    validation = test = None
+    if args.validation_split in dataset:
+        if args.train_val_split is not None:
+            raise CLIError(f"The dataset has a {args.validation_split!r} split, so --train_val_split "
+                           f"{args.train_val_split} would not be used: drop it, or name a split to hold out with "
+                           "--validation_split.")
+        validation = dataset[args.validation_split]
+    elif args.train_val_split is not None:
+        train, validation = hold_out_validation(train, args.train_val_split, args.seed, args.label_column)
+    elif args.eval_strategy != "no" or args.test_split not in dataset:
+        raise CLIError(
+            f"The dataset has no split {args.validation_split!r} (splits: {', '.join(dataset)}). Pass "
+            f"--validation_split with one of them, or --train_val_split 0.15 to hold out part of "
+            f"{args.train_split!r}."
+        )
+    if args.test_split in dataset:
+        test = dataset[args.test_split]
+    named = {args.train_split: train, args.validation_split: validation, args.test_split: test}
+    for split_name, split in named.items():
+        if split is not None:
+            check_columns(split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column})
+            check_label_range(split, split_name, args.label_column, len(label_names))
+    if args.max_train_samples is not None:
+        train = first_rows(train, args.max_train_samples)
+    if args.max_eval_samples is not None:
+        validation, test = (first_rows(split, args.max_eval_samples) for split in (validation, test))
+    return Splits(train, validation, test, label_names)
+
+
+def first_rows(split, count):
+    """The first `count` rows of `split` (all of them if it has fewer; None stays None)."""
+    return None if split is None else split.select(range(min(count, len(split))))
 
 
 TIMM_INTERPOLATIONS = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampling.BILINEAR}
@@ -101,7 +169,7 @@ def standard_image_processor(image_processor):
     data_config = image_processor.data_config
     interpolation = data_config.get("interpolation", "bicubic")
     if interpolation not in TIMM_INTERPOLATIONS or data_config.get("crop_mode", "center") != "center":
-        raise TrainingInputError(
+        raise CLIError(
             f"The timm tower's data config ({data_config}) uses interpolation {interpolation!r} / crop mode "
             f"{data_config.get('crop_mode')!r}; supported: {sorted(TIMM_INTERPOLATIONS)} with a center crop. "
             "Save a transformers image processor next to the tower instead."
@@ -132,28 +200,6 @@ def set_processor_image_size(image_processor, image_size):
     image_processor.size = {"height": image_size, "width": image_size}
     if hasattr(image_processor, "do_center_crop"):
         image_processor.do_center_crop = False
-
-
-class RandomAugmentation:
-    """Random resized crop + horizontal flip (training only) whose randomness depends on (seed, epoch, row) alone,
-    not on the global RNG: resumed, multi-process and multi-worker runs augment each row identically, and the
-    prefetching of batches cannot shift the random numbers the model draws."""
-
-    def __init__(self, image_size, seed):
-        self.transforms = transforms.Compose([
-            transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0)),
-            transforms.RandomHorizontalFlip(),
-        ])
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __call__(self, image, index):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
-            return self.transforms(image)
 
 
 class ImageTransform:
@@ -203,12 +249,12 @@ class ImageTextExamples(torch.utils.data.Dataset):
 
 class MARNetCollator:
     """Examples -> a batch of `pixel_values` (B, C, H, W), `labels` (B,) and, when the examples carry text,
-    `text_embeds` (B, D) or the tokenized text as `text_input_ids` / `text_attention_mask` (B, T)."""
+    `text_embeds` (B, D) or the text tokenized as `encoding` says (`text_input_ids` / `text_attention_mask`, (B, T))."""
 
-    def __init__(self, image_transform, tokenizer=None, max_length=128):
+    def __init__(self, image_transform, tokenizer=None, encoding=None):
         self.image_transform = image_transform
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.encoding = encoding
 
     def __call__(self, examples):
         batch = {
@@ -218,13 +264,7 @@ class MARNetCollator:
         if "text_embeds" in examples[0]:
             batch["text_embeds"] = torch.stack([example["text_embeds"] for example in examples])
         elif "text" in examples[0] and self.tokenizer is not None:
-            tokens = self.tokenizer(
-                [example["text"] for example in examples],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            tokens = tokenize_texts(self.tokenizer, [example["text"] for example in examples], self.encoding)
             batch["text_input_ids"] = tokens["input_ids"]
             batch["text_attention_mask"] = tokens["attention_mask"]
         return batch

@@ -1,30 +1,47 @@
 """The two halves of the training loop: optimizer steps over one epoch, and evaluation."""
 
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..modeling_marnet import LOSS_WEIGHT_FIELDS, weighted_loss
 from .metrics import ClassificationMetrics
 
 # Terms that shape the representation but do not train an inference-time classifier: the ones a warm-up ramps.
 AUXILIARY_TERMS = ("alignment_loss", "reconstruction_loss", "text_classification_loss", "distillation_loss")
+# Classification terms and the output logits each one is the cross-entropy of.
+CLASSIFICATION_TERMS = {"visual_classification_loss": "visual_logits",
+                        "reconstruction_classification_loss": "reconstruction_logits",
+                        "fusion_classification_loss": "logits", "text_classification_loss": "text_logits"}
 
 
 class LossComposer:
-    """The loss to back-propagate at an optimizer step: the model's own `loss`, or, during the auxiliary warm-up,
-    the same weighted sum with every auxiliary term scaled by `step / warmup_steps` (a linear ramp from 0 to 1)."""
+    """The loss to back-propagate at an optimizer step.
 
-    def __init__(self, config, auxiliary_warmup_steps=0):
+    It is the model's own `loss`, except that during the auxiliary warm-up every auxiliary term is scaled by
+    `step / warmup_steps` (a linear ramp from 0 to 1), and that with `label_smoothing > 0` every classification term
+    is the label-smoothed cross-entropy of its logits, as `torch.nn.CrossEntropyLoss(label_smoothing=...)` computes it
+    (single-label classification).
+    """
+
+    def __init__(self, config, auxiliary_warmup_steps=0, label_smoothing=0.0):
         self.config = config
         self.warmup_steps = auxiliary_warmup_steps
+        self.label_smoothing = label_smoothing
 
     def auxiliary_scale(self, step):
         return 1.0 if step >= self.warmup_steps else step / self.warmup_steps
 
-    def __call__(self, output, step):
+    def __call__(self, output, step, labels=None):
         scale = self.auxiliary_scale(step)
-        if scale == 1.0:
+        if scale == 1.0 and not self.label_smoothing:
             return output.loss
         terms = {name: getattr(output, name, None) for name in LOSS_WEIGHT_FIELDS}
+        if self.label_smoothing:
+            for name, logits_name in CLASSIFICATION_TERMS.items():
+                if terms[name] is not None:
+                    logits = getattr(output, logits_name)
+                    terms[name] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         return weighted_loss(terms, self.config, dict.fromkeys(AUXILIARY_TERMS, scale))
 
 
@@ -42,13 +59,14 @@ def loss_term_gradient_norms(output, config, parameters):
 
 
 def optimizer_steps(model, dataloader, accelerator, optimizer, scheduler, loss_composer, first_step=0,
-                    gradient_probe=None):
+                    gradient_probe=None, max_grad_norm=None):
     """Trains over `dataloader`, yielding after every optimizer step (every `gradient_accumulation_steps` batches)
     a dict with the step's mean `loss`, the mean of each loss term the model returned (`terms`), the number of
-    `images` it used across processes and, when `gradient_probe(step)` gives the tower's parameters for that
-    step, the per-term gradient norms on them (`gradient_norms`)."""
+    `images` it used across processes, the gradient norm before clipping to `max_grad_norm` (`grad_norm`, None
+    without clipping) and, when `gradient_probe(step)` gives the tower's parameters for that step, the per-term
+    gradient norms on them (`gradient_norms`)."""
     step = first_step
-    losses, terms, images, gradient_norms = [], {}, 0, None
+    losses, terms, images, gradient_norms, grad_norm = [], {}, 0, None, None
     for batch in dataloader:
         model.train()  # again after every mid-epoch evaluation
         with accelerator.accumulate(model):
@@ -56,8 +74,10 @@ def optimizer_steps(model, dataloader, accelerator, optimizer, scheduler, loss_c
             probe_parameters = gradient_probe(step + 1) if gradient_probe is not None else None
             if probe_parameters is not None and gradient_norms is None:
                 gradient_norms = loss_term_gradient_norms(output, loss_composer.config, probe_parameters)
-            loss = loss_composer(output, step)
+            loss = loss_composer(output, step, batch["labels"])
             accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
         losses.append(loss.detach())
@@ -71,18 +91,20 @@ def optimizer_steps(model, dataloader, accelerator, optimizer, scheduler, loss_c
                 scheduler.step()
             step += 1
             yield {"loss": torch.stack(losses).mean(), "images": images, "gradient_norms": gradient_norms,
-                   "terms": {name: torch.stack(values).mean() for name, values in terms.items()}}
-            losses, terms, images, gradient_norms = [], {}, 0, None
+                   "grad_norm": grad_norm, "terms": {name: torch.stack(values).mean() for name, values in terms.items()}}
+            losses, terms, images, gradient_norms, grad_norm = [], {}, 0, None, None
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator):
+def evaluate(model, dataloader, accelerator, description="evaluation"):
     """Top-1/top-5 accuracy, loss and sample count of `model(pixel_values)` over a prepared dataloader, each sample
-    counted once across processes (`gather_for_metrics` drops the duplicates that pad the last batches)."""
+    counted once across processes (`gather_for_metrics` drops the duplicates that pad the last batches). Runs under
+    the run's mixed precision, with a progress bar on each node's main process."""
     model.eval()
     metrics = ClassificationMetrics()
-    for batch in dataloader:
-        logits = model(pixel_values=batch["pixel_values"]).logits
+    for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
+        with accelerator.autocast():
+            logits = model(pixel_values=batch["pixel_values"]).logits
         logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
         metrics.update(logits, labels)
     return metrics.compute()

@@ -1,21 +1,60 @@
-"""Building the model to train: a new MARNet on a pretrained vision tower, or an existing MARNet checkpoint, with its
-image processor and the optimizer's parameter groups."""
+"""Building what trains: whether privileged text is needed and its encoder, the MARNet config and model (a new one on
+a pretrained vision tower, or an existing checkpoint, possibly re-headed for new labels), its image processor, and
+the optimizer's parameter groups."""
 
 import inspect
+from dataclasses import dataclass
 
+import torch
+from accelerate.logging import get_logger
 from transformers import AutoConfig, AutoImageProcessor
+
+from marnet_cli.errors import CLIError, UsageError
 
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
 from .data import processor_image_size, set_processor_image_size, standard_image_processor
-from .errors import TrainingInputError
+from .text_features import load_text_encoder
+
+logger = get_logger(__name__)
 
 # Fields that change losses or sampling only, so they may be changed on an existing checkpoint.
 RUNTIME_FIELDS = {
     "visual_ce_weight", "alignment_loss_weight", "reconstruction_ce_weight", "reconstruction_loss_weight",
     "fusion_ce_weight", "num_inference_steps", "sampler", "sampler_seed", "contrastive_gather", "classifier_dropout",
+    "image_only_training",
 }
 CONFIG_FIELDS = set(inspect.signature(MARNetConfig.__init__).parameters) - {"self", "kwargs", "vision_config"}
+
+
+@dataclass
+class ModelParts:
+    """What [`build_model_parts`] gives: the model to train and its image processor, and the privileged text
+    encoder with its tokenizer (None for visual-only training), `joint` when the encoder trains with the model."""
+
+    model: MARNetForImageClassification
+    image_processor: object
+    text_encoder: object = None
+    tokenizer: object = None
+    joint: bool = False
+
+
+def build_model_parts(args, splits):
+    """Decides whether the run uses privileged text, then loads the text encoder, builds the config and the model
+    (`--gradient_checkpointing`, `--channels_last` applied) and loads the image processor, in that order, so that
+    every error comes before the expensive steps that follow it."""
+    _config_overrides(args)  # unknown --marnet_config fields fail before anything loads
+    checkpoint_config = load_checkpoint_config(args, splits.label_names) if args.model_name_or_path else None
+    text_encoder, tokenizer = load_text_source(args, splits.train, checkpoint_config)
+    config = checkpoint_config or new_model_config(args, splits.label_names, text_encoder and text_encoder.hidden_size)
+    model = build_model(args, config)
+    if args.gradient_checkpointing:
+        _validated(lambda: model.gradient_checkpointing_enable({"use_reentrant": False}), "--gradient_checkpointing")
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    image_processor = load_image_processor(args, model.config.vision_config)
+    joint = text_encoder is not None and args.train_text_encoder
+    return ModelParts(model, image_processor, text_encoder, tokenizer, joint)
 
 
 def ablation_name(config):
@@ -27,17 +66,51 @@ def ablation_name(config):
 
 
 def needs_text(config_or_ablation):
-    """Whether training needs privileged text (every row but the visual-only baseline)."""
+    """Whether training needs privileged text (every row but the visual-only baseline, unless the config declares
+    `image_only_training`)."""
     fields = ABLATIONS[config_or_ablation] if isinstance(config_or_ablation, str) else vars(config_or_ablation)
-    return fields["use_alignment"] or fields["reconstruction"] != "none"
+    return not fields.get("image_only_training") and (fields["use_alignment"] or fields["reconstruction"] != "none")
+
+
+def load_text_source(args, train, config):
+    """(text encoder, tokenizer) when this run learns from privileged text, else (None, None), with clear errors when
+    the model needs text that the dataset or the options do not give."""
+    ablation = ablation_name(config) if config is not None else args.ablation or "full"
+    if not needs_text(config if config is not None else ablation):
+        image_only = config is not None and getattr(config, "image_only_training", False)
+        reason = (f"the dataset has no {args.text_column!r} column" if args.text_column not in train.column_names
+                  else "the checkpoint's config sets image_only_training" if image_only
+                  else f"ablation {ablation!r} does not use text")
+        logger.warning(f"Visual-only training: {reason}; the model learns from images alone.", main_process_only=True)
+        return None, None
+    if args.text_column not in train.column_names:
+        raise CLIError(
+            f"Ablation {ablation!r} learns from privileged text, but split {args.train_split!r} has no "
+            f"{args.text_column!r} column (columns: {', '.join(train.column_names)}). Pass --text_column, or "
+            "--ablation baseline for visual-only training (for a --model_name_or_path checkpoint: --marnet_config "
+            "image_only_training=true, which freezes the parameters that only text trains)."
+        )
+    if not args.text_encoder:
+        raise UsageError(f"Ablation {ablation!r} learns from privileged text: pass --text_encoder (a BERT-like or "
+                         "sentence-transformers encoder, directory or Hub id), or --ablation baseline for visual-only "
+                         "training.")
+    text_encoder, tokenizer = load_text_encoder(args.text_encoder, args.text_pooling, args.text_max_length,
+                                                args.trust_remote_code)
+    if config is not None and config.text_hidden_size != text_encoder.hidden_size:
+        raise CLIError(
+            f"--text_encoder {args.text_encoder} gives {text_encoder.hidden_size}-d features but the checkpoint "
+            f"expects text_hidden_size={config.text_hidden_size}. Use the text encoder the checkpoint was trained "
+            "with (same width), or build a new model with --vision_model."
+        )
+    return text_encoder, tokenizer
 
 
 def _config_overrides(args):
     overrides = dict(args.marnet_config)
     unknown = sorted(set(overrides) - CONFIG_FIELDS)
     if unknown:
-        raise TrainingInputError(f"--marnet-config: unknown MARNetConfig field(s) {unknown}. Known fields: "
-                                 f"{', '.join(sorted(CONFIG_FIELDS))}.")
+        raise UsageError(f"--marnet_config: unknown MARNetConfig field(s) {unknown}. Known fields: "
+                         f"{', '.join(sorted(CONFIG_FIELDS))}.")
     if args.num_inference_steps is not None:
         overrides["num_inference_steps"] = args.num_inference_steps
     if args.fusion_mode is not None:
@@ -45,87 +118,86 @@ def _config_overrides(args):
     return overrides
 
 
-def _validated(build, what):
+def _validated(build, what, error_class=UsageError):
     try:
         return build()
     except (ValueError, TypeError) as error:
-        raise TrainingInputError(f"{what}: {error}") from None
+        raise error_class(f"{what}: {error}") from None
 
 
 def load_checkpoint_config(args, label_names):
-    """The config of the `--model-name-or-path` checkpoint with the allowed overrides applied, checked against the
-    dataset's labels."""
-    config = _validated(lambda: AutoConfig.from_pretrained(args.model_name_or_path),
-                        f"--model-name-or-path {args.model_name_or_path}")
+    """The config of the `--model_name_or_path` checkpoint with the allowed overrides applied, checked against the
+    dataset's labels; with `--ignore_mismatched_sizes`, relabelled with them."""
+    config = _validated(lambda: AutoConfig.from_pretrained(args.model_name_or_path,
+                                                           trust_remote_code=args.trust_remote_code),
+                        f"--model_name_or_path {args.model_name_or_path}", CLIError)
     if config.model_type != MARNetConfig.model_type:
-        raise TrainingInputError(
-            f"--model-name-or-path {args.model_name_or_path} is a {config.model_type!r} model, not a MARNet "
-            "checkpoint. To build MARNet on it as a vision tower, pass it as --vision-model."
+        raise UsageError(
+            f"--model_name_or_path {args.model_name_or_path} is a {config.model_type!r} model, not a MARNet "
+            "checkpoint. To build MARNet on it as a vision tower, pass it as --vision_model."
         )
     if args.ablation is not None:
-        raise TrainingInputError("--ablation applies to new models; an existing checkpoint keeps its architecture. "
-                                 "Use --vision-model to build a new model.")
+        raise UsageError("--ablation applies to new models; an existing checkpoint keeps its architecture. Use "
+                         "--vision_model to build a new model.")
     overrides = _config_overrides(args)
     architectural = sorted(set(overrides) - RUNTIME_FIELDS)
     if architectural:
-        raise TrainingInputError(
+        raise UsageError(
             f"{architectural} would change the architecture of the checkpoint {args.model_name_or_path}; only "
-            f"{sorted(RUNTIME_FIELDS)} may change. Use --vision-model to build a new model."
+            f"{sorted(RUNTIME_FIELDS)} may change. Use --vision_model to build a new model."
         )
     checkpoint_labels = [config.id2label[i] for i in range(config.num_labels)]
     if checkpoint_labels != label_names:
-        raise TrainingInputError(
-            f"The checkpoint's labels {checkpoint_labels[:5]}{'...' if config.num_labels > 5 else ''} "
-            f"({config.num_labels}) differ from the dataset's ClassLabel names {label_names[:5]}"
-            f"{'...' if len(label_names) > 5 else ''} ({len(label_names)}). Start from the vision tower with "
-            "--vision-model to train a classifier for these labels."
-        )
+        if not args.ignore_mismatched_sizes:
+            raise CLIError(
+                f"The checkpoint's labels {checkpoint_labels[:5]}{'...' if config.num_labels > 5 else ''} "
+                f"({config.num_labels}) differ from the dataset's ClassLabel names {label_names[:5]}"
+                f"{'...' if len(label_names) > 5 else ''} ({len(label_names)}). Pass --ignore_mismatched_sizes to "
+                "fine-tune the checkpoint on these labels (fresh classifier heads), or start from the vision tower "
+                "with --vision_model."
+            )
+        logger.warning(f"Re-heading {args.model_name_or_path} from {config.num_labels} to {len(label_names)} labels: "
+                       "classifier weights whose shape changes start fresh.", main_process_only=True)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: i for i, name in enumerate(label_names)}
     for key, value in overrides.items():
         setattr(config, key, value)
-    _validated(config.validate_marnet, "--num-inference-steps/--marnet-config")
+    _validated(config.validate_marnet, "--num_inference_steps/--marnet_config")
     return config
 
 
 def new_model_config(args, label_names, text_hidden_size):
     """A MARNetConfig of the `--ablation` row with the command-line overrides and the dataset's labels."""
     fields = _config_overrides(args)
-    fields.update(
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-    )
+    fields.update(id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
     if text_hidden_size is not None:
         fields["text_hidden_size"] = text_hidden_size
     return _validated(lambda: MARNetConfig.from_ablation(args.ablation or "full", **fields), "MARNet configuration")
 
 
-def check_text_hidden_size(config, text_hidden_size, text_encoder_name):
-    if config.text_hidden_size != text_hidden_size:
-        raise TrainingInputError(
-            f"--text-encoder {text_encoder_name} gives {text_hidden_size}-d features but the checkpoint expects "
-            f"text_hidden_size={config.text_hidden_size}. Use the text encoder the checkpoint was trained with "
-            "(same width), or build a new model with --vision-model."
-        )
-
-
 def build_model(args, config):
-    """The MARNet model: loaded from `--model-name-or-path`, or built on the `--vision-model` tower."""
+    """The MARNet model: loaded from `--model_name_or_path`, or built on the `--vision_model` tower."""
     if args.model_name_or_path:
-        return _validated(lambda: MARNetForImageClassification.from_pretrained(args.model_name_or_path, config=config),
-                          f"--model-name-or-path {args.model_name_or_path}")
+        return _validated(
+            lambda: MARNetForImageClassification.from_pretrained(
+                args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes),
+            f"--model_name_or_path {args.model_name_or_path}", CLIError,
+        )
     try:
         return MARNetForImageClassification.from_vision_pretrained(args.vision_model, config=config)
     except (OSError, ValueError) as error:
-        raise TrainingInputError(f"--vision-model {args.vision_model}: cannot build MARNet on it ({error}).") from None
+        raise CLIError(f"--vision_model {args.vision_model}: cannot build MARNet on it ({error}).") from None
 
 
 def load_image_processor(args, vision_config):
-    """The image processor of the tower or checkpoint, with the `--image-size` override, checked against the
+    """The image processor of the tower or checkpoint, with the `--image_size` override, checked against the
     tower's fixed input size (ViT-like towers)."""
     source = args.model_name_or_path or args.vision_model
     try:
-        image_processor = standard_image_processor(AutoImageProcessor.from_pretrained(source))
+        image_processor = standard_image_processor(
+            AutoImageProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code))
     except (OSError, ValueError) as error:
-        raise TrainingInputError(
+        raise CLIError(
             f"{source}: no image processor ({error}). Save one next to the model "
             "(`image_processor.save_pretrained(dir)` writes preprocessor_config.json)."
         ) from None
@@ -134,9 +206,9 @@ def load_image_processor(args, vision_config):
     expected = getattr(vision_config, "image_size", None)
     height, width = processor_image_size(image_processor)
     if isinstance(expected, int) and (height, width) != (expected, expected):
-        raise TrainingInputError(
+        raise UsageError(
             f"The image processor gives {height}x{width} images but the {vision_config.model_type} tower expects "
-            f"{expected}x{expected}. Drop --image-size or use a tower trained at that size."
+            f"{expected}x{expected}. Drop --image_size or use a tower trained at that size."
         )
     return image_processor
 
