@@ -210,3 +210,61 @@ def test_explicit_options_win_and_unset_ones_defer_to_accelerate(fresh_accelerat
     settings = accelerate_settings(make_accelerator(explicit))
     assert (settings["gradient_accumulation_steps"], settings["dynamo_backend"]) == (2, "inductor")
     assert dataclasses.asdict(explicit)["mixed_precision"] is None and settings["mixed_precision"] == "no"
+
+
+class ShardedAccelerator:
+    """Stands in for an Accelerator under DeepSpeed ZeRO-3 / FSDP: `model.state_dict()` holds only this process's
+    shards (here: zeros), the full weights come from the collective `get_state_dict`."""
+
+    def __init__(self, full_state_dict, is_main_process):
+        self.full_state_dict, self.is_main_process, self.gathered = full_state_dict, is_main_process, 0
+
+    def get_state_dict(self, model):
+        self.gathered += 1
+        return dict(self.full_state_dict) if self.is_main_process else {}  # rank 0 only, as FSDP's full state dict
+
+    def unwrap_model(self, model, keep_torch_compile=True):
+        return model if keep_torch_compile else getattr(model, "_orig_mod", model)
+
+    def save(self, obj, path):
+        torch.save(obj, path)
+
+    def wait_for_everyone(self):
+        pass
+
+
+@pytest.mark.parametrize("joint, compiled", [(False, False), (True, False), (False, True)],
+                         ids=["classifier", "with-jointly-trained-text-encoder", "torch-compiled"])
+def test_saved_model_holds_the_gathered_weights_and_only_the_main_process_writes(tmp_path, joint, compiled):
+    from transformers import ViTImageProcessor
+
+    from modeling_marnet import MARNetForImageClassification
+    from modeling_marnet.training.checkpointing import save_model
+    from modeling_marnet.training.text_features import MARNetWithTextEncoder
+    from train_fixtures import save_text_encoder
+
+    torch.manual_seed(0)
+    classifier = MARNetForImageClassification(tiny_config())
+    full = {name: torch.randn_like(value) for name, value in classifier.state_dict().items()}
+    model = classifier
+    if joint:
+        model = MARNetWithTextEncoder(classifier, load_text_encoder(save_text_encoder(tmp_path / "bert"))[0])
+        full = {f"classifier.{name}": value for name, value in full.items()}
+        full.update({f"text_encoder.{name}": value for name, value in model.text_encoder.state_dict().items()})
+    for parameter in model.parameters():  # what a process holds of a sharded model: not the weights
+        parameter.data.zero_()
+    if compiled:  # what torch.compile's wrapper (Accelerate's dynamo backend) returns
+        model = torch.compile(model)
+        full = {f"_orig_mod.{name}": value for name, value in full.items()}
+    processor = ViTImageProcessor(size={"height": 30, "width": 30})
+
+    other_rank = ShardedAccelerator(full, is_main_process=False)
+    save_model(other_rank, model, processor, tmp_path / "rank1")
+    assert other_rank.gathered == 1 and not (tmp_path / "rank1").exists()  # took part in the gather, wrote nothing
+    main_rank = ShardedAccelerator(full, is_main_process=True)
+    save_model(main_rank, model, processor, tmp_path / "rank0")
+    saved = AutoModelForImageClassification.from_pretrained(tmp_path / "rank0").state_dict()
+    prefix = "_orig_mod." if compiled else "classifier." if joint else ""
+    assert set(saved) == {name[len(prefix):] for name in full if name.startswith(prefix)}
+    for name, value in saved.items():
+        torch.testing.assert_close(value, full[prefix + name])

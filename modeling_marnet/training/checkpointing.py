@@ -114,9 +114,14 @@ def load_checkpoint(accelerator, path):
     return TrainerState.load(path)
 
 
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
+JOINT_PREFIX = "classifier."  # MARNetWithTextEncoder's classifier
+
+
 def unwrap_classifier(accelerator, model):
-    """The MARNet classifier inside the prepared model (without a jointly trained text encoder)."""
-    model = accelerator.unwrap_model(model)
+    """The MARNet classifier inside the prepared model (without DDP/compile wrappers or a jointly trained text
+    encoder)."""
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
     return model.classifier if isinstance(model, MARNetWithTextEncoder) else model
 
 
@@ -126,9 +131,10 @@ def save_model(accelerator, model, image_processor, directory):
     state_dict = accelerator.get_state_dict(model)  # a collective: gathers shards onto the main process
     classifier = unwrap_classifier(accelerator, model)
     if accelerator.is_main_process:
-        if classifier is not accelerator.unwrap_model(model):  # drop the jointly trained text encoder
-            prefix = "classifier."
-            state_dict = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        state_dict = {key.removeprefix(COMPILED_PREFIX): value for key, value in state_dict.items()}
+        if any(key.startswith(JOINT_PREFIX) for key in state_dict):  # drop the jointly trained text encoder
+            state_dict = {key.removeprefix(JOINT_PREFIX): value for key, value in state_dict.items()
+                          if key.startswith(JOINT_PREFIX)}
         with atomic_directory(directory) as staging:
             classifier.save_pretrained(staging, state_dict=state_dict, is_main_process=True,
                                        save_function=accelerator.save)
