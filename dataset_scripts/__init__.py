@@ -1,4 +1,4 @@
-"""Builders that turn raw food-image archives into Hugging Face datasets (see DATA_FORMATS.md).
+"""Builders that turn raw food-image archives into Hugging Face datasets (see docs/datasets.md).
 
 Each builder is a `datasets.GeneratorBasedBuilder` used programmatically::
 

@@ -73,7 +73,7 @@ class RawImageConfig(datasets.BuilderConfig):
 
 
 def food_features(class_names: list[str], ingredient_names: list[str] | None) -> datasets.Features:
-    """The target features of DATA_FORMATS.md; without an ingredient vocabulary, no text columns."""
+    """The target features of docs/datasets.md; without an ingredient vocabulary, no text columns."""
     features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(class_names))}
     if ingredient_names is not None:
         features["ingredients"] = datasets.List(datasets.ClassLabel(names=list(ingredient_names)))

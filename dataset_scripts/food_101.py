@@ -1,6 +1,6 @@
 """Food-101 (Bossard, Guillaumin, Van Gool, ECCV 2014): 101 dishes, images only.
 
-Raw layout (see DATA_FORMATS.md)::
+Raw layout (see docs/datasets.md)::
 
     <root>/images/<class>/<id>.jpg
     <root>/meta/classes.txt           line order = label (NOT sorted: cheesecake before cheese_plate)

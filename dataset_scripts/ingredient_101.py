@@ -1,6 +1,6 @@
 """Ingredient-101 (Bolanos, Ferra, Radeva, 2017): per-class ingredient lists over Food-101 images.
 
-Raw layout (see DATA_FORMATS.md)::
+Raw layout (see docs/datasets.md)::
 
     <root>/annotations/classes.txt                    101 names, Food-101 order
     <root>/annotations/ingredients.txt                line i = "a,b,c" ingredients of class i

@@ -1,6 +1,6 @@
 """Vireo-Food172 (Chen & Ngo, ACM MM 2016): 172 Chinese dishes, 353 ingredient labels per image.
 
-Raw layout (see DATA_FORMATS.md)::
+Raw layout (see docs/datasets.md)::
 
     <root>/ready_chinese_food/<cls>/<file>.jpg
     <root>/SplitAndIngreLabel/{TR,VAL,TE}.txt      "/<cls>/<file>.jpg", one per line

@@ -1,4 +1,4 @@
-"""Tiny raw datasets written in exactly the layouts of DATA_FORMATS.md, for the builder tests.
+"""Tiny raw datasets written in exactly the layouts of docs/datasets.md, for the builder tests.
 
 The contents are literal tables below, so tests compare what the builders produce against
 values written by hand (class orders that are not sorted, leading slashes, 1/-1 values, crawled

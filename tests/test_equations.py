@@ -1,4 +1,4 @@
-"""The paper's equations (see FIDELITY.md) checked on numbers against direct transcriptions."""
+"""The paper's equations (README, "The paper in the code") checked on numbers against direct transcriptions."""
 
 import math
 
