@@ -8,16 +8,17 @@ The protocol (issue 8), every step of it in this script:
    still carries is measured: a linear probe on the frozen text features alone (validation top-1).
 2. **Tuning on validation only.** Every row gets the same search over the learning rate grid (`--grid`, each point
    `LR:TOWER_MULTIPLIER`: the heads' learning rate and the pretrained tower's multiple of it), on the tuning seeds
-   (`--tune-seeds`); rows that learn from text then also search the auxiliary loss weights (`--weight-grid`) at their
-   best point. A row's configuration is the one with the best mean validation top-1 on the first proxy of
-   `--proxies`; the other proxies reuse it (no second search). The test split is never read while tuning
-   (`marnet-train` computes it, this script does not look).
+   (`--tune-seeds`) at one training fraction (`--tune-fraction`); rows that learn from text then also search their
+   auxiliary loss weights (each row's own variants, or `--weight-grid`) at their best point. A row's configuration
+   is the one with the best mean validation top-1 on the first proxy of `--proxies`; the other proxies and fractions
+   reuse it (no second search). The test split is never read while tuning (`marnet-train` computes it, this script
+   does not look).
 3. **Final runs.** The chosen configuration of each row, on every seed of `--seeds` (the tuning runs are reused
    where they coincide), paired by seed: a seed gives every row the same data order and augmentation. Test top-1 is
-   read once per (row, seed) here; each row is reported as its mean +- std and as the mean paired difference to the
-   baseline +- the std of the differences.
-4. **Less data.** The same chosen configurations at smaller training fractions (`--train-fractions`, stratified: the
-   first fraction of each class's training rows); validation and test unchanged.
+   read once per (row, seed, fraction) here; each row is reported as its mean +- std and as the mean paired
+   difference to the baseline +- the std of the differences.
+4. **Less data.** Every training fraction of `--train-fractions` (stratified: the first fraction of each class's
+   training rows, after `--max-train-per-class`); validation and test unchanged.
 5. **Controls.** `no-text` is MARNet's heads with every text loss weight at 0 (what the extra heads and the
    schedule bring without the text); `timm` is plain timm fine-tuning of the same tower (`timm_anchor.py`, timm's
    transforms, optimizer, schedule and label smoothing) with the same learning-rate search and epochs, which shows the
@@ -27,8 +28,9 @@ Rows that do not read text (`baseline`, `no-text`, `timm`) train on the `origina
 proxies (their images, order and augmentation are the same). Each run is one process, kept under `--work-dir`; a
 run whose metrics.json exists with the same command is reused, so an interrupted protocol completes on the next call.
 
-    python benchmarks/accuracy.py --background white          # the full protocol, both proxies (CPU: hours)
-    python benchmarks/accuracy.py --rows baseline marnet --proxies original --grid 1e-3:1 --tune-seeds 0 --seeds 0
+    python benchmarks/accuracy.py                       # the full protocol, both proxies (2 CPU cores: hours)
+    python benchmarks/accuracy.py --rows baseline marnet --proxies original --grid 1e-3:1 --tune-seeds 0 --seeds 0 \
+        --train-fractions 1.0 --tune-fraction 1.0
 
 Arguments after `--` go to every `marnet-train` call unchanged.
 """
@@ -56,6 +58,11 @@ FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 PAPER_LITERAL = ["--marnet-config", "visual_features=projection", "--marnet-config", "reconstruction_training=one_step",
                  "--marnet-config", "diffusion_timesteps=uniform", "--marnet-config", "text_normalization=none",
                  "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
+# Our validated defaults (issue 8), spelled out so the rows do not depend on the package's default values.
+MARNET = ["--ablation", "full", "--marnet-config", "visual_features=tower", "--marnet-config",
+          "reconstruction_training=sample", "--marnet-config", "diffusion_timesteps=inference", "--marnet-config",
+          "text_normalization=unit_rms", "--marnet-config", "text_classification_weight=0", "--marnet-config",
+          "distillation_weight=0"]
 TEXT_WEIGHTS_OFF = ["--marnet-config", "alignment_loss_weight=0", "--marnet-config", "reconstruction_loss_weight=0",
                     "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
 
@@ -68,6 +75,7 @@ class Row:
     options: list = field(default_factory=list)
     uses_text: bool = True
     trainer: str = "marnet"  # "marnet" (python -m modeling_marnet.train) or "timm" (benchmarks/timm_anchor.py)
+    weight_grid: list = field(default_factory=lambda: [["alignment_loss_weight=1.0"], ["reconstruction_loss_weight=0.1"]])
 
 
 def _paper(*changes):
@@ -78,8 +86,13 @@ def _paper(*changes):
 ROWS = {
     "baseline": Row(["--ablation", "baseline"], uses_text=False),
     "timm": Row(uses_text=False, trainer="timm"),
-    "no-text": Row(["--ablation", "full", *TEXT_WEIGHTS_OFF], uses_text=False),
-    "marnet": Row(["--ablation", "full"]),
+    "no-text": Row([*MARNET, *TEXT_WEIGHTS_OFF], uses_text=False),
+    "marnet": Row(MARNET),
+    # Opt-in extensions on top of `marnet`.
+    "marnet+distill": Row([*MARNET, "--marnet-config", "text_classification_weight=1", "--marnet-config",
+                           "distillation_weight=1"],
+                          weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]]),
+    "marnet+class": Row([*MARNET, "--marnet-config", "alignment_targets=class"]),
     "paper": _paper(),
     # One open choice changed at a time from the paper-literal model (the ablation of issue 8).
     "paper+tower-features": _paper("visual_features=tower"),
@@ -97,9 +110,8 @@ ROWS = {
 }
 BASELINE_ROW = "baseline"
 PROXIES = ("original", "scrubbed")
-DEFAULT_ROWS = ["baseline", "timm", "no-text", "marnet", "paper"]
-DEFAULT_GRID = ["3e-4:1", "1e-3:1", "1e-3:0.1", "3e-3:0.1"]
-DEFAULT_WEIGHT_GRID = ["alignment_loss_weight=1.0", "reconstruction_loss_weight=0.3"]
+DEFAULT_ROWS = ["baseline", "timm", "no-text", "marnet", "marnet+distill", "paper"]
+DEFAULT_GRID = ["3e-4:1", "1e-3:1", "3e-3:0.1"]
 # A transparent pixel counts as "dark" when its stored RGB is below this level (0-255) on average.
 DARK_LEVEL = 32
 # An image counts as "dark background" when at least this fraction of it is transparent and dark.
@@ -156,18 +168,23 @@ def parse_args(argv=None):
     runs.add_argument("--grid", nargs="+", type=grid_point, default=[grid_point(p) for p in DEFAULT_GRID],
                       metavar="LR:TOWER_MULTIPLIER", help=f"learning-rate points every row searches (default: "
                       f"{' '.join(DEFAULT_GRID)}); the timm anchor uses a single learning rate, LR * multiplier")
-    runs.add_argument("--weight-grid", nargs="*", type=weight_variant,
-                      default=[weight_variant(v) for v in DEFAULT_WEIGHT_GRID], metavar="FIELD=VALUE[,...]",
-                      help="loss-weight variants that rows reading text also try, at their best grid point "
-                      f"(default: {' '.join(DEFAULT_WEIGHT_GRID)}; none: `--weight-grid` alone)")
+    runs.add_argument("--weight-grid", nargs="*", type=weight_variant, metavar="FIELD=VALUE[,...]",
+                      help="loss-weight variants that rows reading text also try, at their best grid point (default: "
+                      "each row's own, e.g. alignment_loss_weight=1.0 and reconstruction_loss_weight=0.1 for marnet; "
+                      "none: `--weight-grid` alone)")
+    runs.add_argument("--other-proxy-rows", nargs="*", default=["marnet", "marnet+distill"],
+                      help="rows reading text that also run on the proxies after the first (the others run on the "
+                      "first proxy only)")
     runs.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    runs.add_argument("--train-fractions", nargs="+", type=float, default=[1.0, 0.25],
-                      help="final runs at these fractions of the training rows of each class (tuning uses 1.0)")
-    runs.add_argument("--max-train-per-class", type=int, default=300, help="keep at most the first N training rows "
-                      "of each class (OpenClipart's two largest classes hold half the rows; 0: no cap)")
-    runs.add_argument("--image-size", type=int, default=64)
-    runs.add_argument("--epochs", type=int, default=8)
+    runs.add_argument("--train-fractions", nargs="+", type=float, default=[0.25, 1.0],
+                      help="final runs at these fractions of the training rows of each class")
+    runs.add_argument("--tune-fraction", type=float, default=0.25, help="the training fraction the search runs at "
+                      "(one of --train-fractions); the other fractions reuse its choices")
+    runs.add_argument("--max-train-per-class", type=int, default=0, help="keep at most the first N training rows "
+                      "of each class before the fractions (0: no cap)")
+    runs.add_argument("--image-size", type=int, default=48)
+    runs.add_argument("--epochs", type=int, default=5)
     runs.add_argument("--batch-size", type=int, default=32)
     runs.add_argument("--threads", type=int, default=1, help="CPU threads per run (OMP_NUM_THREADS); 1 avoids the "
                       "oversubscription that makes a shared 2-core machine ~10x slower")
@@ -191,8 +208,13 @@ def parse_args(argv=None):
             parser.error(f"--{option.replace('_', '-')} {values}: each value once.")
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds} (their runs are reused).")
-    if not all(0 < fraction <= 1 for fraction in args.train_fractions) or 1.0 not in args.train_fractions:
-        parser.error(f"--train-fractions {args.train_fractions}: values in (0, 1], 1.0 among them.")
+    if not all(0 < fraction <= 1 for fraction in args.train_fractions):
+        parser.error(f"--train-fractions {args.train_fractions}: values in (0, 1].")
+    if args.tune_fraction not in args.train_fractions:
+        parser.error(f"--tune-fraction {args.tune_fraction} must be one of --train-fractions {args.train_fractions}.")
+    unknown = sorted(set(args.other_proxy_rows) - set(args.rows))
+    if unknown:
+        parser.error(f"--other-proxy-rows {unknown} are not among --rows {args.rows}.")
     args.max_train_per_class = args.max_train_per_class or None
     if BASELINE_ROW not in args.rows:
         parser.error(f"--rows must include {BASELINE_ROW!r}: every row is compared with it, paired by seed.")
@@ -563,12 +585,26 @@ def mean_std(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def rows_on(args, proxy):
+    """The rows reported on `proxy`: every row on the first proxy; on the others, the rows that do not read text
+    (shared) and --other-proxy-rows."""
+    if proxy == args.proxies[0]:
+        return list(args.rows)
+    return [row for row in args.rows if not ROWS[row].uses_text or row in args.other_proxy_rows]
+
+
+def key_of(row, proxy):
+    """The (proxy, row) a row's configuration is chosen under: rows that do not read text share one."""
+    return run_for(row, proxy, 1.0, (1.0, 1.0), (), 0).proxy, row
+
+
 def tune(args, context):
-    """{(proxy, row): chosen Run template (seed 0)} and the tuning table, from validation top-1 only. Rows are tuned
-    on the first proxy of --proxies; on the others, rows reading text keep the configuration chosen there."""
-    tuned_proxy = args.proxies[0]
-    keys = list(dict.fromkeys((run_for(row, tuned_proxy, 1.0, (1.0, 1.0), (), 0).proxy, row) for row in args.rows))
-    stage1 = {key: list(dict.fromkeys(run_for(key[1], tuned_proxy, 1.0, point, (), 0) for point in args.grid))
+    """{(proxy, row): chosen Run template (seed 0)} and the tuning table, from validation top-1 only, at
+    --tune-fraction. Rows are tuned on the first proxy of --proxies; on the others, rows reading text keep the
+    configuration chosen there."""
+    tuned_proxy, fraction = args.proxies[0], args.tune_fraction
+    keys = list(dict.fromkeys(key_of(row, tuned_proxy) for row in args.rows))
+    stage1 = {key: list(dict.fromkeys(run_for(key[1], tuned_proxy, fraction, point, (), 0) for point in args.grid))
               for key in keys}  # the timm anchor's points collapse to distinct learning rates
 
     def scored(templates):
@@ -581,8 +617,9 @@ def tune(args, context):
     second_templates = {}
     for key, scores in first.items():
         best = max(scores, key=lambda item: item[0])[1]
-        if ROWS[key[1]].uses_text and args.weight_grid:
-            second_templates[key] = [Run(best.row, best.proxy, 1.0, best.point, tuple(w), 0) for w in args.weight_grid]
+        weight_grid = args.weight_grid if args.weight_grid is not None else ROWS[key[1]].weight_grid
+        if ROWS[key[1]].uses_text and weight_grid:
+            second_templates[key] = [Run(best.row, best.proxy, fraction, best.point, tuple(w), 0) for w in weight_grid]
     second = dict(zip(second_templates, _batched(scored, second_templates)))
     chosen, table = {}, {}
     for key in keys:
@@ -592,10 +629,10 @@ def tune(args, context):
         table[f"{key[0]}/{key[1]}"] = {"chosen": best.variant, "validation_top1": {
             template.variant: score for score, template in candidates}}
     for proxy in args.proxies[1:]:
-        for row in args.rows:
+        for row in rows_on(args, proxy):
             if ROWS[row].uses_text:
                 template = chosen[(tuned_proxy, row)]
-                chosen[(proxy, row)] = Run(row, proxy, 1.0, template.point, template.weights, 0)
+                chosen[(proxy, row)] = Run(row, proxy, fraction, template.point, template.weights, 0)
     return chosen, table
 
 
@@ -621,8 +658,8 @@ def final(args, context, chosen):
     for proxy in args.proxies:
         for fraction in args.train_fractions:
             group = {}
-            for row in args.rows:
-                template = chosen[(run_for(row, proxy, 1.0, (1.0, 1.0), (), 0).proxy, row)]
+            for row in rows_on(args, proxy):
+                template = chosen[key_of(row, proxy)]
                 row_runs = [Run(row, template.proxy, fraction, template.point, template.weights, s) for s in args.seeds]
                 tests = [test_metrics(args, run) for run in row_runs]
                 group[row] = {"variant": template.variant, "top1": [t["top1"] for t in tests],
@@ -677,7 +714,7 @@ def plot(results, path):
 
 
 def plot_curves(args, chosen, path):
-    """Validation top-1 per epoch of each row's final runs at the full training set, mean over seeds."""
+    """Validation top-1 per epoch of each row's final runs at the largest training fraction, mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -686,11 +723,12 @@ def plot_curves(args, chosen, path):
     figure, axes = plt.subplots(1, len(args.proxies), figsize=(5 * len(args.proxies), 3.6), squeeze=False)
     curves = {}
     for axis, proxy in zip(axes[0], args.proxies):
-        for row in args.rows:
-            template = chosen[(run_for(row, proxy, 1.0, (1.0, 1.0), (), 0).proxy, row)]
+        for row in rows_on(args, proxy):
+            template = chosen[key_of(row, proxy)]
             per_seed = []
             for seed in args.seeds:
-                history = Run(row, template.proxy, 1.0, template.point, template.weights, seed).folder(args.work_dir)
+                history = Run(row, template.proxy, max(args.train_fractions), template.point, template.weights,
+                              seed).folder(args.work_dir)
                 lines = (history / "logs" / "history.jsonl").read_text().splitlines()
                 per_seed.append([json.loads(line)["eval_top1"] for line in lines if "eval_top1" in line])
             length = min(map(len, per_seed))
@@ -741,8 +779,11 @@ def main(argv=None):
                     "python": platform.python_version()},
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv),
         "config": {"rows": {row: ROWS[row].options for row in args.rows}, "proxies": args.proxies,
-                   "grid": [list(point) for point in args.grid], "weight_grid": args.weight_grid,
+                   "grid": [list(point) for point in args.grid],
+                   "weight_grid": {row: args.weight_grid if args.weight_grid is not None else ROWS[row].weight_grid
+                                   for row in args.rows if ROWS[row].uses_text},
                    "tune_seeds": args.tune_seeds, "seeds": args.seeds, "train_fractions": args.train_fractions,
+                   "tune_fraction": args.tune_fraction, "other_proxy_rows": args.other_proxy_rows,
                    "background": args.background,
                    "max_train_per_class": args.max_train_per_class, "image_size": args.image_size, "epochs": args.epochs,
                    "batch_size": args.batch_size, "threads": args.threads, "vision_model": str(tower),

@@ -27,7 +27,7 @@ def benchmark_command(paths, *extra, rows=ROWS):
         sys.executable, str(SCRIPT), "--dataset", str(paths["dataset"]), "--vision-model", str(paths["tower"]),
         "--text-encoder", str(paths["text"]), "--rows", *rows, "--proxies", "original", "--grid", "1e-3:0.5",
         "--weight-grid", "alignment_loss_weight=0.5", "--tune-seeds", "0", "--seeds", "0", "1",
-        "--train-fractions", "1.0", "--max-train-per-class", "0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
+        "--train-fractions", "1.0", "--tune-fraction", "1.0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
         "--num-proc", "1", "--work-dir", str(paths["work"]), "--output", str(paths["output"]), *extra,
         "--", *tiny_model_args(),
     ]
