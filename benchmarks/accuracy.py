@@ -172,9 +172,9 @@ def parse_args(argv=None):
                       help="loss-weight variants that rows reading text also try, at their best grid point (default: "
                       "each row's own, e.g. alignment_loss_weight=1.0 and reconstruction_loss_weight=0.1 for marnet; "
                       "none: `--weight-grid` alone)")
-    runs.add_argument("--other-proxy-rows", nargs="*", default=["marnet", "marnet+distill"],
-                      help="rows reading text that also run on the proxies after the first (the others run on the "
-                      "first proxy only)")
+    runs.add_argument("--other-proxy-rows", nargs="*", help="rows reading text that also run on the proxies after "
+                      "the first (default: marnet and marnet+distill when among --rows; the others run on the first "
+                      "proxy only)")
     runs.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     runs.add_argument("--train-fractions", nargs="+", type=float, default=[0.25, 1.0],
@@ -212,6 +212,8 @@ def parse_args(argv=None):
         parser.error(f"--train-fractions {args.train_fractions}: values in (0, 1].")
     if args.tune_fraction not in args.train_fractions:
         parser.error(f"--tune-fraction {args.tune_fraction} must be one of --train-fractions {args.train_fractions}.")
+    if args.other_proxy_rows is None:
+        args.other_proxy_rows = [row for row in ("marnet", "marnet+distill") if row in args.rows]
     unknown = sorted(set(args.other_proxy_rows) - set(args.rows))
     if unknown:
         parser.error(f"--other-proxy-rows {unknown} are not among --rows {args.rows}.")
