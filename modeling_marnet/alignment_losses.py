@@ -2,8 +2,9 @@
 
 Every method has the signature `loss = <name>_loss(image_embeds, text_embeds, labels=None, *, <method params>,
 gather=True)`: it reads the projected features `x_v'` and `x_s'` (B, P) of EMA (eq. 6-8), row i of one paired with
-row i of the other, and returns a scalar tensor. ITA itself (eq. 5-11) stays in `alignment.py`; `ita_loss` only gives
-it this signature. `ALIGNMENT_LOSSES` maps each method's name to its function.
+row i of the other, and returns a scalar tensor. ITA itself (eq. 5-11) is `image_text_contrastive_loss`, which also
+returns its logits; `ita_loss` only gives it this signature. `ALIGNMENT_LOSSES` maps each method's name to its
+function; `MARNetEmbeddingAlignment` (`alignment.py`) calls the one that `MARNetConfig.alignment` names.
 
 Choices shared by every method (ours, not the source papers'):
 - Every method compares L2-normalised embeddings, the unit sphere on which ITA's cosine similarity (eq. 5) lives, so
@@ -18,11 +19,80 @@ Choices shared by every method (ours, not the source papers'):
   cases DDP's gradient average is the one-process gradient. Every process must hold the same number of rows.
 """
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .alignment import MAX_LOGIT_SCALE, _distributed, _gather_labels, _GatherWithGrad, image_text_contrastive_loss
+# CLIP's cap on exp(logit_scale): temperature never drops below 0.01.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows concatenated in rank order; the backward pass sums every rank's gradient for this rank's rows
+    (each rank's loss uses every row), so DDP's gradient average equals the one-process gradient of the mean loss."""
+
+    @staticmethod
+    def forward(ctx, features):
+        gathered = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, features.contiguous())
+        return torch.cat(gathered, dim=0)  # (B * world, P)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_output = grad_output.contiguous()
+        dist.all_reduce(grad_output)
+        rows = grad_output.shape[0] // dist.get_world_size()
+        return grad_output[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_labels(labels):
+    """Every process's labels in rank order (no gradient needed): (B, ...) -> (B * world, ...)."""
+    gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, labels.contiguous())
+    return torch.cat(gathered)
+
+
+def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True, labels=None):
+    """`L_ITA = L_v2s + L_s2v` (eq. 9-11): symmetric InfoNCE over the batch on cosine similarities (eq. 5).
+
+    Args:
+        image_embeds: (B, P) projected visual features `x_v'`.
+        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        logit_scale: scalar tensor, `log(1 / tau)`.
+        gather: under `torch.distributed`, use every process's rows as negatives.
+        labels: (B,) class ids or (B, L) multi-hot rows for class-aware targets (an extension, not in the paper):
+            the target of row i is spread equally over every column with the same label (the same label set) instead
+            of on column i alone. `None`: eq. 9-10.
+
+    Returns:
+        The loss (each direction averaged over the local rows, the two directions summed) and the (B, B_all)
+        image-to-text logits.
+    """
+    image_embeds = F.normalize(image_embeds, dim=-1)
+    text_embeds = F.normalize(text_embeds, dim=-1)
+    offset = 0
+    all_image_embeds, all_text_embeds, all_labels = image_embeds, text_embeds, labels
+    if gather and _distributed():
+        all_image_embeds = _GatherWithGrad.apply(image_embeds)  # (B * world, P)
+        all_text_embeds = _GatherWithGrad.apply(text_embeds)
+        offset = dist.get_rank() * image_embeds.shape[0]
+        all_labels = _gather_labels(labels) if labels is not None else None
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits_per_image = scale * image_embeds @ all_text_embeds.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau
+    logits_per_text = scale * text_embeds @ all_image_embeds.t()  # (B, B_all): Sim(x_s'^i, x_v'^b) / tau
+    if labels is None:
+        targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    else:
+        matches = _same_label(labels, all_labels).to(logits_per_image.dtype)  # (B, B_all), diagonal is 1
+        targets = matches / matches.sum(dim=-1, keepdim=True)
+    loss = F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
+    return loss, logits_per_image
 
 
 def _check_inputs(method, image_embeds, text_embeds, labels, labels_needed_for=None):
@@ -450,6 +520,8 @@ ALIGNMENT_LOSSES = {
     "ssan": ssan_loss,
     "team": team_loss,
 }
-# Methods that raise without `labels`, and methods that take the `logit_scale` temperature.
+# Methods that raise without `labels`; methods whose optional `labels` turn instance targets into class-aware ones
+# (`MARNetConfig.alignment_targets`); methods that take the `logit_scale` temperature.
 ALIGNMENTS_NEEDING_LABELS = frozenset({"sdm", "cdd", "ssan"})
+ALIGNMENTS_WITH_CLASS_TARGETS = frozenset({"ita", "team"})
 ALIGNMENTS_WITH_TEMPERATURE = frozenset({"ita", "sdm", "team"})

@@ -4,6 +4,8 @@ import math
 
 from transformers import AutoConfig, PreTrainedConfig, ViTConfig
 
+from .alignment_losses import ALIGNMENT_LOSSES, ALIGNMENTS_NEEDING_LABELS, ALIGNMENTS_WITH_CLASS_TARGETS
+
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 RECONSTRUCTION_MODES = ("diffusion", "mlp", "none")
 CLASSIFIER_INPUTS = ("fusion", "visual", "reconstruction")
@@ -35,6 +37,12 @@ PAPER_LITERAL = {
 }
 
 
+def _or(names):
+    """{'b', 'a', 'c'} -> "'a', 'b' or 'c'"."""
+    names = [repr(name) for name in sorted(names)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
@@ -43,6 +51,11 @@ def _check_choice(name, value, allowed):
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
 
 def _check_non_negative(name, value):
@@ -92,15 +105,41 @@ class MARNetConfig(PreTrainedConfig):
         alignment_targets (`str`, *optional*, defaults to `"instance"`):
             Positives of the contrastive loss: `"instance"` (only the paired text, eq. 9-10) or `"class"` (every text
             of the batch with the same label, weighted equally; needs `labels`). An extension, not in the paper: with
-            instance targets, texts of the same class are pushed apart as negatives.
+            instance targets, texts of the same class are pushed apart as negatives. Only for `alignment` 'ita' and
+            'team': 'sdm', 'cdd' and 'ssan' always take the pairs of one class as matches and 'swd' uses neither
+            pairs nor labels, so they refuse `"class"`.
+        alignment (`str`, *optional*, defaults to `"ita"`):
+            The EMA alignment loss, one of the methods of the paper's Table 1 (`alignment_losses.py` transcribes each
+            source's equations and lists our choices; `docs/alignment_methods.md` explains them):
+            `"ita"`, the paper's image-text contrastive loss (eq. 5-11, after MGCA, Wang et al., NeurIPS 2022);
+            `"sdm"`, similarity distribution matching (IRRA, Jiang & Ye, CVPR 2023); `"swd"`, sliced Wasserstein
+            discrepancy (Lee et al., CVPR 2019); `"cdd"`, contrastive domain discrepancy (CAN, Kang et al., CVPR
+            2019); `"ssan"`, triplet-centroid alignment (SSAN, Li et al., ACM MM 2020); `"team"`, token embeddings
+            alignment (TEAM, Xie et al., ACM MM 2022). 'sdm', 'cdd' and 'ssan' group the pairs by class: they need
+            `labels` in training and refuse `problem_type="regression"`. 'swd', 'cdd' and 'ssan' have no
+            temperature, so `logit_scale` stays frozen. 'team' attends from each text token to the image's patch
+            tokens (the tower's `last_hidden_state` without its class and register tokens, or its flattened feature
+            map, projected token-wise by `E_v`); its text tokens are the optional training input
+            `text_token_embeds`, without which the pooled `text_embeds` is the only text token ("TEAM, pooled text",
+            what `marnet-train` runs). The losses differ in scale: tune `alignment_loss_weight` per method.
+        swd_num_projections (`int`, *optional*, defaults to 128):
+            Number of random directions `alignment="swd"` draws at each step (as in Lee et al.'s code).
+        cdd_kernel_num (`int`, *optional*, defaults to 5):
+            Number of Gaussian kernels of `alignment="cdd"` (CAN's default).
+        cdd_kernel_mul (`float`, *optional*, defaults to 2.0):
+            Ratio between the bandwidths of consecutive Gaussian kernels of `alignment="cdd"` (CAN's default).
+        team_attention_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the softmax with which, for `alignment="team"`, each text token attends over the image's
+            patch tokens. Ours, untuned: TEAM learns attention blocks instead.
         projection_dim (`int`, *optional*, defaults to 256):
             Output width of `E_v` and `E_s` (eq. 7-8), *open* in the paper.
         projection_negative_slope (`float`, *optional*, defaults to 0.01):
             Slope `alpha` of the LeakyReLU `g` applied after each projection (eq. 6), *open* in the paper.
         contrastive_temperature_init (`float`, *optional*, defaults to 0.07):
-            Initial temperature `tau` of the ITA loss (eq. 9-10). Stored as a learnable `logit_scale = log(1/tau)`.
+            Initial temperature `tau` of the ITA loss (eq. 9-10), and of the 'sdm' and 'team' alignments. Stored as a
+            learnable `logit_scale = log(1/tau)`.
         learnable_temperature (`bool`, *optional*, defaults to `True`):
-            Whether `logit_scale` is trained.
+            Whether `logit_scale` is trained (never for an `alignment` without temperature: 'swd', 'cdd', 'ssan').
         reconstruction (`str`, *optional*, defaults to `"diffusion"`):
             The CDR branch: `"diffusion"` (x0-predicting conditional denoiser, eq. 14-23), `"mlp"` (the paper's
             "+MLP" row: a plain four-layer MLP mapping `x_v -> x_s` trained with MSE, no noise), or `"none"`.
@@ -144,7 +183,7 @@ class MARNetConfig(PreTrainedConfig):
         visual_ce_weight (`float`, *optional*, defaults to 1.0):
             `alpha_1` of eq. 13, weight of the CE of the visual (EMA) classifier.
         alignment_loss_weight (`float`, *optional*, defaults to 0.1):
-            `beta` of eq. 13, weight of `L_ITA`.
+            `beta` of eq. 13, weight of the alignment loss (`L_ITA`, or the `alignment` method's).
         reconstruction_ce_weight (`float`, *optional*, defaults to 1.0):
             `alpha_2` of eq. 20, weight of the CE of the classifier over the reconstructed feature.
         reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
@@ -166,8 +205,8 @@ class MARNetConfig(PreTrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initializer of the MARNet heads.
         contrastive_gather (`bool`, *optional*, defaults to `True`):
-            Under `torch.distributed`, gather features of every process for `L_ITA`, so the negatives are the
-            global batch, as in one process.
+            Under `torch.distributed`, gather features of every process for the alignment loss, so that its
+            negatives (distributions, class centroids) are those of the global batch, as in one process.
         image_only_training (`bool`, *optional*, defaults to `False`):
             Declares that training gives no `text_embeds`, e.g. fine-tuning a published MARNet on a new image dataset.
             The parameters that only the text trains are then frozen (`requires_grad=False`, weights kept as loaded),
@@ -232,6 +271,11 @@ class MARNetConfig(PreTrainedConfig):
         use_alignment=True,
         visual_features="projection",
         alignment_targets="instance",
+        alignment="ita",
+        swd_num_projections=128,
+        cdd_kernel_num=5,
+        cdd_kernel_mul=2.0,
+        team_attention_temperature=0.1,
         projection_dim=256,
         projection_negative_slope=0.01,
         contrastive_temperature_init=0.07,
@@ -285,6 +329,11 @@ class MARNetConfig(PreTrainedConfig):
         self.use_alignment = use_alignment
         self.visual_features = visual_features
         self.alignment_targets = alignment_targets
+        self.alignment = alignment
+        self.swd_num_projections = swd_num_projections
+        self.cdd_kernel_num = cdd_kernel_num
+        self.cdd_kernel_mul = cdd_kernel_mul
+        self.team_attention_temperature = team_attention_temperature
         self.projection_dim = projection_dim
         self.projection_negative_slope = projection_negative_slope
         self.contrastive_temperature_init = contrastive_temperature_init
@@ -340,6 +389,7 @@ class MARNetConfig(PreTrainedConfig):
         _check_choice("diffusion_timesteps", self.diffusion_timesteps, DIFFUSION_TIMESTEPS)
         _check_choice("text_normalization", self.text_normalization, TEXT_NORMALIZATIONS)
         _check_choice("alignment_targets", self.alignment_targets, ALIGNMENT_TARGETS)
+        _check_choice("alignment", self.alignment, tuple(ALIGNMENT_LOSSES))
         for name in ("use_alignment", "learnable_temperature", "contrastive_gather", "image_only_training"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
@@ -350,6 +400,8 @@ class MARNetConfig(PreTrainedConfig):
             "num_inference_steps",
             "denoiser_hidden_size",
             "timestep_embedding_dim",
+            "swd_num_projections",
+            "cdd_kernel_num",
         ):
             _check_positive_int(name, getattr(self, name))
         if self.vision_hidden_size is not None:
@@ -384,8 +436,19 @@ class MARNetConfig(PreTrainedConfig):
             "initializer_range",
         ):
             _check_non_negative(name, getattr(self, name))
-        if not 0 < self.distillation_temperature < math.inf:
-            raise ValueError(f"`distillation_temperature` must be > 0, got {self.distillation_temperature!r}.")
+        for name in ("distillation_temperature", "cdd_kernel_mul", "team_attention_temperature"):
+            _check_positive(name, getattr(self, name))
+        if self.alignment_targets == "class" and self.alignment not in ALIGNMENTS_WITH_CLASS_TARGETS:
+            reason = (
+                "always takes the pairs of one class as matches"
+                if self.alignment in ALIGNMENTS_NEEDING_LABELS
+                else "uses neither the image-text pairs nor the labels"
+            )
+            raise ValueError(
+                f"`alignment_targets='class'` has no effect with `alignment={self.alignment!r}`, which {reason}. "
+                f"Use alignment_targets='instance', or alignment {_or(ALIGNMENTS_WITH_CLASS_TARGETS)} for class-aware "
+                "targets."
+            )
         if self.text_classification_weight > 0 and self.classifier_input == "visual":
             raise ValueError(
                 f"`text_classification_weight={self.text_classification_weight!r}` trains the reconstruction classifier "
@@ -427,6 +490,12 @@ class MARNetConfig(PreTrainedConfig):
             raise ValueError(
                 "`alignment_targets='class'` takes the texts of the same class as positives, but "
                 "`problem_type='regression'` has no classes. Use alignment_targets='instance'."
+            )
+        if problem_type == "regression" and self.use_alignment and self.alignment in ALIGNMENTS_NEEDING_LABELS:
+            label_free = set(ALIGNMENT_LOSSES) - ALIGNMENTS_NEEDING_LABELS
+            raise ValueError(
+                f"`alignment={self.alignment!r}` groups the images and texts by class, which "
+                f"`problem_type='regression'` does not have. Use alignment {_or(label_free)}."
             )
         if problem_type == "regression" and self.distillation_weight > 0:
             raise ValueError(

@@ -14,6 +14,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .alignment import MARNetEmbeddingAlignment
+from .alignment_losses import ALIGNMENTS_WITH_TEMPERATURE
 from .configuration_marnet import MARNetConfig
 from .diffusion import MARNetCrossModalReconstruction
 from .fusion import MARNetFusion
@@ -26,6 +27,8 @@ AUTO_MAP = {
 
 # `from_pretrained` options that locate a checkpoint, shared by its config and its weights.
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
+# Parameters of transformers' ViT-family embeddings whose tokens precede the patch tokens in `last_hidden_state`.
+PREFIX_TOKEN_PARAMETERS = ("cls_token", "class_embedding", "distillation_token", "register_tokens")
 
 logger = logging.get_logger(__name__)
 
@@ -48,7 +51,8 @@ class MARNetModelOutput(ModelOutput):
             `x_CDR`: the reverse-process sample (or, in training with `reconstruction_training="one_step"`, the x0
             prediction from the noised text).
         alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            `L_ITA` (eq. 11), when `text_embeds` were given and alignment is on.
+            The `config.alignment` loss (`L_ITA`, eq. 11, by default), when `text_embeds` were given and alignment is
+            on (and, for a method or targets that need them, `labels`).
         reconstruction_loss (`torch.FloatTensor` of shape `()`, *optional*):
             `L_MSE` (eq. 19), when `text_embeds` were given and the CDR branch is on.
         last_hidden_state (`torch.FloatTensor`):
@@ -95,7 +99,7 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
         fusion_classification_loss (`torch.FloatTensor`, *optional*):
             Loss of the fused logits (weight `fusion_ce_weight`).
         alignment_loss (`torch.FloatTensor`, *optional*):
-            `L_ITA` (weight `alignment_loss_weight`, `beta` of eq. 13).
+            The `config.alignment` loss, `L_ITA` by default (weight `alignment_loss_weight`, `beta` of eq. 13).
         reconstruction_loss (`torch.FloatTensor`, *optional*):
             `L_MSE` (weight `reconstruction_loss_weight`, `gamma` of eq. 20).
         text_classification_loss (`torch.FloatTensor`, *optional*):
@@ -204,6 +208,23 @@ def normalize_text_embeds(text_embeds, mode):
     return F.normalize(text_embeds, dim=-1) * math.sqrt(text_embeds.shape[-1])
 
 
+def _num_prefix_tokens(vision_model):
+    """How many tokens of the tower's (B, N, C) `last_hidden_state` precede its patch tokens: timm's
+    `num_prefix_tokens`, or the class, distillation and register tokens of transformers' ViT-family embeddings."""
+    timm_model = getattr(vision_model, "timm_model", None)
+    if timm_model is not None:
+        return int(getattr(timm_model, "num_prefix_tokens", 0))
+    embeddings = next(
+        (module for name, module in vision_model.named_modules() if name.split(".")[-1] == "embeddings"), None
+    )
+    count = 0
+    for name in PREFIX_TOKEN_PARAMETERS:
+        parameter = getattr(embeddings, name, None)
+        if isinstance(parameter, nn.Parameter):
+            count += 1 if parameter.dim() == 1 else parameter.shape[-2]  # (C,) or (1, n, C)
+    return count
+
+
 def _infer_vision_hidden_size(vision_model, vision_config):
     timm_model = getattr(vision_model, "timm_model", None)
     if timm_model is not None:
@@ -247,11 +268,12 @@ class MARNetPreTrainedModel(PreTrainedModel):
         return loaded
 
     def _freeze_fixed_parameters(self):
-        """`requires_grad=False` on what the config keeps fixed: `logit_scale` without `learnable_temperature`, and
-        with `image_only_training` every parameter that only text trains."""
-        base = self.base_model
-        frozen = base.text_only_parameters() if self.config.image_only_training else []
-        if base.alignment is not None and not self.config.learnable_temperature:
+        """`requires_grad=False` on what the config keeps fixed: `logit_scale` without `learnable_temperature` or when
+        `config.alignment` has no temperature, and with `image_only_training` every parameter that only text trains."""
+        config, base = self.config, self.base_model
+        frozen = base.text_only_parameters() if config.image_only_training else []
+        uses_temperature = config.learnable_temperature and config.alignment in ALIGNMENTS_WITH_TEMPERATURE
+        if base.alignment is not None and not uses_temperature:
             frozen.append(base.alignment.logit_scale)
         for parameter in frozen:
             parameter.requires_grad_(False)
@@ -300,6 +322,36 @@ class MARNetPreTrainedModel(PreTrainedModel):
                 "`text_hidden_size` to the encoder's width."
             )
 
+    def _check_text_token_embeds(self, text_token_embeds, text_attention_mask, text_embeds, batch_size):
+        config = self.config
+        if text_token_embeds is None:
+            if text_attention_mask is not None:
+                raise ValueError("`text_attention_mask` was given without the `text_token_embeds` it masks.")
+            return
+        if not (config.use_alignment and config.alignment == "team"):
+            raise ValueError(
+                "`text_token_embeds` are read by the token-level alignment alone (`alignment='team'` with "
+                f"`use_alignment=True`), got alignment={config.alignment!r}, use_alignment={config.use_alignment}. "
+                "Pass the pooled `text_embeds` only, or set alignment='team'."
+            )
+        if text_embeds is None:
+            raise ValueError(
+                "`text_token_embeds` were given without `text_embeds`: TEAM's global term and the other branches read "
+                "the pooled text feature. Pass both."
+            )
+        width = config.text_hidden_size
+        shape = tuple(text_token_embeds.shape)
+        if len(shape) != 3 or (shape[0], shape[2]) != (batch_size, width):
+            raise ValueError(
+                f"`text_token_embeds` must have shape (batch_size, num_tokens, text_hidden_size) = ({batch_size}, T, "
+                f"{width}), got {shape}."
+            )
+        if text_attention_mask is not None and tuple(text_attention_mask.shape) != shape[:2]:
+            raise ValueError(
+                f"`text_attention_mask` must have the shape (batch_size, num_tokens) = {shape[:2]} of "
+                f"`text_token_embeds`, got {tuple(text_attention_mask.shape)}."
+            )
+
 
 class MARNetModel(MARNetPreTrainedModel):
     """MARNet without classifiers: the vision tower `F_v`, the EMA projections and the CDR branch.
@@ -315,6 +367,7 @@ class MARNetModel(MARNetPreTrainedModel):
         if config.vision_hidden_size is None:
             config.vision_hidden_size = _infer_vision_hidden_size(self.vision_model, config.vision_config)
         self.alignment = MARNetEmbeddingAlignment(config) if config.use_alignment else None
+        self.num_prefix_tokens = _num_prefix_tokens(self.vision_model)
         self.reconstruction = (
             MARNetCrossModalReconstruction(config) if config.reconstruction != "none" else None
         )
@@ -340,6 +393,23 @@ class MARNetModel(MARNetPreTrainedModel):
 
     def _text_only_trainable(self):
         return any(parameter.requires_grad for parameter in self.text_only_parameters())
+
+    def patch_tokens(self, last_hidden_state):
+        """The image's patch features (B, N, C) that `alignment="team"` aligns text tokens with: a token tower's
+        `last_hidden_state` (B, N', C) without its leading class, distillation and register tokens, or a
+        convolutional tower's feature map (B, C, H, W) flattened to (B, H * W, C)."""
+        if last_hidden_state.dim() == 4:
+            tokens = last_hidden_state.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H * W, C)
+        else:
+            tokens = last_hidden_state[:, self.num_prefix_tokens :]  # (B, N, C)
+        if tokens.shape[-1] != self.config.vision_hidden_size:
+            raise ValueError(
+                "`alignment='team'` projects the tower's patch tokens with the visual projection, which takes "
+                f"vision_hidden_size={self.config.vision_hidden_size} features, but the "
+                f"{type(self.vision_model).__name__} tower's last_hidden_state has {tokens.shape[-1]}. Leave "
+                "`vision_hidden_size` unset (inferred from the tower), or use another alignment."
+            )
+        return tokens
 
     def pool(self, vision_outputs):
         """`x_v` (B, H_v) from the tower's output, by `config.vision_pooling`."""
@@ -367,6 +437,8 @@ class MARNetModel(MARNetPreTrainedModel):
         pixel_values=None,
         text_embeds=None,
         labels=None,
+        text_token_embeds=None,
+        text_attention_mask=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -379,12 +451,18 @@ class MARNetModel(MARNetPreTrainedModel):
             Privileged text features `x_s` (pooled output of a frozen or trained text encoder), training only.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class ids (multi-hot rows of shape `(batch_size, num_labels)` for multi-label); used only by the alignment
-            loss with `config.alignment_targets="class"`.
+            loss, when `config.alignment` groups by class ('sdm', 'cdd', 'ssan') or `alignment_targets="class"`.
+        text_token_embeds (`torch.FloatTensor` of shape `(batch_size, num_tokens, text_hidden_size)`, *optional*):
+            The text encoder's token states, for `config.alignment="team"` only, given with `text_embeds` in training
+            only; without them TEAM aligns the pooled text with the patch tokens ("TEAM, pooled text").
+        text_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+            1 for the real tokens of `text_token_embeds`, 0 for padding; all real when not given.
         """
         self._check_pixel_values(pixel_values)
         config = self.config
         if labels is not None:
             self._problem_type(labels)
+        self._check_text_token_embeds(text_token_embeds, text_attention_mask, text_embeds, pixel_values.shape[0])
         if text_embeds is not None:
             self._check_text_embeds(text_embeds, pixel_values.shape[0])
             if self.training and config.image_only_training:
@@ -394,6 +472,8 @@ class MARNetModel(MARNetPreTrainedModel):
                     "text, or train on images alone."
                 )
             text_embeds = normalize_text_embeds(text_embeds, config.text_normalization)
+            if text_token_embeds is not None:  # (B, T, D_s), scaled as the pooled feature is
+                text_token_embeds = normalize_text_embeds(text_token_embeds, config.text_normalization)
         elif self.training and dist.is_available() and dist.is_initialized() and self._text_only_trainable():
             logger.warning_once(
                 "MARNet is training without `text_embeds`: the parameters that only text trains get no gradient, "
@@ -414,7 +494,12 @@ class MARNetModel(MARNetPreTrainedModel):
         visual_embeds, text_projected, alignment_loss = image_embeds, None, None
         projection_is_feature = self.config.visual_features == "projection"
         if self.alignment is not None and (projection_is_feature or text_embeds is not None):
-            projected, text_projected, alignment_loss = self.alignment(image_embeds, text_embeds, labels)
+            image_tokens = None
+            if config.alignment == "team" and text_embeds is not None:
+                image_tokens = self.patch_tokens(vision_outputs.last_hidden_state)  # (B, N, H_v)
+            projected, text_projected, alignment_loss = self.alignment(
+                image_embeds, text_embeds, labels, image_tokens, text_token_embeds, text_attention_mask
+            )
             if projection_is_feature:
                 visual_embeds = projected
         reconstructed, reconstruction_loss = None, None
@@ -535,6 +620,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         pixel_values=None,
         labels=None,
         text_embeds=None,
+        text_token_embeds=None,
+        text_attention_mask=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -550,6 +637,11 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             Privileged text features `x_s`, given in training only. With them the alignment, reconstruction and
             text losses are computed; `logits` depend on them only in training mode with
             `reconstruction_training="one_step"`.
+        text_token_embeds (`torch.FloatTensor` of shape `(batch_size, num_tokens, text_hidden_size)`, *optional*):
+            The text encoder's token states for `config.alignment="team"`, given with `text_embeds` in training only
+            (see [`MARNetModel`]); they enter the alignment loss alone.
+        text_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+            1 for the real tokens of `text_token_embeds`, 0 for padding.
         """
         config = self.config
         return_dict = return_dict if return_dict is not None else config.return_dict
@@ -562,6 +654,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             pixel_values,
             text_embeds=text_embeds,
             labels=labels,
+            text_token_embeds=text_token_embeds,
+            text_attention_mask=text_attention_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,

@@ -18,12 +18,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from modeling_marnet import alignment_losses
-from modeling_marnet.alignment import image_text_contrastive_loss
 from modeling_marnet.alignment_losses import (
     ALIGNMENT_LOSSES,
     ALIGNMENTS_NEEDING_LABELS,
+    ALIGNMENTS_WITH_CLASS_TARGETS,
     ALIGNMENTS_WITH_TEMPERATURE,
     cdd_loss,
+    image_text_contrastive_loss,
     ita_loss,
     sdm_loss,
     ssan_loss,
@@ -57,14 +58,16 @@ def method_kwargs(method, dim=5):
 
 def test_the_registry_holds_every_method_of_table_1():
     assert set(ALIGNMENT_LOSSES) == {"ita", "sdm", "swd", "cdd", "ssan", "team"}
-    assert ALIGNMENTS_NEEDING_LABELS <= set(ALIGNMENT_LOSSES) and ALIGNMENTS_WITH_TEMPERATURE <= set(ALIGNMENT_LOSSES)
+    for subset in (ALIGNMENTS_NEEDING_LABELS, ALIGNMENTS_WITH_CLASS_TARGETS, ALIGNMENTS_WITH_TEMPERATURE):
+        assert subset <= set(ALIGNMENT_LOSSES)
+    assert not ALIGNMENTS_NEEDING_LABELS & ALIGNMENTS_WITH_CLASS_TARGETS  # labels either required or optional
 
 
-def test_the_module_imports_only_torch_and_siblings_for_remote_code():
+def test_the_module_imports_only_torch_the_standard_library_and_siblings_for_remote_code():
     tree = ast.parse(Path(alignment_losses.__file__).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            assert all(alias.name.split(".")[0] == "torch" for alias in node.names)
+            assert all(alias.name.split(".")[0] in ("torch", "math") for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 1 or node.module.split(".")[0] == "torch", node.module
 
@@ -370,6 +373,19 @@ def test_methods_grouping_by_class_refuse_missing_labels(method):
 def test_the_other_methods_run_without_labels(method):
     image, text, _ = random_batch()
     assert torch.isfinite(ALIGNMENT_LOSSES[method](image, text, **method_kwargs(method)))
+
+
+@pytest.mark.parametrize("method", sorted(ALIGNMENTS_WITH_CLASS_TARGETS))
+def test_optional_labels_make_the_targets_class_aware(method):
+    image, text, labels = random_batch()
+    loss, kwargs = ALIGNMENT_LOSSES[method], method_kwargs(method)
+    assert not torch.isclose(loss(image, text, labels, **kwargs), loss(image, text, **kwargs))
+
+
+def test_swd_ignores_labels():
+    image, text, labels = random_batch()
+    kwargs = method_kwargs("swd")
+    torch.testing.assert_close(swd_loss(image, text, labels, **kwargs), swd_loss(image, text, **kwargs))
 
 
 @pytest.mark.parametrize("method", sorted(ALIGNMENT_LOSSES))

@@ -19,7 +19,14 @@ from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetMo
 from remote_code import BLOCK_MARNET_PACKAGE
 from tiny_marnet import IMAGE_SIZE, NUM_LABELS, tiny_batch, tiny_config
 
-MODEL_FILES = {"configuration_marnet.py", "modeling_marnet.py", "alignment.py", "diffusion.py", "fusion.py"}
+MODEL_FILES = {
+    "configuration_marnet.py",
+    "modeling_marnet.py",
+    "alignment.py",
+    "alignment_losses.py",
+    "diffusion.py",
+    "fusion.py",
+}
 
 
 @pytest.fixture(scope="module")

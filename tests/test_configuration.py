@@ -77,7 +77,7 @@ def test_ablation_rows_apply_their_switches(name):
         ("diffusion_timesteps", "late", "`diffusion_timesteps` must be one of 'uniform', 'inference', got 'late'"),
         ("text_normalization", "l2", "`text_normalization` must be one of 'none', 'unit_rms', got 'l2'"),
         ("alignment_targets", "label", "`alignment_targets` must be one of 'instance', 'class', got 'label'"),
-        ("distillation_temperature", 0.0, "`distillation_temperature` must be > 0, got 0.0"),
+        ("distillation_temperature", 0.0, "`distillation_temperature` must be a finite number > 0, got 0.0"),
         ("distillation_weight", 1.0, "distils the text classifier, which only learns when `text_classification_weight` > 0"),
         ("classifier_dropout", 1.0, "`classifier_dropout` must be in [0, 1), got 1.0"),
         ("use_alignment", "yes", "`use_alignment` must be True or False, got 'yes'"),
@@ -85,6 +85,11 @@ def test_ablation_rows_apply_their_switches(name):
         ("image_only_training", 1, "`image_only_training` must be True or False, got 1"),
         ("problem_type", "ordinal", "`problem_type` must be one of 'single_label_classification', "
          "'multi_label_classification', 'regression', got 'ordinal'"),
+        ("alignment", "clip", "`alignment` must be one of 'ita', 'sdm', 'swd', 'cdd', 'ssan', 'team', got 'clip'"),
+        ("swd_num_projections", 0, "`swd_num_projections` must be a positive integer, got 0"),
+        ("cdd_kernel_num", 2.0, "`cdd_kernel_num` must be a positive integer, got 2.0"),
+        ("cdd_kernel_mul", -2.0, "`cdd_kernel_mul` must be a finite number > 0, got -2.0"),
+        ("team_attention_temperature", 0, "`team_attention_temperature` must be a finite number > 0, got 0"),
     ],
 )
 def test_invalid_values_name_field_allowed_and_given(field, value, message):
@@ -121,6 +126,8 @@ def test_num_labels_and_label_maps_follow_transformers_conventions(tmp_path):
          "z / (1 + z) <= 0.5 (z = sigmoid(a) * sigmoid(b)), so under `problem_type='multi_label_classification'`"),
         ({"problem_type": "regression", "alignment_targets": "class"}, "`alignment_targets='class'` takes the texts "
          "of the same class as positives, but `problem_type='regression'` has no classes. Use alignment_targets='instance'"),
+        ({"problem_type": "regression", "alignment": "cdd"}, "`alignment='cdd'` groups the images and texts by "
+         "class, which `problem_type='regression'` does not have. Use alignment 'ita', 'swd' or 'team'."),
         ({"problem_type": "regression", "text_classification_weight": 1.0, "distillation_weight": 0.5},
          "`distillation_weight=0.5` distils temperature-scaled class probabilities, which `problem_type='regression'` "
          "does not have. Set distillation_weight=0"),
@@ -136,3 +143,24 @@ def test_problem_type_restrictions_apply_only_to_the_parts_in_use():
     MARNetConfig(problem_type="multi_label_classification", fusion_mode="sum", alignment_targets="class")
     MARNetConfig(problem_type="regression", fusion_mode="hm", classifier_input="visual")  # no fusion classifier
     MARNetConfig(problem_type="regression", alignment_targets="class", use_alignment=False)
+    MARNetConfig(problem_type="regression", alignment="ssan", use_alignment=False)
+
+
+@pytest.mark.parametrize(
+    "alignment, reason",
+    [
+        ("sdm", "always takes the pairs of one class as matches"),
+        ("cdd", "always takes the pairs of one class as matches"),
+        ("ssan", "always takes the pairs of one class as matches"),
+        ("swd", "uses neither the image-text pairs nor the labels"),
+    ],
+)
+def test_class_targets_are_refused_where_the_alignment_implies_or_ignores_them(alignment, reason):
+    with pytest.raises(ValueError) as error:
+        MARNetConfig(alignment=alignment, alignment_targets="class")
+    assert str(error.value) == (
+        f"`alignment_targets='class'` has no effect with `alignment={alignment!r}`, which {reason}. "
+        "Use alignment_targets='instance', or alignment 'ita' or 'team' for class-aware targets."
+    )
+    for accepted in ("ita", "team"):
+        assert MARNetConfig(alignment=accepted, alignment_targets="class").alignment_targets == "class"

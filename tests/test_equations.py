@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from modeling_marnet.alignment import MARNetProjection, image_text_contrastive_loss
+from modeling_marnet.alignment import MARNetProjection
+from modeling_marnet.alignment_losses import image_text_contrastive_loss
 from modeling_marnet.diffusion import MARNetNoiseSchedule, inference_timesteps, make_betas
 from modeling_marnet.fusion import fuse_logits
 from tiny_marnet import tiny_config

@@ -17,7 +17,14 @@ from tiny_marnet import IMAGE_SIZE, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "org/marnet-food172"
-MODEL_CODE = ["alignment.py", "configuration_marnet.py", "diffusion.py", "fusion.py", "modeling_marnet.py"]
+MODEL_CODE = [
+    "alignment.py",
+    "alignment_losses.py",
+    "configuration_marnet.py",
+    "diffusion.py",
+    "fusion.py",
+    "modeling_marnet.py",
+]
 METRICS = {
     "top1": 0.625,
     "top5": 0.9375,

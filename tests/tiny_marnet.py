@@ -46,3 +46,8 @@ def tiny_batch(batch_size=4, seed=0):
     text_embeds = torch.randn(batch_size, TEXT_WIDTH, generator=generator)
     labels = torch.arange(batch_size) % NUM_LABELS
     return pixel_values, text_embeds, labels
+
+
+def tiny_multi_hot():
+    """(4, NUM_LABELS) float multi-hot labels; rows 0 and 2 have the same label set, the others unique ones."""
+    return torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 0, 1]], dtype=torch.float32)
