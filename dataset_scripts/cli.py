@@ -61,33 +61,54 @@ def build_dataset(
 class BuildArguments:
     """Options of `marnet-data build`."""
 
-    dataset: str = field(metadata={"positional": True, "choices": sorted(BUILDERS),
-                                   "help": "which raw dataset to build"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": f"root of the raw files (openclipart: defaults to {DEBIAN_ROOT})"})
-    output_dir: Path | None = field(default=None, metadata={
-        "aliases": ["--output"], "help": "where to write: save_to_disk folder, or the Parquet files with --push_to_hub"})
-    food101_dir: str | None = field(default=None, metadata={
-        "help": "ingredient-101 only: Food-101 root holding images/ (defaults to --data_dir)"})
-    dataset_config_name: str | None = field(default=None, metadata={
-        "aliases": ["--config"], "help": "builder config: ingredient-101 default|simplified, openclipart default|food"})
+    dataset: str = field(
+        metadata={"positional": True, "choices": sorted(BUILDERS), "help": "which raw dataset to build"}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": f"root of the raw files (openclipart: defaults to {DEBIAN_ROOT})"}
+    )
+    output_dir: Path | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--output"],
+            "help": "where to write: save_to_disk folder, or the Parquet files with --push_to_hub",
+        },
+    )
+    food101_dir: str | None = field(
+        default=None, metadata={"help": "ingredient-101 only: Food-101 root holding images/ (defaults to --data_dir)"}
+    )
+    dataset_config_name: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--config"],
+            "help": "builder config: ingredient-101 default|simplified, openclipart default|food",
+        },
+    )
     num_proc: int = field(default=1, metadata={"help": "worker processes"})
-    skip_bad_images: bool = field(default=False, metadata={
-        "help": "leave out unreadable images with a warning instead of failing"})
-    push_to_hub: str | None = field(default=None, metadata={
-        "metavar": "REPO_ID", "help": "upload Parquet + dataset card to this Hub dataset repo"})
-    hub_private_repo: bool = field(default=False, metadata={
-        "aliases": ["--private"], "help": "with --push_to_hub: create the repo private"})
-    dry_run: bool = field(default=False, metadata={
-        "help": "with --push_to_hub: write the files to --output_dir and list them, upload nothing"})
+    skip_bad_images: bool = field(
+        default=False, metadata={"help": "leave out unreadable images with a warning instead of failing"}
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"metavar": "REPO_ID", "help": "upload Parquet + dataset card to this Hub dataset repo"}
+    )
+    hub_private_repo: bool = field(
+        default=False, metadata={"aliases": ["--private"], "help": "with --push_to_hub: create the repo private"}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "with --push_to_hub: write the files to --output_dir and list them, upload nothing"},
+    )
 
 
 def parse_args(argv: list[str] | None) -> BuildArguments:
     parser = argparse.ArgumentParser(prog="marnet-data", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=MARNetArgumentParser)
-    build = commands.add_parser("build", dataclass_type=BuildArguments, help="build a dataset from its raw files",
-                                description="Build a dataset from its raw files. Every option is also accepted "
-                                "with dashes (--data-dir).")
+    build = commands.add_parser(
+        "build",
+        dataclass_type=BuildArguments,
+        help="build a dataset from its raw files",
+        description="Build a dataset from its raw files. Every option is also accepted with dashes (--data-dir).",
+    )
     return build.from_namespace(parser.parse_args(argv))
 
 
@@ -141,7 +162,9 @@ def run_build(args: BuildArguments) -> None:
                     lambda parquet_bytes: dataset_card(builder, dataset_dict, args.push_to_hub, parquet_bytes),
                 )
                 if args.dry_run:
-                    print(f"Dry run: would upload to dataset repo {args.push_to_hub} (private={args.hub_private_repo}):")
+                    print(
+                        f"Dry run: would upload to dataset repo {args.push_to_hub} (private={args.hub_private_repo}):"
+                    )
                     print("\n".join(f"  {line}" for line in describe_folder(result)))
                 else:
                     print(f"Pushed to {upload_hub_folder(result, args.push_to_hub, args.hub_private_repo)}")

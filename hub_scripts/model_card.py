@@ -125,7 +125,9 @@ def marnet_evaluation_section(run):
             )
         )
     if not rows:
-        rows.append((metrics["split"], percent(metrics["top1"]), percent(metrics["top5"]), "not measured", "not recorded"))
+        rows.append(
+            (metrics["split"], percent(metrics["top1"]), percent(metrics["top5"]), "not measured", "not recorded")
+        )
     return (
         "## Evaluation\n\n"
         f"Measured by the training run with the published weights (metrics.json in this repo); the metadata "
@@ -146,7 +148,11 @@ def marnet_training_section(run):
     settings = [(f"`{key}`", f"`{json.dumps(value)}`") for key, value in run.training_args.items()]
     text = "## Training\n\nTrained with `marnet-train` (Accelerate). "
     if recorded:
-        text += "Run statistics: " + ", ".join(f"{name} {round(value, 1) if isinstance(value, float) else value}" for name, value in recorded) + ".\n\n"
+        text += (
+            "Run statistics: "
+            + ", ".join(f"{name} {round(value, 1) if isinstance(value, float) else value}" for name, value in recorded)
+            + ".\n\n"
+        )
     text += "Every resolved setting of the run (`training_args.json`, also in this repo):\n\n"
     return text + markdown_table(("setting", "value"), settings)
 
@@ -306,7 +312,10 @@ def vision_tower_card(tower, repo_id):
         tags=["timm", "efficientnet", "image-classification", "marnet-vision-tower"],
     )
     check_rows = [
-        (f"`skimage.data.{image}()`", *(f"{entry['class_id']} {entry['label']} ({entry['probability']:.3f})" for entry in top[:3]))
+        (
+            f"`skimage.data.{image}()`",
+            *(f"{entry['class_id']} {entry['label']} ({entry['probability']:.3f})" for entry in top[:3]),
+        )
         for image, top in record.get("check_top5", {}).items()
     ]
     preprocessing = ", ".join(

@@ -35,25 +35,34 @@ examples:
 class PublishArguments:
     """Options of `marnet-publish`, named as marnet-train's publishing options."""
 
-    source: Path = field(metadata={"positional": True, "help": "marnet-train --output_dir, or "
-                                   "marnet-convert-efficientnet --output_dir"})
-    hub_model_id: str | None = field(default=None, metadata={"aliases": ["--repo_id"],
-                                                             "help": "Target Hub model repo, owner/name."})
-    output_dir: Path | None = field(default=None, metadata={"help": "Where to assemble the repo folder (required "
-                                                            "with --dry_run; must not exist)."})
+    source: Path = field(
+        metadata={"positional": True, "help": "marnet-train --output_dir, or marnet-convert-efficientnet --output_dir"}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"aliases": ["--repo_id"], "help": "Target Hub model repo, owner/name."}
+    )
+    output_dir: Path | None = field(
+        default=None, metadata={"help": "Where to assemble the repo folder (required with --dry_run; must not exist)."}
+    )
     dry_run: bool = field(default=False, metadata={"help": "Only write the repo folder and list what would be sent."})
-    hub_private_repo: bool = field(default=False, metadata={"aliases": ["--private"],
-                                                            "help": "Create the repo as private."})
-    hub_revision: str | None = field(default=None, metadata={"aliases": ["--revision"], "help": "Branch to commit "
-                                                              "to (created if missing; default main)."})
+    hub_private_repo: bool = field(
+        default=False, metadata={"aliases": ["--private"], "help": "Create the repo as private."}
+    )
+    hub_revision: str | None = field(
+        default=None,
+        metadata={"aliases": ["--revision"], "help": "Branch to commit to (created if missing; default main)."},
+    )
     commit_message: str | None = field(default=None, metadata={"help": "Default: says what was published."})
     create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
-    license: str | None = field(default=None, metadata={"help": f"License of a MARNet model (default "
-                                                        f"{DEFAULT_LICENSE})."})
-    dataset_repo: str | None = field(default=None, metadata={"help": "Hub dataset repo to link (default: the run's "
-                                                             "dataset, if a Hub id)."})
-    base_model: str | None = field(default=None, metadata={"help": "Hub repo of the vision tower (default: the "
-                                                           "run's vision_model, if a Hub id)."})
+    license: str | None = field(
+        default=None, metadata={"help": f"License of a MARNet model (default {DEFAULT_LICENSE})."}
+    )
+    dataset_repo: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo to link (default: the run's dataset, if a Hub id)."}
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "Hub repo of the vision tower (default: the run's vision_model, if a Hub id)."}
+    )
 
     def __post_init__(self):
         check_repo_id(self.hub_model_id)
@@ -84,13 +93,15 @@ def check_publish_target(repo_id, dry_run):
 
 def render_card(source, repo_id, license=None, dataset_repo=None, base_model=None):
     if isinstance(source, TrainingRun):
-        return marnet_card(source, repo_id, license=license or DEFAULT_LICENSE, dataset_repo=dataset_repo,
-                           base_model=base_model)
+        return marnet_card(
+            source, repo_id, license=license or DEFAULT_LICENSE, dataset_repo=dataset_repo, base_model=base_model
+        )
     given = {"license": license, "dataset_repo": dataset_repo, "base_model": base_model}
     given = [f"--{name}" for name in MARNET_ONLY_OPTIONS if given[name] is not None]
     if given:
-        raise UsageError(f"{', '.join(given)} apply to MARNet models; a vision tower's card takes them from its "
-                         "record.")
+        raise UsageError(
+            f"{', '.join(given)} apply to MARNet models; a vision tower's card takes them from its record."
+        )
     return vision_tower_card(source, repo_id)
 
 
@@ -99,8 +110,20 @@ def describe_folder(folder, files):
         print(f"  {name}  ({(Path(folder) / name).stat().st_size:,} bytes)")
 
 
-def publish(source_dir, repo_id, *, repo_folder=None, dry_run=False, private=False, revision=None,
-            commit_message=None, create_pr=False, license=None, dataset_repo=None, base_model=None):
+def publish(
+    source_dir,
+    repo_id,
+    *,
+    repo_folder=None,
+    dry_run=False,
+    private=False,
+    revision=None,
+    commit_message=None,
+    create_pr=False,
+    license=None,
+    dataset_repo=None,
+    base_model=None,
+):
     """Assemble the Hub repo folder of `source_dir` (a run folder or a converted vision tower) and upload it.
 
     Args:
@@ -136,8 +159,9 @@ def publish(source_dir, repo_id, *, repo_folder=None, dry_run=False, private=Fal
             return folder
         print(f"Uploading the {kind} to {target}:")
         describe_folder(folder, files)
-        url = upload_repo_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
-                                 create_pr=create_pr)
+        url = upload_repo_folder(
+            folder, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr
+        )
         print(f"Done: {url}")
         return url
     finally:
@@ -149,13 +173,24 @@ def publish(source_dir, repo_id, *, repo_folder=None, dry_run=False, private=Fal
 def main(argv=None):
     """Console script `marnet-publish`."""
     args = MARNetArgumentParser(
-        PublishArguments, prog="marnet-publish", epilog=EXAMPLES,
+        PublishArguments,
+        prog="marnet-publish",
+        epilog=EXAMPLES,
         description="Publish a marnet-train output folder or a converted vision tower to the Hugging Face Hub.",
     ).parse(argv)
-    publish(args.source, args.hub_model_id, repo_folder=args.output_dir, dry_run=args.dry_run,
-            private=args.hub_private_repo, revision=args.hub_revision, commit_message=args.commit_message,
-            create_pr=args.create_pr, license=args.license, dataset_repo=args.dataset_repo,
-            base_model=args.base_model)
+    publish(
+        args.source,
+        args.hub_model_id,
+        repo_folder=args.output_dir,
+        dry_run=args.dry_run,
+        private=args.hub_private_repo,
+        revision=args.hub_revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        license=args.license,
+        dataset_repo=args.dataset_repo,
+        base_model=args.base_model,
+    )
 
 
 if __name__ == "__main__":

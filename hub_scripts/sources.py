@@ -82,9 +82,7 @@ def check_id2label(config, path):
     if sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
         raise CLIError(f"{path}: id2label keys must be the class ids 0..{len(id2label) - 1}, got {sorted(id2label)}.")
     if all(re.fullmatch(r"LABEL_\d+", str(name)) for name in id2label.values()):
-        raise CLIError(
-            f"{path}: id2label only holds placeholder names (LABEL_0, ...): set the dataset's class names."
-        )
+        raise CLIError(f"{path}: id2label only holds placeholder names (LABEL_0, ...): set the dataset's class names.")
 
 
 def find_remote_code_files(folder, auto_map, config_path):
@@ -103,7 +101,9 @@ def find_remote_code_files(folder, auto_map, config_path):
         try:
             files.update(Path(name).name for name in get_relative_import_files(str(module_file)))
         except OSError as error:
-            raise CLIError(f"{module_file.name} imports a sibling file that is missing from {folder}: {error}") from None
+            raise CLIError(
+                f"{module_file.name} imports a sibling file that is missing from {folder}: {error}"
+            ) from None
     return sorted(files)
 
 

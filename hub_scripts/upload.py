@@ -8,9 +8,15 @@ from marnet_cli.errors import CLIError
 def check_can_upload():
     """Refuse early, before anything is assembled or sent, when an upload cannot work."""
     if constants.HF_HUB_OFFLINE:
-        raise CLIError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it, or use a dry run (marnet-publish --dry_run, marnet-train --hub_dry_run).")
+        raise CLIError(
+            "HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it, or use a dry run (marnet-publish "
+            "--dry_run, marnet-train --hub_dry_run)."
+        )
     if get_token() is None:
-        raise CLIError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use a dry run (marnet-publish --dry_run, marnet-train --hub_dry_run).")
+        raise CLIError(
+            "No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use a dry run (marnet-publish --dry_run, "
+            "marnet-train --hub_dry_run)."
+        )
 
 
 def upload_repo_folder(folder, repo_id, *, private, revision, commit_message, create_pr):

@@ -20,26 +20,39 @@ example:
 class EvalArguments:
     """Every option of `marnet-eval`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    config: str | None = field(default=None, metadata={"help": "YAML or JSON file of option values; the command "
-                                                       "line overrides them."})
-    model_name_or_path: str | None = field(default=None, metadata={
-        "aliases": ["--model"], "help": "Model directory (a marnet-train output folder, one of its "
-        "checkpoints/best-model) or Hub id, with its image processor."})
-    dataset: str | None = field(default=None, metadata={
-        "aliases": ["--dataset_name"], "help": "Hub id, `save_to_disk` directory or Parquet file(s)."})
-    split: list[str] | None = field(default=None, metadata={
-        "action": "extend", "help": "Split(s) to evaluate, the first one reported on top (default: test)."})
+    config: str | None = field(
+        default=None, metadata={"help": "YAML or JSON file of option values; the command line overrides them."}
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--model"],
+            "help": "Model directory (a marnet-train output folder, one of its "
+            "checkpoints/best-model) or Hub id, with its image processor.",
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"aliases": ["--dataset_name"], "help": "Hub id, `save_to_disk` directory or Parquet file(s)."},
+    )
+    split: list[str] | None = field(
+        default=None,
+        metadata={"action": "extend", "help": "Split(s) to evaluate, the first one reported on top (default: test)."},
+    )
     image_column: str = field(default="image", metadata={"aliases": ["--image_column_name"]})
     label_column: str = field(default="label", metadata={"aliases": ["--label_column_name"]})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each split."})
     per_device_eval_batch_size: int = field(default=64, metadata={"aliases": ["--batch_size"]})
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={
-        "help": "Default: Accelerate's config or `accelerate launch --mixed_precision`."})
-    num_inference_steps: int | None = field(default=None, metadata={"help": "Override MARNet's reverse diffusion "
-                                                                    "steps."})
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "Default: Accelerate's config or `accelerate launch --mixed_precision`."}
+    )
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": "Override MARNet's reverse diffusion steps."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a Hub model to run its own code."})
-    metrics_file: str | None = field(default=None, metadata={"aliases": ["--output"], "help": "Also write the "
-                                                             "metrics JSON to this file."})
+    metrics_file: str | None = field(
+        default=None, metadata={"aliases": ["--output"], "help": "Also write the metrics JSON to this file."}
+    )
 
     def __post_init__(self):
         for name in ("model_name_or_path", "dataset"):

@@ -63,9 +63,13 @@ class MARNetArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_type, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
-        self._groups = {}
+        self._groups = {}  # `--help` sections, filled while HfArgumentParser.__init__ adds the fields
         super().__init__(dataclass_type, **kwargs)
         self.dataclass_type = dataclass_type
+        self.field_names = {field.name for field in dataclasses.fields(dataclass_type)}
+        if self.usage is None:  # one line, not the 60 options of marnet-train: `--help` lists them
+            positionals = [action.dest.upper() for action in self._actions if not action.option_strings]
+            self.usage = " ".join(["%(prog)s", *positionals, "[options]"])
 
     def _add_dataclass_arguments(self, dtype):
         type_hints = typing.get_type_hints(dtype)
@@ -78,7 +82,8 @@ class MARNetArgumentParser(HfArgumentParser):
                 continue
             aliases = metadata.get("aliases", [])
             metadata["aliases"] = [
-                spelling for alias in ([aliases] if isinstance(aliases, str) else aliases)
+                spelling
+                for alias in ([aliases] if isinstance(aliases, str) else aliases)
                 for spelling in option_spellings(alias)
             ]
             self._parse_dataclass_field(parser, _copy_field(field, type_hints[field.name], metadata))
@@ -90,8 +95,7 @@ class MARNetArgumentParser(HfArgumentParser):
         argparse's message, as every argparse program.
         """
         argv = [str(arg) for arg in (sys.argv[1:] if argv is None else argv)]
-        field_names = {field.name for field in dataclasses.fields(self.dataclass_type)}
-        if CONFIG_FIELD in field_names:
+        if CONFIG_FIELD in self.field_names:
             if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
                 argv = [f"--{CONFIG_FIELD}", argv[0]]
             config_file = self._config_file(argv)
@@ -101,8 +105,9 @@ class MARNetArgumentParser(HfArgumentParser):
 
     def from_namespace(self, namespace):
         """The dataclass instance of a parsed namespace (this parser's, or its parent's for a sub-command)."""
-        field_names = {field.name for field in dataclasses.fields(self.dataclass_type)}
-        return self.dataclass_type(**{name: value for name, value in vars(namespace).items() if name in field_names})
+        return self.dataclass_type(
+            **{name: value for name, value in vars(namespace).items() if name in self.field_names}
+        )
 
     def _config_file(self, argv):
         finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -126,8 +131,9 @@ class MARNetArgumentParser(HfArgumentParser):
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise UsageError(f"--config {path}: not valid {kind}: {error}") from None
         if not isinstance(values, dict):
-            raise UsageError(f"--config {path}: expected a mapping of option names to values, got "
-                             f"{type(values).__name__}.")
+            raise UsageError(
+                f"--config {path}: expected a mapping of option names to values, got {type(values).__name__}."
+            )
         actions = {}
         for action in self._actions:
             for option in action.option_strings:

@@ -75,8 +75,9 @@ class RunFolder:
 
     def read_metrics(self):
         """metrics.json, checked: accuracies are fractions, `split` names the reported split, per_split agrees."""
-        return check_metrics(read_json_object(self.metrics_file, "marnet-train (after its final evaluation)"),
-                             self.metrics_file)
+        return check_metrics(
+            read_json_object(self.metrics_file, "marnet-train (after its final evaluation)"), self.metrics_file
+        )
 
     def read_training_args(self):
         """training_args.json, checked to hold the keys the model card states."""
@@ -89,8 +90,13 @@ class RunFolder:
 
 def classification_metrics(per_split, split, **extra):
     """The metrics.json layout: `top1`/`top5` of `split` on top, every split's metrics in `per_split`, then `extra`."""
-    return {"top1": per_split[split]["top1"], "top5": per_split[split]["top5"], "split": split,
-            "per_split": per_split, **extra}
+    return {
+        "top1": per_split[split]["top1"],
+        "top5": per_split[split]["top5"],
+        "split": split,
+        "per_split": per_split,
+        **extra,
+    }
 
 
 def read_json_object(path, produced_by):

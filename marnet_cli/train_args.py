@@ -40,142 +40,248 @@ def _option(default=None, help=None, group=None, **metadata):
 class TrainArguments:
     """Every option of `marnet-train`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    config: str | None = _option(help="YAML or JSON file of option values (keys as the options, `_` or `-`); the "
-                                 "command line overrides them.")
+    config: str | None = _option(
+        help="YAML or JSON file of option values (keys as the options, `_` or `-`); the command line overrides them."
+    )
 
     # data
-    dataset: str | None = _option(group="data", aliases=["--dataset_name"], help="Hub dataset id, a `save_to_disk` "
-                                  "directory, a Parquet file or a directory of Parquet files named by split.")
+    dataset: str | None = _option(
+        group="data",
+        aliases=["--dataset_name"],
+        help="Hub dataset id, a `save_to_disk` "
+        "directory, a Parquet file or a directory of Parquet files named by split.",
+    )
     train_split: str = _option("train", group="data")
     validation_split: str = _option("validation", group="data")
     test_split: str = _option("test", group="data", help="Used for the final metrics when the dataset has it.")
-    train_val_split: float | None = _option(group="data", help="For a dataset without --validation_split: hold out "
-                                            "this fraction of the training split (stratified by label) to validate "
-                                            "on.")
+    train_val_split: float | None = _option(
+        group="data",
+        help="For a dataset without --validation_split: hold out "
+        "this fraction of the training split (stratified by label) to validate "
+        "on.",
+    )
     image_column: str = _option("image", group="data", aliases=["--image_column_name"])
-    label_column: str = _option("label", group="data", aliases=["--label_column_name"],
-                                help="A ClassLabel column: its names become id2label.")
+    label_column: str = _option(
+        "label", group="data", aliases=["--label_column_name"], help="A ClassLabel column: its names become id2label."
+    )
     text_column: str = _option("text", group="data", help="Privileged text, used in training only.")
     max_train_samples: int | None = _option(group="data", help="Keep the first N training rows (quick runs).")
-    max_eval_samples: int | None = _option(group="data", help="Keep the first N rows of the validation and test "
-                                           "splits (quick runs).")
-    augment: str = _option("none", group="data", nargs="?", const="crop_flip", choices=AUGMENTATIONS,
-                           help="Training augmentation: crop_flip (random resized crop + horizontal flip; the value "
-                           "of a bare --augment), or that followed by RandAugment, TrivialAugment or AutoAugment "
-                           "(ImageNet policy).")
-    color_jitter: float = _option(0.0, group="data", help="Brightness, contrast and saturation jitter of training "
-                                  "images (timm's factor, e.g. 0.4); 0: none.")
+    max_eval_samples: int | None = _option(
+        group="data", help="Keep the first N rows of the validation and test splits (quick runs)."
+    )
+    augment: str = _option(
+        "none",
+        group="data",
+        nargs="?",
+        const="crop_flip",
+        choices=AUGMENTATIONS,
+        help="Training augmentation: crop_flip (random resized crop + horizontal flip; the value "
+        "of a bare --augment), or that followed by RandAugment, TrivialAugment or AutoAugment "
+        "(ImageNet policy).",
+    )
+    color_jitter: float = _option(
+        0.0,
+        group="data",
+        help="Brightness, contrast and saturation jitter of training images (timm's factor, e.g. 0.4); 0: none.",
+    )
     image_size: int | None = _option(group="data", help="Override the image processor's output size (square).")
 
     # model
-    model_name_or_path: str | None = _option(group="model", help="An existing MARNet checkpoint (directory or Hub "
-                                             "id) to continue or fine-tune.")
-    vision_model: str | None = _option(group="model", help="A pretrained vision tower (directory or Hub id; ViT, any "
-                                       "transformers vision model, timm through TimmWrapper) to build a new MARNet "
-                                       "on.")
-    ablation: Literal[ABLATION_NAMES] | None = _option(group="model", help="Paper ablation row of a new model "
-                                                       "(default: full). `baseline` is visual only and needs no text.")
+    model_name_or_path: str | None = _option(
+        group="model", help="An existing MARNet checkpoint (directory or Hub id) to continue or fine-tune."
+    )
+    vision_model: str | None = _option(
+        group="model",
+        help="A pretrained vision tower (directory or Hub id; ViT, any "
+        "transformers vision model, timm through TimmWrapper) to build a new MARNet "
+        "on.",
+    )
+    ablation: Literal[ABLATION_NAMES] | None = _option(
+        group="model",
+        help="Paper ablation row of a new model (default: full). `baseline` is visual only and needs no text.",
+    )
     fusion_mode: Literal[FUSION_MODES] | None = _option(group="model", help="Fusion of the branches of a new model.")
     num_inference_steps: int | None = _option(group="model", help="Reverse diffusion steps at evaluation/inference.")
-    marnet_config: list[str] = _option([], group="model", action="extend", metavar="FIELD=VALUE",
-                                       help="Any other MARNetConfig field, e.g. alignment_loss_weight=0.2 (values "
-                                       "parsed as JSON when they can be). Repeatable.")
-    ignore_mismatched_sizes: bool = _option(False, group="model", help="With --model_name_or_path: fine-tune the "
-                                            "checkpoint on the dataset's labels, with fresh classifier heads where "
-                                            "the number of labels differs.")
-    trust_remote_code: bool = _option(False, group="model", help="Allow the text encoder, image processor and "
-                                      "checkpoints to run code from their Hub repos.")
+    marnet_config: list[str] = _option(
+        [],
+        group="model",
+        action="extend",
+        metavar="FIELD=VALUE",
+        help="Any other MARNetConfig field, e.g. alignment_loss_weight=0.2 (values "
+        "parsed as JSON when they can be). Repeatable.",
+    )
+    ignore_mismatched_sizes: bool = _option(
+        False,
+        group="model",
+        help="With --model_name_or_path: fine-tune the "
+        "checkpoint on the dataset's labels, with fresh classifier heads where "
+        "the number of labels differs.",
+    )
+    trust_remote_code: bool = _option(
+        False,
+        group="model",
+        help="Allow the text encoder, image processor and checkpoints to run code from their Hub repos.",
+    )
 
     # privileged text
-    text_encoder: str | None = _option(group="privileged text", help="Text encoder (directory or Hub id; BERT-like "
-                                       "or sentence-transformers) that turns the text into the privileged features.")
+    text_encoder: str | None = _option(
+        group="privileged text",
+        help="Text encoder (directory or Hub id; BERT-like "
+        "or sentence-transformers) that turns the text into the privileged features.",
+    )
     text_pooling: Literal["mean", "mean_sqrt_len", "max", "cls", "last", "pooler"] | None = _option(
-        group="privileged text", help="Token pooling (default: the encoder's sentence-transformers pooling, else "
-        "mean over the attention mask).")
-    text_max_length: int | None = _option(group="privileged text", help="Tokens per text (default: the encoder's "
-                                          "sentence-transformers max_seq_length, else the tokenizer's maximum).")
-    train_text_encoder: bool = _option(False, group="privileged text", help="Fine-tune the text encoder jointly. "
-                                       "Default: frozen, its features computed once and cached.")
-    text_cache_dir: str | None = _option(group="privileged text", help="Where frozen text features are cached "
-                                         "(default: $HF_HOME/marnet/text_features; one cache per node).")
+        group="privileged text",
+        help="Token pooling (default: the encoder's sentence-transformers pooling, else "
+        "mean over the attention mask).",
+    )
+    text_max_length: int | None = _option(
+        group="privileged text",
+        help="Tokens per text (default: the encoder's "
+        "sentence-transformers max_seq_length, else the tokenizer's maximum).",
+    )
+    train_text_encoder: bool = _option(
+        False,
+        group="privileged text",
+        help="Fine-tune the text encoder jointly. Default: frozen, its features computed once and cached.",
+    )
+    text_cache_dir: str | None = _option(
+        group="privileged text",
+        help="Where frozen text features are cached (default: $HF_HOME/marnet/text_features; one cache per node).",
+    )
 
     # optimization
     num_train_epochs: float = _option(3.0, group="optimization")
     max_steps: int | None = _option(group="optimization", help="Optimizer steps; overrides --num_train_epochs.")
     learning_rate: float = _option(5e-5, group="optimization", help="Peak learning rate of the MARNet heads.")
-    tower_lr_multiplier: float = _option(1.0, group="optimization", help="Learning rate of the pretrained towers "
-                                         "(vision, and a jointly trained text encoder) as a multiple of "
-                                         "--learning_rate.")
-    auxiliary_warmup_ratio: float = _option(0.0, group="optimization", help="Fraction of the steps over which the "
-                                            "auxiliary losses (alignment, reconstruction, text classification, "
-                                            "distillation) ramp linearly from 0 to their weights.")
+    tower_lr_multiplier: float = _option(
+        1.0,
+        group="optimization",
+        help="Learning rate of the pretrained towers "
+        "(vision, and a jointly trained text encoder) as a multiple of "
+        "--learning_rate.",
+    )
+    auxiliary_warmup_ratio: float = _option(
+        0.0,
+        group="optimization",
+        help="Fraction of the steps over which the "
+        "auxiliary losses (alignment, reconstruction, text classification, "
+        "distillation) ramp linearly from 0 to their weights.",
+    )
     weight_decay: float = _option(0.05, group="optimization", help="Not applied to biases, norms, logit_scale.")
-    lr_scheduler_type: str = _option("cosine", group="optimization", help="Any transformers.get_scheduler type: "
-                                     "linear, cosine, cosine_with_restarts, polynomial, constant, "
-                                     "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, "
-                                     "...")
-    lr_scheduler_kwargs: dict | str | None = _option(group="optimization", help="Extra arguments of the scheduler, "
-                                                     "as a JSON object, e.g. '{\"min_lr_rate\": 0.1}'.")
+    lr_scheduler_type: str = _option(
+        "cosine",
+        group="optimization",
+        help="Any transformers.get_scheduler type: "
+        "linear, cosine, cosine_with_restarts, polynomial, constant, "
+        "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, "
+        "...",
+    )
+    lr_scheduler_kwargs: dict | str | None = _option(
+        group="optimization", help="Extra arguments of the scheduler, as a JSON object, e.g. '{\"min_lr_rate\": 0.1}'."
+    )
     warmup_ratio: float = _option(0.1, group="optimization", help="Fraction of the steps of linear warmup.")
     warmup_steps: int | None = _option(group="optimization", help="Warmup steps; overrides --warmup_ratio.")
     max_grad_norm: float = _option(1.0, group="optimization", help="Clip the gradient norm to this (0: no clipping).")
-    label_smoothing_factor: float = _option(0.0, group="optimization", aliases=["--label_smoothing"],
-                                            help="Label smoothing of every classification loss term.")
+    label_smoothing_factor: float = _option(
+        0.0,
+        group="optimization",
+        aliases=["--label_smoothing"],
+        help="Label smoothing of every classification loss term.",
+    )
     per_device_train_batch_size: int = _option(32, group="optimization")
     per_device_eval_batch_size: int = _option(64, group="optimization")
-    gradient_accumulation_steps: int | None = _option(group="optimization", help="Batches per optimizer step "
-                                                      "(default: Accelerate's config, else 1).")
+    gradient_accumulation_steps: int | None = _option(
+        group="optimization", help="Batches per optimizer step (default: Accelerate's config, else 1)."
+    )
     seed: int = _option(42, group="optimization")
-    full_determinism: bool = _option(False, group="optimization", help="Deterministic algorithms everywhere "
-                                     "(transformers' enable_full_determinism): reproducible, slower.")
+    full_determinism: bool = _option(
+        False,
+        group="optimization",
+        help="Deterministic algorithms everywhere (transformers' enable_full_determinism): reproducible, slower.",
+    )
 
     # hardware
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = _option(group="hardware", help="Default: Accelerate's "
-                                                                    "config or `accelerate launch --mixed_precision`.")
-    gradient_checkpointing: bool = _option(False, group="hardware", help="Recompute the vision tower's activations "
-                                           "in the backward pass (less memory, slower).")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = _option(
+        group="hardware", help="Default: Accelerate's config or `accelerate launch --mixed_precision`."
+    )
+    gradient_checkpointing: bool = _option(
+        False,
+        group="hardware",
+        help="Recompute the vision tower's activations in the backward pass (less memory, slower).",
+    )
     torch_compile: bool = _option(False, group="hardware", help="Compile the model with torch.compile (inductor).")
-    channels_last: bool = _option(False, group="hardware", help="Run the vision tower in channels-last memory format "
-                                  "(faster for convolutional towers on CPU and recent GPUs).")
+    channels_last: bool = _option(
+        False,
+        group="hardware",
+        help="Run the vision tower in channels-last memory format "
+        "(faster for convolutional towers on CPU and recent GPUs).",
+    )
     dataloader_num_workers: int = _option(0, group="hardware")
 
     # evaluation and checkpoints
-    output_dir: str | None = _option(group="evaluation and checkpoints", help="Where the best model, metrics.json, "
-                                     "training_args.json, checkpoints/ and logs/ go.")
+    output_dir: str | None = _option(
+        group="evaluation and checkpoints",
+        help="Where the best model, metrics.json, training_args.json, checkpoints/ and logs/ go.",
+    )
     overwrite_output_dir: bool = _option(False, group="evaluation and checkpoints")
-    eval_strategy: Literal["epoch", "steps", "no"] = _option("epoch", group="evaluation and checkpoints",
-                                                             aliases=["--evaluation_strategy"])
+    eval_strategy: Literal["epoch", "steps", "no"] = _option(
+        "epoch", group="evaluation and checkpoints", aliases=["--evaluation_strategy"]
+    )
     eval_steps: int = _option(500, group="evaluation and checkpoints", help="With --eval_strategy steps.")
     metric_for_best_model: Literal["top1", "top5", "loss"] = _option("top1", group="evaluation and checkpoints")
-    early_stopping_patience: int | None = _option(group="evaluation and checkpoints", help="Stop after this many "
-                                                  "evaluations without improvement of --metric_for_best_model.")
-    checkpointing_steps: int = _option(500, group="evaluation and checkpoints", aliases=["--save_steps"],
-                                       help="Save resumable state every N optimizer steps (0: never).")
+    early_stopping_patience: int | None = _option(
+        group="evaluation and checkpoints",
+        help="Stop after this many evaluations without improvement of --metric_for_best_model.",
+    )
+    checkpointing_steps: int = _option(
+        500,
+        group="evaluation and checkpoints",
+        aliases=["--save_steps"],
+        help="Save resumable state every N optimizer steps (0: never).",
+    )
     save_total_limit: int = _option(2, group="evaluation and checkpoints", help="Keep the last K checkpoints.")
-    resume_from_checkpoint: str | None = _option(group="evaluation and checkpoints", help="`latest` or a "
-                                                 "checkpoint directory.")
+    resume_from_checkpoint: str | None = _option(
+        group="evaluation and checkpoints", help="`latest` or a checkpoint directory."
+    )
 
     # logging
-    report_to: list[str] = _option(["tensorboard"], group="logging", help="Trackers, any that Accelerate supports "
-                                   "(tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), "
-                                   "`all` (those installed) or `none`; several are separated by spaces or commas.")
-    run_name: str | None = _option(group="logging", help="Name of the run in the trackers (default: the name of "
-                                   "--output_dir).")
-    project: str = _option("marnet", group="logging", aliases=["--project_name"], help="Tracker project (W&B, "
-                           "Comet, trackio, SwanLab, MLflow experiment); TensorBoard writes logs/<project>/.")
+    report_to: list[str] = _option(
+        ["tensorboard"],
+        group="logging",
+        help="Trackers, any that Accelerate supports "
+        "(tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), "
+        "`all` (those installed) or `none`; several are separated by spaces or commas.",
+    )
+    run_name: str | None = _option(
+        group="logging", help="Name of the run in the trackers (default: the name of --output_dir)."
+    )
+    project: str = _option(
+        "marnet",
+        group="logging",
+        aliases=["--project_name"],
+        help="Tracker project (W&B, Comet, trackio, SwanLab, MLflow experiment); TensorBoard writes logs/<project>/.",
+    )
     logging_steps: int = _option(10, group="logging")
-    gradient_norm_steps: int = _option(0, group="logging", help="Every N optimizer steps, log how much gradient each "
-                                       "weighted loss term sends into the vision tower (one extra backward per term; "
-                                       "single process only). 0: never.")
+    gradient_norm_steps: int = _option(
+        0,
+        group="logging",
+        help="Every N optimizer steps, log how much gradient each "
+        "weighted loss term sends into the vision tower (one extra backward per term; "
+        "single process only). 0: never.",
+    )
 
     # publishing
-    push_to_hub: bool = _option(False, group="publishing", help="Publish the best model at the end, as "
-                                "marnet-publish does (model card from the measured metrics).")
+    push_to_hub: bool = _option(
+        False,
+        group="publishing",
+        help="Publish the best model at the end, as marnet-publish does (model card from the measured metrics).",
+    )
     hub_model_id: str | None = _option(group="publishing", help="The Hub repo, owner/name.")
     hub_private_repo: bool = _option(False, group="publishing", help="Create the repo as private.")
     hub_revision: str | None = _option(group="publishing", help="Branch to commit to (created if missing).")
-    hub_dry_run: bool = _option(False, group="publishing", help="Write the repo folder to <output_dir>/hub_repo and "
-                                "send nothing.")
+    hub_dry_run: bool = _option(
+        False, group="publishing", help="Write the repo folder to <output_dir>/hub_repo and send nothing."
+    )
 
     def __post_init__(self):
         self.report_to = _trackers(self.report_to)
@@ -192,8 +298,10 @@ class TrainArguments:
                 f"{'both' if self.vision_model else 'neither'}."
             )
         if self.ignore_mismatched_sizes and not self.model_name_or_path:
-            raise UsageError("--ignore_mismatched_sizes applies to --model_name_or_path checkpoints; a new model "
-                             "built with --vision_model always gets the dataset's labels.")
+            raise UsageError(
+                "--ignore_mismatched_sizes applies to --model_name_or_path checkpoints; a new model "
+                "built with --vision_model always gets the dataset's labels."
+            )
         _check_ranges(self)
         _check_publishing(self)
 
@@ -232,15 +340,33 @@ def parse_marnet_config(entries):
 
 
 def _check_ranges(args):
-    at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "eval_steps", "logging_steps", "save_total_limit", "text_max_length", "max_steps",
-                    "max_train_samples", "max_eval_samples", "early_stopping_patience", "image_size")
+    at_least_one = (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "eval_steps",
+        "logging_steps",
+        "save_total_limit",
+        "text_max_length",
+        "max_steps",
+        "max_train_samples",
+        "max_eval_samples",
+        "early_stopping_patience",
+        "image_size",
+    )
     for name in at_least_one:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be >= 1, got {value}.")
-    at_least_zero = ("gradient_norm_steps", "checkpointing_steps", "dataloader_num_workers", "weight_decay",
-                     "max_grad_norm", "color_jitter", "warmup_steps")
+    at_least_zero = (
+        "gradient_norm_steps",
+        "checkpointing_steps",
+        "dataloader_num_workers",
+        "weight_decay",
+        "max_grad_norm",
+        "color_jitter",
+        "warmup_steps",
+    )
     for name in at_least_zero:
         value = getattr(args, name)
         if value is not None and not 0 <= value < math.inf:
@@ -262,8 +388,10 @@ def _check_ranges(args):
 def _check_publishing(args):
     if args.push_to_hub:
         if not args.hub_model_id or args.hub_model_id.count("/") != 1:
-            raise UsageError(f"--push_to_hub needs --hub_model_id owner/name (the model card's usage code names the "
-                             f"repo), got {args.hub_model_id!r}.")
+            raise UsageError(
+                f"--push_to_hub needs --hub_model_id owner/name (the model card's usage code names the "
+                f"repo), got {args.hub_model_id!r}."
+            )
         return
     given = [f"--{name}" for name in ("hub_model_id", "hub_revision") if getattr(args, name)]
     given += [f"--{name}" for name in ("hub_private_repo", "hub_dry_run") if getattr(args, name)]

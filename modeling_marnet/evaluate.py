@@ -35,13 +35,17 @@ from .training.loop import evaluate
 def load_classifier(args):
     """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
     try:
-        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path,
-                                                                trust_remote_code=args.trust_remote_code)
-        image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path,
-                                                             trust_remote_code=args.trust_remote_code)
+        model = AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        )
+        image_processor = AutoImageProcessor.from_pretrained(
+            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        )
     except (OSError, ValueError) as error:
-        raise CLIError(f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its "
-                       f"image processor ({error}).") from None
+        raise CLIError(
+            f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its "
+            f"image processor ({error})."
+        ) from None
     if args.num_inference_steps is not None:
         if not hasattr(model.config, "num_inference_steps"):
             raise UsageError("--num_inference_steps applies to MARNet models only.")
@@ -80,10 +84,17 @@ def run(args):
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = accelerator.prepare(model)
-    per_split = {name: evaluate(model, accelerator.prepare(loader), accelerator, name) for name, loader in loaders.items()}
-    metrics = classification_metrics(per_split, args.split[0], model=str(args.model_name_or_path),
-                                     dataset=str(args.dataset), mixed_precision=accelerator.mixed_precision,
-                                     wall_time_seconds=time.perf_counter() - started)
+    per_split = {
+        name: evaluate(model, accelerator.prepare(loader), accelerator, name) for name, loader in loaders.items()
+    }
+    metrics = classification_metrics(
+        per_split,
+        args.split[0],
+        model=str(args.model_name_or_path),
+        dataset=str(args.dataset),
+        mixed_precision=accelerator.mixed_precision,
+        wall_time_seconds=time.perf_counter() - started,
+    )
     if accelerator.is_main_process:
         print(json.dumps(metrics, indent=2))
         if args.metrics_file:

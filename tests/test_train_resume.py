@@ -38,13 +38,39 @@ def workspace(tmp_path_factory):
 def train(workspace, output_dir, *extra, env=None):
     # 24 rows, batch 4: 6 steps per epoch, so step 4 is mid-epoch and the run crosses an epoch (and its evaluation).
     # Full MARNet: the diffusion branch draws timesteps and noise, so the RNG states must be restored too.
-    return run_command(module_command(
-        "modeling_marnet.train", "--dataset", workspace["dataset"], "--vision-model", workspace["tower"],
-        "--text-encoder", workspace["bert"], "--text-cache-dir", workspace["root"] / "cache",
-        "--output-dir", output_dir, "--max-steps", 8, "--per-device-train-batch-size", 4, "--learning-rate", 3e-3,
-        "--checkpointing-steps", 2, "--save-total-limit", 2, "--logging-steps", 1, "--report-to", "none",
-        "--augment", *tiny_model_args(), *extra,
-    ), env=env)
+    return run_command(
+        module_command(
+            "modeling_marnet.train",
+            "--dataset",
+            workspace["dataset"],
+            "--vision-model",
+            workspace["tower"],
+            "--text-encoder",
+            workspace["bert"],
+            "--text-cache-dir",
+            workspace["root"] / "cache",
+            "--output-dir",
+            output_dir,
+            "--max-steps",
+            8,
+            "--per-device-train-batch-size",
+            4,
+            "--learning-rate",
+            3e-3,
+            "--checkpointing-steps",
+            2,
+            "--save-total-limit",
+            2,
+            "--logging-steps",
+            1,
+            "--report-to",
+            "none",
+            "--augment",
+            *tiny_model_args(),
+            *extra,
+        ),
+        env=env,
+    )
 
 
 def losses(output_dir):

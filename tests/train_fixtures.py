@@ -17,8 +17,12 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, ViTConfig, Vi
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 30
-CLASS_COLOURS = {"tomato_soup": (220, 30, 30), "pea_soup": (30, 200, 40), "blueberry_pie": (40, 40, 210),
-                 "banana_bread": (230, 220, 40)}
+CLASS_COLOURS = {
+    "tomato_soup": (220, 30, 30),
+    "pea_soup": (30, 200, 40),
+    "blueberry_pie": (40, 40, 210),
+    "banana_bread": (230, 220, 40),
+}
 INGREDIENTS = ["tomato", "pea", "blueberry", "banana", "flour"]
 TEXT_WIDTH = 16
 
@@ -30,21 +34,22 @@ def _example(class_id, index, rng):
     image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     ingredients = [class_id, 4] if class_id >= 2 else [class_id]
     text = ", ".join(INGREDIENTS[i] for i in ingredients)
-    return {"image": image, "label": class_id, "ingredients": ingredients, "text": text,
-            "image_id": f"{name}/{index}"}
+    return {"image": image, "label": class_id, "ingredients": ingredients, "text": text, "image_id": f"{name}/{index}"}
 
 
 def make_dataset_dict(split_sizes=None, with_text=True, seed=0):
     """A DatasetDict of colour images; classes cycle through the rows of each split."""
     split_sizes = split_sizes or {"train": 24, "validation": 11, "test": 9}
     rng = np.random.default_rng(seed)
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=list(CLASS_COLOURS)),
-        "ingredients": datasets.Sequence(datasets.ClassLabel(names=INGREDIENTS)),
-        "text": datasets.Value("string"),
-        "image_id": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=list(CLASS_COLOURS)),
+            "ingredients": datasets.Sequence(datasets.ClassLabel(names=INGREDIENTS)),
+            "text": datasets.Value("string"),
+            "image_id": datasets.Value("string"),
+        }
+    )
     splits = {}
     for split, size in split_sizes.items():
         rows = [_example(i % len(CLASS_COLOURS), i, rng) for i in range(size)]
@@ -70,9 +75,16 @@ def save_dataset(directory, dataset_dict=None, parquet=False):
 def save_vision_tower(directory):
     """A tiny ViT tower (hidden 32, 2 layers, 30 px) with its image processor; the same weights on every run."""
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                       image_size=IMAGE_SIZE, patch_size=10, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=IMAGE_SIZE,
+        patch_size=10,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(directory)
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(directory)
     return Path(directory)
@@ -86,24 +98,36 @@ def save_text_encoder(directory, hidden_size=TEXT_WIDTH):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", *INGREDIENTS]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertModel(config).save_pretrained(directory)
     return directory
 
 
 def tiny_model_args(num_inference_steps=3):
     """`--marnet-config` options that make the MARNet heads as small as the tower."""
-    fields = {"projection_dim": 8, "denoiser_hidden_size": 24, "timestep_embedding_dim": 8,
-              "num_train_timesteps": 50}
+    fields = {"projection_dim": 8, "denoiser_hidden_size": 24, "timestep_embedding_dim": 8, "num_train_timesteps": 50}
     args = [f"--marnet-config={key}={value}" for key, value in fields.items()]
     return args + ["--num-inference-steps", str(num_inference_steps)]
 
 
 def offline_env(**extra):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     env.update(extra)
     return env
 
@@ -115,8 +139,9 @@ def module_command(module, *args, launcher=None):
 
 def run_command(command, timeout=240, env=None):
     """Runs a command from the repository root, offline; returns the CompletedProcess with text output."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or offline_env(),
-                          cwd=REPO_ROOT)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env or offline_env(), cwd=REPO_ROOT
+    )
 
 
 def save_timm_tower(directory, image_size=48, **data_config_overrides):
@@ -130,6 +155,8 @@ def save_timm_tower(directory, image_size=48, **data_config_overrides):
     timm_model = timm.create_model("test_efficientnet", pretrained=False)
     data_config = filter_pretrained_cfg(dict(timm_model.pretrained_cfg), remove_source=True, remove_null=True)
     data_config.update(input_size=(3, image_size, image_size), **data_config_overrides)
-    config = TimmWrapperConfig.from_dict({"architecture": "test_efficientnet", "num_classes": 2, "pretrained_cfg": data_config})
+    config = TimmWrapperConfig.from_dict(
+        {"architecture": "test_efficientnet", "num_classes": 2, "pretrained_cfg": data_config}
+    )
     TimmWrapperModel(config).save_pretrained(directory)
     return Path(directory)

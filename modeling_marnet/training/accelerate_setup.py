@@ -17,8 +17,13 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, b
 from marnet_cli.errors import CLIError, UsageError
 
 # How each tracker takes a run name (accelerate passes `project` as its first argument).
-RUN_NAME_KWARGS = {"wandb": "name", "trackio": "name", "mlflow": "run_name", "clearml": "task_name",
-                   "swanlab": "experiment_name"}
+RUN_NAME_KWARGS = {
+    "wandb": "name",
+    "trackio": "name",
+    "mlflow": "run_name",
+    "clearml": "task_name",
+    "swanlab": "experiment_name",
+}
 SHARED_CHECK_FILE = ".marnet-shared-filesystem-check"
 
 
@@ -27,13 +32,17 @@ def check_trackers(names):
     known = sorted({*LOGGER_TYPE_TO_CLASS, "all"})
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UsageError(f"--report_to {' '.join(unknown)}: not a tracker Accelerate supports; choose from "
-                         f"{', '.join(known)} or none.")
+        raise UsageError(
+            f"--report_to {' '.join(unknown)}: not a tracker Accelerate supports; choose from "
+            f"{', '.join(known)} or none."
+        )
     available = {str(tracker) for tracker in get_available_trackers()}
     missing = [name for name in names if name != "all" and name not in available]
     if missing:
-        raise CLIError(f"--report_to {' '.join(missing)}: the package is not installed here; install it "
-                       f"(`pip install {' '.join(missing)}`) or choose other trackers.")
+        raise CLIError(
+            f"--report_to {' '.join(missing)}: the package is not installed here; install it "
+            f"(`pip install {' '.join(missing)}`) or choose other trackers."
+        )
     return names
 
 
@@ -64,8 +73,10 @@ def init_trackers(accelerator, args, hyperparameters):
         return
     run_name = args.run_name or Path(args.output_dir).resolve().name
     init_kwargs = {tracker: {kwarg: run_name} for tracker, kwarg in RUN_NAME_KWARGS.items()}
-    config = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-              for key, value in hyperparameters.items()}
+    config = {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in hyperparameters.items()
+    }
     accelerator.init_trackers(args.project, config=config, init_kwargs=init_kwargs)
 
 

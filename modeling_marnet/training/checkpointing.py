@@ -133,10 +133,14 @@ def save_model(accelerator, model, image_processor, directory):
     if accelerator.is_main_process:
         state_dict = {key.removeprefix(COMPILED_PREFIX): value for key, value in state_dict.items()}
         if any(key.startswith(JOINT_PREFIX) for key in state_dict):  # drop the jointly trained text encoder
-            state_dict = {key.removeprefix(JOINT_PREFIX): value for key, value in state_dict.items()
-                          if key.startswith(JOINT_PREFIX)}
+            state_dict = {
+                key.removeprefix(JOINT_PREFIX): value
+                for key, value in state_dict.items()
+                if key.startswith(JOINT_PREFIX)
+            }
         with atomic_directory(directory) as staging:
-            classifier.save_pretrained(staging, state_dict=state_dict, is_main_process=True,
-                                       save_function=accelerator.save)
+            classifier.save_pretrained(
+                staging, state_dict=state_dict, is_main_process=True, save_function=accelerator.save
+            )
             image_processor.save_pretrained(staging)
     accelerator.wait_for_everyone()

@@ -34,8 +34,10 @@ def load_image_dataset(name_or_path):
             )
         if path.is_file():
             if path.suffix != ".parquet":
-                raise CLIError(f"--dataset {path}: expected a .parquet file or a directory, got a "
-                                         f"{path.suffix or 'suffix-less'} file.")
+                raise CLIError(
+                    f"--dataset {path}: expected a .parquet file or a directory, got a "
+                    f"{path.suffix or 'suffix-less'} file."
+                )
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
         return datasets.load_dataset(str(name_or_path))
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
@@ -91,7 +93,7 @@ def check_label_range(dataset, split, label_column, num_labels):
 
 @dataclass
 class Splits:
-    """The splits of a run: `validation` and `test` may be None; `label_names` are the ClassLabel names, in id order."""
+    """The splits of a run (`validation` and `test` may be None) and the ClassLabel names, in id order."""
 
     train: datasets.Dataset
     validation: datasets.Dataset | None
@@ -104,8 +106,10 @@ def hold_out_validation(train, fraction, seed, label_column):
     try:
         parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
     except ValueError as error:
-        raise CLIError(f"--train_val_split {fraction}: cannot hold out a stratified validation split ({error}). "
-                       "Use a larger fraction or a dataset with a validation split.") from None
+        raise CLIError(
+            f"--train_val_split {fraction}: cannot hold out a stratified validation split ({error}). "
+            "Use a larger fraction or a dataset with a validation split."
+        ) from None
     return parts["train"], parts["test"]
 
 
@@ -122,9 +126,11 @@ def load_splits(args):
     validation = test = None
     if args.validation_split in dataset:
         if args.train_val_split is not None:
-            raise CLIError(f"The dataset has a {args.validation_split!r} split, so --train_val_split "
-                           f"{args.train_val_split} would not be used: drop it, or name a split to hold out with "
-                           "--validation_split.")
+            raise CLIError(
+                f"The dataset has a {args.validation_split!r} split, so --train_val_split "
+                f"{args.train_val_split} would not be used: drop it, or name a split to hold out with "
+                "--validation_split."
+            )
         validation = dataset[args.validation_split]
     elif args.train_val_split is not None:
         train, validation = hold_out_validation(train, args.train_val_split, args.seed, args.label_column)
@@ -139,7 +145,9 @@ def load_splits(args):
     named = {args.train_split: train, args.validation_split: validation, args.test_split: test}
     for split_name, split in named.items():
         if split is not None:
-            check_columns(split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column})
+            check_columns(
+                split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column}
+            )
             check_label_range(split, split_name, args.label_column, len(label_names))
     if args.max_train_samples is not None:
         train = first_rows(train, args.max_train_samples)
@@ -249,7 +257,7 @@ class ImageTextExamples(torch.utils.data.Dataset):
 
 class MARNetCollator:
     """Examples -> a batch of `pixel_values` (B, C, H, W), `labels` (B,) and, when the examples carry text,
-    `text_embeds` (B, D) or the text tokenized as `encoding` says (`text_input_ids` / `text_attention_mask`, (B, T))."""
+    `text_embeds` (B, D) or the text tokenized as `encoding` says (`text_input_ids`, `text_attention_mask`: (B, T))."""
 
     def __init__(self, image_transform, tokenizer=None, encoding=None):
         self.image_transform = image_transform

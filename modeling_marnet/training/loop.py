@@ -10,9 +10,12 @@ from .metrics import ClassificationMetrics
 # Terms that shape the representation but do not train an inference-time classifier: the ones a warm-up ramps.
 AUXILIARY_TERMS = ("alignment_loss", "reconstruction_loss", "text_classification_loss", "distillation_loss")
 # Classification terms and the output logits each one is the cross-entropy of.
-CLASSIFICATION_TERMS = {"visual_classification_loss": "visual_logits",
-                        "reconstruction_classification_loss": "reconstruction_logits",
-                        "fusion_classification_loss": "logits", "text_classification_loss": "text_logits"}
+CLASSIFICATION_TERMS = {
+    "visual_classification_loss": "visual_logits",
+    "reconstruction_classification_loss": "reconstruction_logits",
+    "fusion_classification_loss": "logits",
+    "text_classification_loss": "text_logits",
+}
 
 
 class LossComposer:
@@ -58,8 +61,17 @@ def loss_term_gradient_norms(output, config, parameters):
     return norms
 
 
-def optimizer_steps(model, dataloader, accelerator, optimizer, scheduler, loss_composer, first_step=0,
-                    gradient_probe=None, max_grad_norm=None):
+def optimizer_steps(
+    model,
+    dataloader,
+    accelerator,
+    optimizer,
+    scheduler,
+    loss_composer,
+    first_step=0,
+    gradient_probe=None,
+    max_grad_norm=None,
+):
     """Trains over `dataloader`, yielding after every optimizer step (every `gradient_accumulation_steps` batches)
     a dict with the step's mean `loss`, the mean of each loss term the model returned (`terms`), the number of
     `images` it used across processes, the gradient norm before clipping to `max_grad_norm` (`grad_norm`, None
@@ -90,8 +102,13 @@ def optimizer_steps(model, dataloader, accelerator, optimizer, scheduler, loss_c
             if not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
             step += 1
-            yield {"loss": torch.stack(losses).mean(), "images": images, "gradient_norms": gradient_norms,
-                   "grad_norm": grad_norm, "terms": {name: torch.stack(values).mean() for name, values in terms.items()}}
+            yield {
+                "loss": torch.stack(losses).mean(),
+                "images": images,
+                "gradient_norms": gradient_norms,
+                "grad_norm": grad_norm,
+                "terms": {name: torch.stack(values).mean() for name, values in terms.items()},
+            }
             losses, terms, images, gradient_norms, grad_norm = [], {}, 0, None, None
 
 

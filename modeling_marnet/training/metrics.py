@@ -29,4 +29,3 @@ class ClassificationMetrics:
             "loss": self.loss_sum / self.num_samples,
             "num_samples": self.num_samples,
         }
-

@@ -20,8 +20,16 @@ logger = get_logger(__name__)
 
 # Fields that change losses or sampling only, so they may be changed on an existing checkpoint.
 RUNTIME_FIELDS = {
-    "visual_ce_weight", "alignment_loss_weight", "reconstruction_ce_weight", "reconstruction_loss_weight",
-    "fusion_ce_weight", "num_inference_steps", "sampler", "sampler_seed", "contrastive_gather", "classifier_dropout",
+    "visual_ce_weight",
+    "alignment_loss_weight",
+    "reconstruction_ce_weight",
+    "reconstruction_loss_weight",
+    "fusion_ce_weight",
+    "num_inference_steps",
+    "sampler",
+    "sampler_seed",
+    "contrastive_gather",
+    "classifier_dropout",
     "image_only_training",
 }
 CONFIG_FIELDS = set(inspect.signature(MARNetConfig.__init__).parameters) - {"self", "kwargs", "vision_config"}
@@ -78,9 +86,13 @@ def load_text_source(args, train, config):
     ablation = ablation_name(config) if config is not None else args.ablation or "full"
     if not needs_text(config if config is not None else ablation):
         image_only = config is not None and getattr(config, "image_only_training", False)
-        reason = (f"the dataset has no {args.text_column!r} column" if args.text_column not in train.column_names
-                  else "the checkpoint's config sets image_only_training" if image_only
-                  else f"ablation {ablation!r} does not use text")
+        reason = (
+            f"the dataset has no {args.text_column!r} column"
+            if args.text_column not in train.column_names
+            else "the checkpoint's config sets image_only_training"
+            if image_only
+            else f"ablation {ablation!r} does not use text"
+        )
         logger.warning(f"Visual-only training: {reason}; the model learns from images alone.", main_process_only=True)
         return None, None
     if args.text_column not in train.column_names:
@@ -91,11 +103,14 @@ def load_text_source(args, train, config):
             "image_only_training=true, which freezes the parameters that only text trains)."
         )
     if not args.text_encoder:
-        raise UsageError(f"Ablation {ablation!r} learns from privileged text: pass --text_encoder (a BERT-like or "
-                         "sentence-transformers encoder, directory or Hub id), or --ablation baseline for visual-only "
-                         "training.")
-    text_encoder, tokenizer = load_text_encoder(args.text_encoder, args.text_pooling, args.text_max_length,
-                                                args.trust_remote_code)
+        raise UsageError(
+            f"Ablation {ablation!r} learns from privileged text: pass --text_encoder (a BERT-like or "
+            "sentence-transformers encoder, directory or Hub id), or --ablation baseline for visual-only "
+            "training."
+        )
+    text_encoder, tokenizer = load_text_encoder(
+        args.text_encoder, args.text_pooling, args.text_max_length, args.trust_remote_code
+    )
     if config is not None and config.text_hidden_size != text_encoder.hidden_size:
         raise CLIError(
             f"--text_encoder {args.text_encoder} gives {text_encoder.hidden_size}-d features but the checkpoint "
@@ -109,8 +124,10 @@ def _config_overrides(args):
     overrides = dict(args.marnet_config)
     unknown = sorted(set(overrides) - CONFIG_FIELDS)
     if unknown:
-        raise UsageError(f"--marnet_config: unknown MARNetConfig field(s) {unknown}. Known fields: "
-                         f"{', '.join(sorted(CONFIG_FIELDS))}.")
+        raise UsageError(
+            f"--marnet_config: unknown MARNetConfig field(s) {unknown}. Known fields: "
+            f"{', '.join(sorted(CONFIG_FIELDS))}."
+        )
     if args.num_inference_steps is not None:
         overrides["num_inference_steps"] = args.num_inference_steps
     if args.fusion_mode is not None:
@@ -128,17 +145,21 @@ def _validated(build, what, error_class=UsageError):
 def load_checkpoint_config(args, label_names):
     """The config of the `--model_name_or_path` checkpoint with the allowed overrides applied, checked against the
     dataset's labels; with `--ignore_mismatched_sizes`, relabelled with them."""
-    config = _validated(lambda: AutoConfig.from_pretrained(args.model_name_or_path,
-                                                           trust_remote_code=args.trust_remote_code),
-                        f"--model_name_or_path {args.model_name_or_path}", CLIError)
+    config = _validated(
+        lambda: AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code),
+        f"--model_name_or_path {args.model_name_or_path}",
+        CLIError,
+    )
     if config.model_type != MARNetConfig.model_type:
         raise UsageError(
             f"--model_name_or_path {args.model_name_or_path} is a {config.model_type!r} model, not a MARNet "
             "checkpoint. To build MARNet on it as a vision tower, pass it as --vision_model."
         )
     if args.ablation is not None:
-        raise UsageError("--ablation applies to new models; an existing checkpoint keeps its architecture. Use "
-                         "--vision_model to build a new model.")
+        raise UsageError(
+            "--ablation applies to new models; an existing checkpoint keeps its architecture. Use "
+            "--vision_model to build a new model."
+        )
     overrides = _config_overrides(args)
     architectural = sorted(set(overrides) - RUNTIME_FIELDS)
     if architectural:
@@ -156,8 +177,11 @@ def load_checkpoint_config(args, label_names):
                 "fine-tune the checkpoint on these labels (fresh classifier heads), or start from the vision tower "
                 "with --vision_model."
             )
-        logger.warning(f"Re-heading {args.model_name_or_path} from {config.num_labels} to {len(label_names)} labels: "
-                       "classifier weights whose shape changes start fresh.", main_process_only=True)
+        logger.warning(
+            f"Re-heading {args.model_name_or_path} from {config.num_labels} to {len(label_names)} labels: "
+            "classifier weights whose shape changes start fresh.",
+            main_process_only=True,
+        )
         config.id2label = dict(enumerate(label_names))
         config.label2id = {name: i for i, name in enumerate(label_names)}
     for key, value in overrides.items():
@@ -180,8 +204,10 @@ def build_model(args, config):
     if args.model_name_or_path:
         return _validated(
             lambda: MARNetForImageClassification.from_pretrained(
-                args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes),
-            f"--model_name_or_path {args.model_name_or_path}", CLIError,
+                args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+            ),
+            f"--model_name_or_path {args.model_name_or_path}",
+            CLIError,
         )
     try:
         return MARNetForImageClassification.from_vision_pretrained(args.vision_model, config=config)
@@ -195,7 +221,8 @@ def load_image_processor(args, vision_config):
     source = args.model_name_or_path or args.vision_model
     try:
         image_processor = standard_image_processor(
-            AutoImageProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code))
+            AutoImageProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        )
     except (OSError, ValueError) as error:
         raise CLIError(
             f"{source}: no image processor ({error}). Save one next to the model "
@@ -214,7 +241,7 @@ def load_image_processor(args, vision_config):
 
 
 def tower_parameters(model):
-    """The pretrained towers' trainable parameters: the vision tower's and, when trained jointly, the text encoder's."""
+    """The pretrained towers' trainable parameters: the vision tower's and a jointly trained text encoder's."""
     classifier = getattr(model, "classifier", model)  # MARNetWithTextEncoder holds the classifier
     towers = [classifier.marnet.vision_model] + ([model.text_encoder] if hasattr(model, "text_encoder") else [])
     return [p for tower in towers for p in tower.parameters() if p.requires_grad]

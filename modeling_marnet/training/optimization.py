@@ -49,9 +49,15 @@ def make_optimizer(model, args):
 def make_scheduler(optimizer, args, schedule):
     """`transformers.get_scheduler(--lr_scheduler_type)` over `schedule`, with `--lr_scheduler_kwargs`."""
     try:
-        return get_scheduler(check_scheduler_type(args.lr_scheduler_type), optimizer,
-                             num_warmup_steps=schedule.warmup_steps, num_training_steps=schedule.max_steps,
-                             scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        return get_scheduler(
+            check_scheduler_type(args.lr_scheduler_type),
+            optimizer,
+            num_warmup_steps=schedule.warmup_steps,
+            num_training_steps=schedule.max_steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
     except (TypeError, ValueError) as error:
-        raise UsageError(f"--lr_scheduler_type {args.lr_scheduler_type} with --lr_scheduler_kwargs "
-                         f"{args.lr_scheduler_kwargs}: {error}") from None
+        raise UsageError(
+            f"--lr_scheduler_type {args.lr_scheduler_type} with --lr_scheduler_kwargs "
+            f"{args.lr_scheduler_kwargs}: {error}"
+        ) from None

@@ -30,11 +30,21 @@ from marnet_cli.errors import CLIError
 from marnet_cli.files import atomic_path
 
 # sentence-transformers pooling modes this module computes -> names of `--text_pooling`.
-SENTENCE_TRANSFORMERS_POOLINGS = {"mean": "mean", "cls": "cls", "max": "max",
-                                  "mean_sqrt_len_tokens": "mean_sqrt_len", "lasttoken": "last"}
-LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+SENTENCE_TRANSFORMERS_POOLINGS = {
+    "mean": "mean",
+    "cls": "cls",
+    "max": "max",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "lasttoken": "last",
+}
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 DEFAULT_POOLING = "mean"
 
 
@@ -71,8 +81,9 @@ def sentence_transformers_encoding(name_or_path, **hub_kwargs):
             settings["max_length"] = transformer.get("max_seq_length")
             settings["lowercase"] = bool(transformer.get("do_lower_case", False))
         elif kind == "Pooling":
-            settings["pooling"] = _pooling_mode(_read_json(name_or_path, f"{prefix}config.json", hub_kwargs) or {},
-                                                name_or_path)
+            settings["pooling"] = _pooling_mode(
+                _read_json(name_or_path, f"{prefix}config.json", hub_kwargs) or {}, name_or_path
+            )
         elif kind == "Normalize":
             settings["normalize"] = True
         else:
@@ -88,8 +99,10 @@ def _pooling_mode(config, name_or_path):
     modes = config.get("pooling_mode") or [mode for key, mode in LEGACY_POOLING_KEYS.items() if config.get(key)]
     modes = [modes] if isinstance(modes, str) else list(modes) or ["mean"]
     if len(modes) != 1 or modes[0] not in SENTENCE_TRANSFORMERS_POOLINGS:
-        raise CLIError(f"--text_encoder {name_or_path}: pooling {modes} is not supported (one of "
-                       f"{sorted(SENTENCE_TRANSFORMERS_POOLINGS)}); pass --text_pooling to choose one.")
+        raise CLIError(
+            f"--text_encoder {name_or_path}: pooling {modes} is not supported (one of "
+            f"{sorted(SENTENCE_TRANSFORMERS_POOLINGS)}); pass --text_pooling to choose one."
+        )
     return SENTENCE_TRANSFORMERS_POOLINGS[modes[0]]
 
 
@@ -154,8 +167,10 @@ def load_text_encoder(name_or_path, pooling=None, max_length=None, trust_remote_
             "or Hub id of a BERT-like or sentence-transformers encoder with its tokenizer."
         ) from None
     if not hasattr(encoder.config, "hidden_size"):
-        raise CLIError(f"--text_encoder {name_or_path}: a {type(encoder).__name__} has no hidden_size; use a "
-                       "BERT-like text encoder.")
+        raise CLIError(
+            f"--text_encoder {name_or_path}: a {type(encoder).__name__} has no hidden_size; use a "
+            "BERT-like text encoder."
+        )
     encoding = TextEncoding(
         pooling=pooling or st_settings.get("pooling") or DEFAULT_POOLING,
         max_length=max_length or st_settings.get("max_length") or _tokenizer_max_length(tokenizer, encoder.config),
@@ -199,12 +214,15 @@ def _encoder_digest(text_encoder, tokenizer):
 def text_cache_path(cache_dir, text_encoder, tokenizer, dataset, text_column):
     """Cache file for the features of `dataset[text_column]`, keyed by encoder weights + tokenizer, dataset
     fingerprint, column and encoding settings."""
-    key = json.dumps({
-        "encoder": _encoder_digest(text_encoder, tokenizer),
-        "dataset": dataset._fingerprint,
-        "column": text_column,
-        "encoding": dataclasses.asdict(text_encoder.encoding),
-    }, sort_keys=True)
+    key = json.dumps(
+        {
+            "encoder": _encoder_digest(text_encoder, tokenizer),
+            "dataset": dataset._fingerprint,
+            "column": text_column,
+            "encoding": dataclasses.asdict(text_encoder.encoding),
+        },
+        sort_keys=True,
+    )
     return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
 
@@ -222,7 +240,7 @@ def encode_texts(text_encoder, tokenizer, texts, max_length=None, batch_size=64,
     text_encoder.eval().to(device)
     chunks = []
     for start in tqdm(range(0, len(texts), batch_size), desc="text features", unit="batch", disable=not progress):
-        tokens = tokenize_texts(tokenizer, texts[start:start + batch_size], encoding).to(device)
+        tokens = tokenize_texts(tokenizer, texts[start : start + batch_size], encoding).to(device)
         chunks.append(text_encoder(tokens["input_ids"], tokens["attention_mask"]).float().cpu())
     return torch.cat(chunks)
 
@@ -237,12 +255,15 @@ def cached_text_embeddings(accelerator, text_encoder, tokenizer, dataset, text_c
     hit = path.is_file()
     with accelerator.local_main_process_first():
         if not path.is_file() and accelerator.is_local_main_process:
-            embeddings = encode_texts(text_encoder, tokenizer, list(dataset[text_column]), device=accelerator.device,
-                                      progress=True)
+            embeddings = encode_texts(
+                text_encoder, tokenizer, list(dataset[text_column]), device=accelerator.device, progress=True
+            )
             with atomic_path(path) as partial:
                 save_file({"text_embeds": embeddings}, str(partial))
         embeddings = load_file(str(path))["text_embeds"]
     if embeddings.shape[0] != len(dataset):
-        raise CLIError(f"Text cache {path} holds {embeddings.shape[0]} rows for a split of {len(dataset)}: delete it "
-                       "and run again.")
+        raise CLIError(
+            f"Text cache {path} holds {embeddings.shape[0]} rows for a split of {len(dataset)}: delete it "
+            "and run again."
+        )
     return embeddings, hit
