@@ -18,18 +18,18 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from marnet_cli.errors import UsageError, command
 from marnet_cli.files import atomic_directory
 from marnet_cli.options import HelpFormatter, MARNetArgumentParser
 
-from . import BUILDERS
-from .builder_base import RawImageBuilder
-from .card import dataset_card
-from .hub import describe_folder, upload_hub_folder, write_hub_folder
-from .openclipart import DEBIAN_ROOT
+from . import BUILDER_CLASSES, builder_class
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .builder_base import RawImageBuilder
 
 logger = logging.getLogger("dataset_scripts")
 
@@ -44,7 +44,7 @@ def build_dataset(
     **config_kwargs,
 ) -> tuple[RawImageBuilder, datasets.DatasetDict]:
     """Build dataset `name` from its raw files into `cache_dir`; warn about skipped images."""
-    builder = BUILDERS[name](
+    builder = builder_class(name)(
         config_name=config_name,
         data_dir=data_dir,
         cache_dir=str(cache_dir),
@@ -62,10 +62,11 @@ class BuildArguments:
     """Options of `marnet-data build`."""
 
     dataset: str = field(
-        metadata={"positional": True, "choices": sorted(BUILDERS), "help": "which raw dataset to build"}
+        metadata={"positional": True, "choices": sorted(BUILDER_CLASSES), "help": "which raw dataset to build"}
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": f"root of the raw files (openclipart: defaults to {DEBIAN_ROOT})"}
+        default=None,
+        metadata={"help": "root of the raw files (openclipart: defaults to Debian's /usr/share/openclipart)"},
     )
     output_dir: Path | None = field(
         default=None,
@@ -114,8 +115,7 @@ def parse_args(argv: list[str] | None) -> BuildArguments:
 
 def check_options(args: BuildArguments) -> None:
     """Reject option combinations that cannot work, before any work is done."""
-    builder_class = BUILDERS[args.dataset]
-    config_names = [config.name for config in builder_class.BUILDER_CONFIGS] or ["default"]
+    config_names = [config.name for config in builder_class(args.dataset).BUILDER_CONFIGS] or ["default"]
     if args.dataset_config_name is not None and args.dataset_config_name not in config_names:
         raise UsageError(
             f"--dataset_config_name {args.dataset_config_name!r} is not a config of {args.dataset}; choose one of "
@@ -137,6 +137,10 @@ def check_options(args: BuildArguments) -> None:
 
 def run_build(args: BuildArguments) -> None:
     """Build in a scratch folder next to the output, then move the finished result into place all at once."""
+    from .card import dataset_card
+    from .hub import describe_folder, upload_hub_folder, write_hub_folder
+    from .openclipart import DEBIAN_ROOT
+
     scratch_parent = args.output_dir.parent if args.output_dir else None
     if scratch_parent is not None:
         scratch_parent.mkdir(parents=True, exist_ok=True)
