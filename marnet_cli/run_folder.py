@@ -139,7 +139,8 @@ def check_metrics(metrics, path):
     for name in ("top1", "top5"):
         if name in reported and reported[name] != metrics[name]:
             raise CLIError(
-                f"{path}: {name}={metrics[name]} disagrees with per_split.{metrics['split']}.{name}="
-                f"{reported[name]}: fix the file so the card reports one measured number."
+                f"{path}: {name}={metrics[name]} disagrees with "
+                f"per_split.{metrics['split']}.{name}={reported[name]}: fix the file so the card reports one "
+                f"measured number."
             )
     return metrics

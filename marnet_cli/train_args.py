@@ -48,17 +48,16 @@ class TrainArguments:
     dataset: str | None = _option(
         group="data",
         aliases=["--dataset_name"],
-        help="Hub dataset id, a `save_to_disk` "
-        "directory, a Parquet file or a directory of Parquet files named by split.",
+        help="Hub dataset id, a `save_to_disk` directory, a Parquet file or a directory of Parquet files named by "
+        "split.",
     )
     train_split: str = _option("train", group="data")
     validation_split: str = _option("validation", group="data")
     test_split: str = _option("test", group="data", help="Used for the final metrics when the dataset has it.")
     train_val_split: float | None = _option(
         group="data",
-        help="For a dataset without --validation_split: hold out "
-        "this fraction of the training split (stratified by label) to validate "
-        "on.",
+        help="For a dataset without --validation_split: hold out this fraction of the training split (stratified by "
+        "label) to validate on.",
     )
     image_column: str = _option("image", group="data", aliases=["--image_column_name"])
     label_column: str = _option(
@@ -75,9 +74,8 @@ class TrainArguments:
         nargs="?",
         const="crop_flip",
         choices=AUGMENTATIONS,
-        help="Training augmentation: crop_flip (random resized crop + horizontal flip; the value "
-        "of a bare --augment), or that followed by RandAugment, TrivialAugment or AutoAugment "
-        "(ImageNet policy).",
+        help="Training augmentation: crop_flip (random resized crop + horizontal flip; the value of a bare "
+        "--augment), or that followed by RandAugment, TrivialAugment or AutoAugment (ImageNet policy).",
     )
     color_jitter: float = _option(
         0.0,
@@ -92,9 +90,8 @@ class TrainArguments:
     )
     vision_model: str | None = _option(
         group="model",
-        help="A pretrained vision tower (directory or Hub id; ViT, any "
-        "transformers vision model, timm through TimmWrapper) to build a new MARNet "
-        "on.",
+        help="A pretrained vision tower (directory or Hub id; ViT, any transformers vision model, timm through "
+        "TimmWrapper) to build a new MARNet on.",
     )
     ablation: Literal[ABLATION_NAMES] | None = _option(
         group="model",
@@ -107,15 +104,14 @@ class TrainArguments:
         group="model",
         action="extend",
         metavar="FIELD=VALUE",
-        help="Any other MARNetConfig field, e.g. alignment_loss_weight=0.2 (values "
-        "parsed as JSON when they can be). Repeatable.",
+        help="Any other MARNetConfig field, e.g. alignment_loss_weight=0.2 (values parsed as JSON when they can "
+        "be). Repeatable.",
     )
     ignore_mismatched_sizes: bool = _option(
         False,
         group="model",
-        help="With --model_name_or_path: fine-tune the "
-        "checkpoint on the dataset's labels, with fresh classifier heads where "
-        "the number of labels differs.",
+        help="With --model_name_or_path: fine-tune the checkpoint on the dataset's labels, with fresh classifier "
+        "heads where the number of labels differs.",
     )
     trust_remote_code: bool = _option(
         False,
@@ -126,18 +122,18 @@ class TrainArguments:
     # privileged text
     text_encoder: str | None = _option(
         group="privileged text",
-        help="Text encoder (directory or Hub id; BERT-like "
-        "or sentence-transformers) that turns the text into the privileged features.",
+        help="Text encoder (directory or Hub id; BERT-like or sentence-transformers) that turns the text into the "
+        "privileged features.",
     )
     text_pooling: Literal["mean", "mean_sqrt_len", "max", "cls", "last", "pooler"] | None = _option(
         group="privileged text",
-        help="Token pooling (default: the encoder's sentence-transformers pooling, else "
-        "mean over the attention mask).",
+        help="Token pooling (default: the encoder's sentence-transformers pooling, else mean over the attention "
+        "mask).",
     )
     text_max_length: int | None = _option(
         group="privileged text",
-        help="Tokens per text (default: the encoder's "
-        "sentence-transformers max_seq_length, else the tokenizer's maximum).",
+        help="Tokens per text (default: the encoder's sentence-transformers max_seq_length, else the tokenizer's "
+        "maximum).",
     )
     train_text_encoder: bool = _option(
         False,
@@ -156,25 +152,21 @@ class TrainArguments:
     tower_lr_multiplier: float = _option(
         1.0,
         group="optimization",
-        help="Learning rate of the pretrained towers "
-        "(vision, and a jointly trained text encoder) as a multiple of "
+        help="Learning rate of the pretrained towers (vision, and a jointly trained text encoder) as a multiple of "
         "--learning_rate.",
     )
     auxiliary_warmup_ratio: float = _option(
         0.0,
         group="optimization",
-        help="Fraction of the steps over which the "
-        "auxiliary losses (alignment, reconstruction, text classification, "
-        "distillation) ramp linearly from 0 to their weights.",
+        help="Fraction of the steps over which the auxiliary losses (alignment, reconstruction, text "
+        "classification, distillation) ramp linearly from 0 to their weights.",
     )
     weight_decay: float = _option(0.05, group="optimization", help="Not applied to biases, norms, logit_scale.")
     lr_scheduler_type: str = _option(
         "cosine",
         group="optimization",
-        help="Any transformers.get_scheduler type: "
-        "linear, cosine, cosine_with_restarts, polynomial, constant, "
-        "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, "
-        "...",
+        help="Any transformers.get_scheduler type: linear, cosine, cosine_with_restarts, polynomial, constant, "
+        "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, ...",
     )
     lr_scheduler_kwargs: dict | str | None = _option(
         group="optimization", help="Extra arguments of the scheduler, as a JSON object, e.g. '{\"min_lr_rate\": 0.1}'."
@@ -213,8 +205,8 @@ class TrainArguments:
     channels_last: bool = _option(
         False,
         group="hardware",
-        help="Run the vision tower in channels-last memory format "
-        "(faster for convolutional towers on CPU and recent GPUs).",
+        help="Run the vision tower in channels-last memory format (faster for convolutional towers on CPU and "
+        "recent GPUs).",
     )
     dataloader_num_workers: int = _option(0, group="hardware")
 
@@ -248,9 +240,8 @@ class TrainArguments:
     report_to: list[str] = _option(
         ["tensorboard"],
         group="logging",
-        help="Trackers, any that Accelerate supports "
-        "(tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), "
-        "`all` (those installed) or `none`; several are separated by spaces or commas.",
+        help="Trackers, any that Accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, "
+        "swanlab, trackio), `all` (those installed) or `none`; several are separated by spaces or commas.",
     )
     run_name: str | None = _option(
         group="logging", help="Name of the run in the trackers (default: the name of --output_dir)."
@@ -265,9 +256,8 @@ class TrainArguments:
     gradient_norm_steps: int = _option(
         0,
         group="logging",
-        help="Every N optimizer steps, log how much gradient each "
-        "weighted loss term sends into the vision tower (one extra backward per term; "
-        "single process only). 0: never.",
+        help="Every N optimizer steps, log how much gradient each weighted loss term sends into the vision tower "
+        "(one extra backward per term; single process only). 0: never.",
     )
 
     # publishing
@@ -299,8 +289,8 @@ class TrainArguments:
             )
         if self.ignore_mismatched_sizes and not self.model_name_or_path:
             raise UsageError(
-                "--ignore_mismatched_sizes applies to --model_name_or_path checkpoints; a new model "
-                "built with --vision_model always gets the dataset's labels."
+                "--ignore_mismatched_sizes applies to --model_name_or_path checkpoints; a new model built with "
+                "--vision_model always gets the dataset's labels."
             )
         _check_ranges(self)
         _check_publishing(self)
@@ -389,8 +379,8 @@ def _check_publishing(args):
     if args.push_to_hub:
         if not args.hub_model_id or args.hub_model_id.count("/") != 1:
             raise UsageError(
-                f"--push_to_hub needs --hub_model_id owner/name (the model card's usage code names the "
-                f"repo), got {args.hub_model_id!r}."
+                f"--push_to_hub needs --hub_model_id owner/name (the model card's usage code names the repo), got "
+                f"{args.hub_model_id!r}."
             )
         return
     given = [f"--{name}" for name in ("hub_model_id", "hub_revision") if getattr(args, name)]

@@ -43,8 +43,8 @@ def load_classifier(args):
         )
     except (OSError, ValueError) as error:
         raise CLIError(
-            f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its "
-            f"image processor ({error})."
+            f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its image "
+            f"processor ({error})."
         ) from None
     if args.num_inference_steps is not None:
         if not hasattr(model.config, "num_inference_steps"):

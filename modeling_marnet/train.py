@@ -242,8 +242,8 @@ def resume_or_start(args, accelerator, folder, checkpoint):
         remove_partial_checkpoints(folder.checkpoints_dir)
         folder.truncate_history(state.global_step)
     logger.info(
-        f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
-        f"{state.batches_in_epoch} batches in).",
+        f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, {state.batches_in_epoch} "
+        f"batches in).",
         main_process_only=True,
     )
     return state
@@ -255,8 +255,8 @@ def log_start(args, accelerator, splits, parts, schedule, hyperparameters):
         f"***** Training *****\n  examples = {len(splits.train)}, epochs = {schedule.num_epochs}, optimizer steps = "
         f"{schedule.max_steps}\n  batch per device = {args.per_device_train_batch_size}, processes = "
         f"{accelerator.num_processes}, accumulation = {accelerator.gradient_accumulation_steps}, global batch = "
-        f"{hyperparameters['total_train_batch_size']}, mixed precision = {accelerator.mixed_precision}"
-        f"\n  model = {hyperparameters['ablation']} MARNet, text = {text}",
+        f"{hyperparameters['total_train_batch_size']}, mixed precision = {accelerator.mixed_precision}\n  model = "
+        f"{hyperparameters['ablation']} MARNet, text = {text}",
         main_process_only=True,
     )
 
@@ -302,8 +302,8 @@ def gradient_probe(args, accelerator, model):
         return None
     if accelerator.num_processes > 1:
         raise UsageError(
-            f"--gradient_norm_steps runs extra backward passes outside DDP's reducer and works in one "
-            f"process only; this run has {accelerator.num_processes}."
+            f"--gradient_norm_steps runs extra backward passes outside DDP's reducer and works in one process only; "
+            f"this run has {accelerator.num_processes}."
         )
     parameters = tower_parameters(accelerator.unwrap_model(model))
     return lambda step: parameters if step % args.gradient_norm_steps == 0 else None
@@ -471,8 +471,8 @@ def finish(training_run):
     if accelerator.is_main_process:
         folder.write_outputs(folder.best_model_dir, training_run.hyperparameters, metrics)
         logger.info(
-            f"Saved the model and metrics to {folder.path}: top1 {metrics['top1']:.4f}, top5 "
-            f"{metrics['top5']:.4f} on {metrics['split']}.",
+            f"Saved the model and metrics to {folder.path}: top1 {metrics['top1']:.4f}, top5 {metrics['top5']:.4f} "
+            f"on {metrics['split']}.",
             main_process_only=True,
         )
         if args.push_to_hub:

@@ -357,8 +357,8 @@ def test_old_and_transformers_names_are_aliases(parse, old, new):
 def test_config_file_is_read_with_either_spelling_and_the_command_line_wins(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(
-        "dataset: d\nvision-model: v\noutput_dir: o\nlearning_rate: 1.0e-3\naugment: true\n"
-        "report_to: none\nmarnet_config:\n  projection_dim: 8\nlr_scheduler_kwargs: {min_lr: 0}\n"
+        "dataset: d\nvision-model: v\noutput_dir: o\nlearning_rate: 1.0e-3\naugment: true\nreport_to: "
+        "none\nmarnet_config:\n  projection_dim: 8\nlr_scheduler_kwargs: {min_lr: 0}\n"
     )
     from_file = parse_train_args(["--config", str(config_file), "--learning-rate", "0.5"])
     assert (from_file.learning_rate, from_file.augment, from_file.report_to) == (0.5, "crop_flip", [])

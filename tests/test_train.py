@@ -73,8 +73,8 @@ def trained(workspace):
     root = workspace["root"]
     config_file = root / "run.yaml"
     config_file.write_text(
-        "learning_rate: 1.0e-5\nweight_decay: 0.01\nper_device_train_batch_size: 4\n"
-        "checkpointing_steps: 4\nsave_total_limit: 2\nlogging_steps: 1\n"
+        "learning_rate: 1.0e-5\nweight_decay: 0.01\nper_device_train_batch_size: 4\ncheckpointing_steps: "
+        "4\nsave_total_limit: 2\nlogging_steps: 1\n"
     )
     output_dir = root / "out"
     result = run_command(

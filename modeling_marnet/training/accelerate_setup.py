@@ -33,15 +33,15 @@ def check_trackers(names):
     unknown = [name for name in names if name not in known]
     if unknown:
         raise UsageError(
-            f"--report_to {' '.join(unknown)}: not a tracker Accelerate supports; choose from "
-            f"{', '.join(known)} or none."
+            f"--report_to {' '.join(unknown)}: not a tracker Accelerate supports; choose from {', '.join(known)} or "
+            f"none."
         )
     available = {str(tracker) for tracker in get_available_trackers()}
     missing = [name for name in names if name != "all" and name not in available]
     if missing:
         raise CLIError(
-            f"--report_to {' '.join(missing)}: the package is not installed here; install it "
-            f"(`pip install {' '.join(missing)}`) or choose other trackers."
+            f"--report_to {' '.join(missing)}: the package is not installed here; install it (`pip install "
+            f"{' '.join(missing)}`) or choose other trackers."
         )
     return names
 

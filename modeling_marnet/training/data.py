@@ -73,8 +73,8 @@ def check_columns(dataset, split, columns):
     for option, column in columns.items():
         if column not in dataset.column_names:
             raise CLIError(
-                f"Split {split!r} has no column {column!r} (columns: {', '.join(dataset.column_names)}). "
-                f"Pass {option} with the right name."
+                f"Split {split!r} has no column {column!r} (columns: {', '.join(dataset.column_names)}). Pass "
+                f"{option} with the right name."
             )
 
 

@@ -157,8 +157,8 @@ def load_checkpoint_config(args, label_names):
         )
     if args.ablation is not None:
         raise UsageError(
-            "--ablation applies to new models; an existing checkpoint keeps its architecture. Use "
-            "--vision_model to build a new model."
+            "--ablation applies to new models; an existing checkpoint keeps its architecture. Use --vision_model to "
+            "build a new model."
         )
     overrides = _config_overrides(args)
     architectural = sorted(set(overrides) - RUNTIME_FIELDS)

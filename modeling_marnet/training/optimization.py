@@ -58,6 +58,6 @@ def make_scheduler(optimizer, args, schedule):
         )
     except (TypeError, ValueError) as error:
         raise UsageError(
-            f"--lr_scheduler_type {args.lr_scheduler_type} with --lr_scheduler_kwargs "
-            f"{args.lr_scheduler_kwargs}: {error}"
+            f"--lr_scheduler_type {args.lr_scheduler_type} with --lr_scheduler_kwargs {args.lr_scheduler_kwargs}: "
+            f"{error}"
         ) from None
