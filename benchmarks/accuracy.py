@@ -58,11 +58,14 @@ FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 PAPER_LITERAL = ["--marnet-config", "visual_features=projection", "--marnet-config", "reconstruction_training=one_step",
                  "--marnet-config", "diffusion_timesteps=uniform", "--marnet-config", "text_normalization=none",
                  "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
-# Our validated defaults (issue 8), spelled out so the rows do not depend on the package's default values.
+# Our validated defaults, spelled out so the rows do not depend on the package's default values.
 MARNET = ["--ablation", "full", "--marnet-config", "visual_features=tower", "--marnet-config",
           "reconstruction_training=sample", "--marnet-config", "diffusion_timesteps=inference", "--marnet-config",
           "text_normalization=unit_rms", "--marnet-config", "text_classification_weight=0", "--marnet-config",
           "distillation_weight=0"]
+# Alignment-loss weights each Table 1 method also tries (typical loss at initialisation: SWD ~3e-4, CDD ~0,
+# SSAN ~0.6, ITA ~9, TEAM ~18, SDM ~25).
+ALIGNMENT_WEIGHTS = {"sdm": (0.01, 0.03), "swd": (30, 300), "cdd": (1.0, 3.0), "ssan": (1.0, 3.0), "team": (0.05, 0.3)}
 TEXT_WEIGHTS_OFF = ["--marnet-config", "alignment_loss_weight=0", "--marnet-config", "reconstruction_loss_weight=0",
                     "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
 
@@ -93,8 +96,15 @@ ROWS = {
                            "distillation_weight=1"],
                           weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]]),
     "marnet+class": Row([*MARNET, "--marnet-config", "alignment_targets=class"]),
+    "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
+    # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
+    # magnitude, so each searches its own alignment weight (stage 1 uses the default 0.1). marnet-train gives pooled
+    # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).
+    **{f"marnet-{method}" + ("-pooled-text" if method == "team" else ""): Row([*MARNET, "--marnet-config", f"alignment={method}"],
+                               weight_grid=[[f"alignment_loss_weight={w}"] for w in weights])
+       for method, weights in ALIGNMENT_WEIGHTS.items()},
     "paper": _paper(),
-    # One open choice changed at a time from the paper-literal model (the ablation of issue 8).
+    # One open choice changed at a time from the paper-literal model.
     "paper+tower-features": _paper("visual_features=tower"),
     "paper+sampled-cdr": _paper("reconstruction_training=sample"),
     "paper+unit-rms-text": _paper("text_normalization=unit_rms"),
