@@ -1,6 +1,6 @@
 """Does MARNet beat the same backbone trained without text? A fair protocol, run with `marnet-train` side by side.
 
-The protocol (issue 8), every step of it in this script:
+The protocol, every step of it in this script:
 
 1. **Proxies.** OpenClipart (22 top-level categories, Debian package) with its privileged text as it is
    (`original`), and the same images with every word naming the image's class removed from the text (`scrubbed`,
