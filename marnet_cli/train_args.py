@@ -13,9 +13,11 @@ from typing import Literal
 from .errors import UsageError
 from .options import MARNetArgumentParser
 
-# The model's names (modeling_marnet.ABLATIONS, FUSION_MODES), repeated here so that parsing imports no torch.
+# The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
+# no torch.
 ABLATION_NAMES = ("baseline", "ema", "mlp", "cdr", "full")
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
+ALIGNMENT_METHODS = ("ita", "sdm", "swd", "cdd", "ssan", "team")
 AUGMENTATIONS = ("none", "crop_flip", "randaugment", "trivialaugment", "autoaugment")
 
 DESCRIPTION = """\
@@ -98,6 +100,11 @@ class TrainArguments:
         help="Paper ablation row of a new model (default: full). `baseline` is visual only and needs no text.",
     )
     fusion_mode: Literal[FUSION_MODES] | None = _option(group="model", help="Fusion of the branches of a new model.")
+    alignment: Literal[ALIGNMENT_METHODS] | None = _option(
+        group="model",
+        help="Alignment loss of a new model (the paper's Table 1; default ita). `team` runs as 'TEAM, pooled text' "
+        "from marnet-train (docs/alignment_methods.md).",
+    )
     num_inference_steps: int | None = _option(group="model", help="Reverse diffusion steps at evaluation/inference.")
     marnet_config: list[str] = _option(
         [],

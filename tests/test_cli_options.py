@@ -13,7 +13,7 @@ from hub_scripts.convert_efficientnet_lite0 import ConvertArguments
 from hub_scripts.publish import PublishArguments
 from marnet_cli.eval_args import EvalArguments, parse_eval_args
 from marnet_cli.options import MARNetArgumentParser
-from marnet_cli.train_args import ABLATION_NAMES, FUSION_MODES, TrainArguments, parse_train_args
+from marnet_cli.train_args import ABLATION_NAMES, ALIGNMENT_METHODS, FUSION_MODES, TrainArguments, parse_train_args
 from train_fixtures import REPO_ROOT, offline_env
 
 
@@ -59,6 +59,8 @@ TRAIN_NEW_MODEL = [
     "ema",
     "--fusion_mode",
     "hm",
+    "--alignment",
+    "sdm",
     "--num_inference_steps",
     "4",
     "--marnet_config",
@@ -438,11 +440,13 @@ def test_bad_values_are_usage_errors(capsys, argv, message):
 
 
 def test_model_choices_match_the_model_package():
-    """marnet_cli repeats the model's ablation and fusion names so that parsing imports no torch."""
+    """marnet_cli repeats the model's ablation, fusion and alignment names so that parsing imports no torch."""
     from modeling_marnet import ABLATIONS
+    from modeling_marnet.alignment_losses import ALIGNMENT_LOSSES
     from modeling_marnet.configuration_marnet import FUSION_MODES as MODEL_FUSION_MODES
 
     assert ABLATION_NAMES == tuple(ABLATIONS) and FUSION_MODES == MODEL_FUSION_MODES
+    assert ALIGNMENT_METHODS == tuple(ALIGNMENT_LOSSES)
 
 
 @pytest.mark.parametrize("command", ["marnet-train", "marnet-eval", "marnet-publish", "marnet-data build"])

@@ -96,6 +96,8 @@ def trained(workspace):
             12,
             "--learning-rate",
             3e-3,
+            "--alignment",
+            "sdm",
             *tiny_model_args(),
         )
     )
@@ -128,6 +130,7 @@ def test_training_args_merge_config_file_and_command_line(trained, workspace):
     assert hyperparameters["weight_decay"] == 0.01  # from the file
     assert hyperparameters["ablation"] == "full" and hyperparameters["num_processes"] == 1
     assert hyperparameters["text_encoder"] == str(workspace["bert"])
+    assert json.loads((output_dir / "config.json").read_text())["alignment"] == "sdm"  # --alignment reaches the model
 
 
 def test_saved_model_runs_in_the_pipeline_with_dataset_labels(trained, workspace):

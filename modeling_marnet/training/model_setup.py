@@ -132,6 +132,8 @@ def _config_overrides(args):
         overrides["num_inference_steps"] = args.num_inference_steps
     if args.fusion_mode is not None:
         overrides["fusion_mode"] = args.fusion_mode
+    if args.alignment is not None:
+        overrides["alignment"] = args.alignment
     return overrides
 
 
