@@ -499,7 +499,7 @@ class Run:
 def run_for(row, proxy, fraction, point, weights, seed):
     """The Run of a row, sharing rows that do not read text across proxies; the timm anchor has one learning rate."""
     if ROWS[row].trainer == "timm":
-        point = (point[0] * point[1], 1.0)
+        point = (float(f"{point[0] * point[1]:.6g}"), 1.0)  # 3e-3 * 0.1 and 3e-4 * 1 are the same learning rate
     return Run(row, proxy if ROWS[row].uses_text else "shared", fraction, point, tuple(weights), seed)
 
 
