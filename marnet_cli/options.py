@@ -176,26 +176,29 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", Path: "a pa
 
 
 def _file_scalar(action, value, where):
-    expected = TYPE_NAMES.get(action.type, "a valid value")
+    choices = ", ".join(map(str, action.choices or ()))
+    expected = TYPE_NAMES.get(action.type) or (f"one of {choices}" if choices else "a valid value")
     if action.type is str and isinstance(value, (dict, list)):
         value = json.dumps(value)  # a JSON-valued option (e.g. --lr_scheduler_kwargs) written as YAML
     if action.type is not None and action.type is not string_to_bool:
         if isinstance(value, bool) or isinstance(value, (list, dict)):
-            raise UsageError(f"{where} must be {expected}, got {value!r}.")
+            raise UsageError(f"{where} must be {expected}, got {value!r}.{_yaml_boolean_hint(value)}")
         if action.type is int and isinstance(value, float) and not value.is_integer():
             raise UsageError(f"{where} must be an integer, got {value!r}.")
         try:
             value = action.type(int(value) if action.type is int and isinstance(value, float) else value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise UsageError(f"{where} must be {expected}, got {value!r}.") from None
-    elif action.type is string_to_bool:
-        try:
-            value = string_to_bool(value) if isinstance(value, (bool, str)) else None
-        except argparse.ArgumentTypeError:
-            value = None
-        if value is None:
-            raise UsageError(f"{where} must be true or false.")
+    elif action.type is string_to_bool and not isinstance(value, bool):
+        # Strict: a quoted "no" or "false" is a string, and strings are not booleans (bool("no") is True).
+        raise UsageError(f"{where} must be true or false (a YAML/JSON boolean, unquoted), got {value!r}.")
     if action.choices is not None and value not in action.choices:
-        choices = ", ".join(map(str, action.choices))
-        raise UsageError(f"{where} must be one of {choices}, got {value!r}.")
+        raise UsageError(f"{where} must be one of {choices}, got {value!r}.{_yaml_boolean_hint(value)}")
     return value
+
+
+def _yaml_boolean_hint(value):
+    """YAML reads unquoted yes/no/on/off/true/false as booleans: say so when one reached a string option."""
+    if isinstance(value, bool):
+        return " YAML reads unquoted no/yes/off/on as booleans: quote the value (e.g. 'no')."
+    return ""

@@ -382,7 +382,20 @@ def test_config_file_is_read_with_either_spelling_and_the_command_line_wins(tmp_
         ("learning_rate: fast\n", "`learning_rate` must be a number, got 'fast'."),
         ("eval_strategy: hourly\n", "`eval_strategy` must be one of epoch, steps, no, got 'hourly'."),
         ("augment: sideways\n", "`augment` must be one of none, crop_flip"),
-        ("push_to_hub: maybe\n", "`push_to_hub` must be true or false."),
+        ("push_to_hub: maybe\n", "`push_to_hub` must be true or false (a YAML/JSON boolean, unquoted), got 'maybe'."),
+        # Strings are not booleans: bool("no") is True, and this one would have deleted a finished run.
+        (
+            'overwrite_output_dir: "no"\n',
+            "`overwrite_output_dir` must be true or false (a YAML/JSON boolean, unquoted), got 'no'.",
+        ),
+        (
+            'augment: "false"\n',
+            "`augment` must be one of none, crop_flip, randaugment, trivialaugment, autoaugment, got 'false'.",
+        ),
+        (
+            "mixed_precision: no\n",
+            "`mixed_precision` must be one of no, fp16, bf16, got False. YAML reads unquoted no/yes/off/on as booleans: quote the value (e.g. 'no').",
+        ),
         ("- dataset\n", "expected a mapping of option names to values, got list."),
         ("dataset: [unclosed\n", "not valid YAML"),
     ],
