@@ -3,14 +3,22 @@
 - exit status 2 ([`UsageError`]): the command line (with its `--config` file) is wrong in itself, or its output
   location is taken; found before any input is read, as argparse's own errors;
 - exit status 1 ([`CLIError`]): an input (dataset, model, checkpoint, raw files) or the environment (network, Hub,
-  disk) made the command fail.
+  disk) made the command fail; a full disk, a read-only or unwritable location is reported as such
+  ([`describe_os_error`]);
+- exit status 128 + N: the command was stopped by signal N (SIGINT, SIGTERM, SIGHUP). The signal is turned into an
+  exception, so every `finally` block runs and partial outputs are removed, as on any other error.
 
 Every message says what was expected, what was found and how to fix it. Any other exception is a bug and keeps its
 traceback.
 """
 
+import errno
 import functools
+import os
+import shutil
+import signal
 import sys
+import threading
 
 
 class CLIError(Exception):
@@ -25,11 +33,67 @@ class UsageError(CLIError):
     exit_status = 2
 
 
+class Interrupted(KeyboardInterrupt):
+    """The command received SIGTERM or SIGHUP. A `KeyboardInterrupt`, as SIGINT gives, so that no `except Exception`
+    swallows it on the way out."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+# Signals that stop a command cleanly (SIGINT already raises KeyboardInterrupt).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# OSError numbers that describe the environment, not a bug: reported in one line with what to do.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "no space left on device: free some space or write to another disk",
+    errno.EDQUOT: "disk quota exceeded: free some space or write to another disk",
+    errno.EROFS: "read-only file system: write to a writable location",
+    errno.EACCES: "permission denied: use a location you may read and write",
+}
+
+
+def describe_os_error(error):
+    """A one-line message for an OSError caused by the environment (full disk, quota, read-only or forbidden
+    location), found in `error` or the exceptions that caused it; None for any other error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRORS:
+            condition = ENVIRONMENT_ERRORS[error.errno]
+            if error.filename is None:
+                return f"{condition[0].upper()}{condition[1:]}."
+            free = f" ({_free_space(error.filename)})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            return f"{error.filename}: {condition}{free}."
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _free_space(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free there"
+
+
+def _raise_interrupted(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
+def _worker_message(message):
+    """The message of an error raised in a DataLoader worker: torch re-raises it in the main process with the
+    worker's traceback in front (`Caught CLIError in DataLoader worker process 0. Original Traceback ...`); its last
+    line is `module.ErrorClass: message`."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    return message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+
+
 def command(prog):
     """Decorator turning `main(argv=None)` into a console script entry point that returns its exit status.
 
-    A [`CLIError`] becomes `prog: error: message` on stderr and its `exit_status`; argparse's own exits (`--help`: 0,
-    a malformed command line: 2) are returned as well, so callers always get an int.
+    A [`CLIError`] becomes `prog: error: message` on stderr and its `exit_status`, as does an OSError of the
+    environment (full disk, read-only location); argparse's own exits (`--help`: 0, a malformed command line: 2) are
+    returned as well, so callers always get an int. SIGTERM and SIGHUP raise [`Interrupted`] while the command runs,
+    so its cleanup runs as for SIGINT (Ctrl-C); the exit status is then 128 + the signal number.
 
     Example:
 
@@ -43,13 +107,34 @@ def command(prog):
     def decorate(main):
         @functools.wraps(main)
         def entry_point(argv=None):
+            in_main_thread = threading.current_thread() is threading.main_thread()
+            previous = (
+                {number: signal.signal(number, _raise_interrupted) for number in STOP_SIGNALS}
+                if in_main_thread
+                else {}
+            )
             try:
                 main(argv)
             except CLIError as error:
-                print(f"{prog}: error: {error}", file=sys.stderr)
+                # Dropping the traceback frees what the failed code held first: open progress bars end their line.
+                error.__traceback__ = None
+                print(f"{prog}: error: {_worker_message(str(error))}", file=sys.stderr)
                 return error.exit_status
+            except Exception as error:
+                message = describe_os_error(error)
+                if message is None:
+                    raise
+                print(f"{prog}: error: {message}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt as interrupt:
+                number = interrupt.signal_number if isinstance(interrupt, Interrupted) else signal.SIGINT
+                print(f"{prog}: error: stopped by {signal.Signals(number).name}.", file=sys.stderr)
+                return 128 + number
             except SystemExit as exit_:
                 return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
             return 0
 
         return entry_point

@@ -1,7 +1,10 @@
 """Writing files and folders all at once: readers see the old state or the complete new one, never a partial one.
 
 Everything is first written under a hidden name next to its destination (same filesystem), then renamed. A process
-killed in between leaves only a `.partial-*` entry, which the next write of the same folder removes.
+killed in between leaves only `.partial-*` entries, which the next write of the same folder removes. Replacing an
+existing folder takes two renames (the old one aside to `.partial-old-<name>`, the new one in place): a process killed
+between them leaves the old copy complete under that name, and [`remove_partial_entries`] puts it back. At every
+instant one complete copy exists.
 """
 
 import contextlib
@@ -11,7 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UsageError
+
 PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = f"{PARTIAL_PREFIX}old-"  # the previous copy of a folder while it is being replaced
 
 
 @contextlib.contextmanager
@@ -54,16 +60,47 @@ def staging_directory(destination):
 
 
 def commit_directory(staging, destination):
-    """Rename the finished `staging` folder to `destination`, replacing an existing `destination`."""
+    """Rename the finished `staging` folder to `destination`, replacing an existing `destination` (which stays
+    complete as `.partial-old-<name>` until the new one is in place; see [`remove_partial_entries`])."""
     destination = Path(destination)
     if destination.exists():
-        stale = destination.with_name(f"{PARTIAL_PREFIX}old-{destination.name}")
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(destination, stale)
+        replaced = destination.with_name(f"{REPLACED_PREFIX}{destination.name}")
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(destination, replaced)
         os.replace(staging, destination)
-        shutil.rmtree(stale)
+        shutil.rmtree(replaced)
     else:
         os.replace(staging, destination)
+
+
+def remove_partial_entries(directory):
+    """Clean up after a process killed while writing into `directory`: a folder it was replacing gets its previous
+    copy back (`.partial-old-<name>` -> `<name>`, when `<name>` is missing), then every other `.partial-*` entry is
+    deleted. Returns the names of the folders put back."""
+    directory = Path(directory)
+    restored = []
+    for replaced in sorted(directory.glob(f"{REPLACED_PREFIX}*")):
+        original = directory / replaced.name.removeprefix(REPLACED_PREFIX)
+        if not original.exists():
+            os.replace(replaced, original)
+            restored.append(original.name)
+    for partial in directory.glob(f"{PARTIAL_PREFIX}*"):
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+    return restored
+
+
+def refuse_dangling_symlink(path, option):
+    """A [`UsageError`] when the output path `path` (given as `option`) is a symbolic link to nothing: writing
+    there would fail only after all the work."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UsageError(
+            f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist: remove the link, "
+            "create its target, or choose another path."
+        )
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@
   logs/<project>/        tracker files (TensorBoard events)
   checkpoints/checkpoint-<step>/, checkpoints/best-model/
   hub_repo/              with --push_to_hub --hub_dry_run: the repo folder marnet-publish would upload
+  .marnet-train.lock     locked while a marnet-train run writes the folder (see `RunFolder.claim`)
 ```
 
 `metrics.json` holds fractions in [0, 1]: `{"top1", "top5", "split", "per_split": {split: {"top1", "top5", "loss",
@@ -16,13 +17,19 @@
 everything else.
 """
 
+import errno
+import fcntl
 import json
+import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
-from .errors import CLIError
+from .errors import CLIError, UsageError
 from .files import atomic_files, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
 TRAINING_ARGS_NAME = "training_args.json"
@@ -31,8 +38,17 @@ HISTORY_NAME = "history.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_MODEL_DIR = "best-model"
 HUB_REPO_DIR = "hub_repo"
+LOCK_NAME = ".marnet-train.lock"
 # training_args.json keys that the model card states.
 REQUIRED_TRAINING_ARGS = ("dataset", "vision_model", "text_encoder", "ablation")
+# Options naming a dataset or model that is either a Hub id or a local path; training_args.json's `local_sources`
+# lists those that were local paths where the run started (a relative path is not a Hub id).
+SOURCE_OPTIONS = ("dataset", "vision_model", "text_encoder", "model_name_or_path")
+
+
+def local_sources(options):
+    """The [`SOURCE_OPTIONS`] of `options` (a dict) whose value is a local path here, rather than a Hub id."""
+    return [name for name in SOURCE_OPTIONS if options.get(name) and Path(options[name]).expanduser().exists()]
 
 
 class RunFolder:
@@ -47,6 +63,40 @@ class RunFolder:
         self.checkpoints_dir = self.path / CHECKPOINTS_DIR
         self.best_model_dir = self.checkpoints_dir / BEST_MODEL_DIR
         self.hub_repo_dir = self.path / HUB_REPO_DIR
+        self.lock_file = self.path / LOCK_NAME
+        self._lock = None
+
+    def claim(self):
+        """Takes the folder for this process: a second marnet-train on it is refused until [`release`] or until this
+        process ends, however it ends (an advisory `flock` on `.marnet-train.lock`, which the kernel drops with the
+        process: a crashed run never leaves the folder locked). Creates the folder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                logger.warning(
+                    f"Cannot lock {self.lock_file} ({error.strerror}); this filesystem offers no locks, so a second "
+                    "run started on the same --output_dir would not be refused."
+                )
+                return
+            raise UsageError(
+                f"--output_dir {self.path} is in use by another marnet-train run (it holds {LOCK_NAME}). Wait for "
+                "it to finish or stop it, or choose another directory."
+            ) from None
+        self._lock = descriptor
+
+    def release(self):
+        """Gives the folder back (see [`claim`]); nothing to do when it was not claimed."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def entries(self):
+        """What the folder holds, its lock file aside (an empty folder that a run once claimed is still empty)."""
+        return sorted(path.name for path in self.path.iterdir() if path.name != LOCK_NAME)
 
     def append_history(self, record):
         """Add one record (a dict with `step`) to logs/history.jsonl."""
@@ -54,10 +104,25 @@ class RunFolder:
             history.write(json.dumps(record) + "\n")
 
     def history(self):
-        """The records of logs/history.jsonl, in order (none before the first log)."""
+        """The records of logs/history.jsonl, in order (none before the first log). A last line torn by a run killed
+        while writing it is left out with a warning; any other unreadable line is a [`CLIError`] naming it."""
         if not self.history_file.is_file():
             return []
-        return [json.loads(line) for line in self.history_file.read_text(encoding="utf-8").splitlines()]
+        lines = self.history_file.read_text(encoding="utf-8").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number < len(lines):
+                    raise CLIError(
+                        f"{self.history_file}, line {number}: not a JSON record ({error}). Remove or fix that line."
+                    ) from None
+                logger.warning(
+                    f"{self.history_file}: the last line ({number}) is incomplete, written by a run killed in the "
+                    "middle of it; it is dropped."
+                )
+        return records
 
     def truncate_history(self, global_step):
         """Drop the records a killed run wrote after the checkpoint at `global_step`, which training resumes from."""
@@ -110,7 +175,26 @@ def read_json_object(path, produced_by):
         raise CLIError(f"{path} is not valid JSON ({error}); re-create it with {produced_by}.") from None
     if not isinstance(value, dict):
         raise CLIError(f"{path} must hold a JSON object, got {type(value).__name__}.")
+    nonfinite = nonfinite_keys(value)
+    if nonfinite:
+        raise CLIError(
+            f"{path} holds non-finite numbers (NaN or infinity) at {', '.join(nonfinite[:5])}: the run that wrote it "
+            "diverged, and strict JSON (the Hub's) cannot hold them. Fix the run and write the file again."
+        )
     return value
+
+
+def nonfinite_keys(value, prefix=""):
+    """The dotted keys of the NaN and infinite numbers in a parsed JSON value, in order."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [prefix or "(the value)"]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return []
+    return [key for name, item in items for key in nonfinite_keys(item, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def _check_score(value, name, path):

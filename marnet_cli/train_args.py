@@ -193,6 +193,12 @@ class TrainArguments:
         group="optimization", help="Batches per optimizer step (default: Accelerate's config, else 1)."
     )
     seed: int = _option(42, group="optimization")
+    skip_nonfinite_loss: bool = _option(
+        False,
+        group="optimization",
+        help="Skip an optimizer step whose loss is NaN or infinite (with a warning; metrics.json counts them) instead "
+        "of stopping with an error.",
+    )
     full_determinism: bool = _option(
         False,
         group="optimization",

@@ -28,6 +28,7 @@ from transformers.trainer_utils import enable_full_determinism
 
 from hub_scripts.publish import check_publish_target, publish
 from marnet_cli.errors import UsageError
+from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
     CHECKPOINTS_DIR,
     HUB_REPO_DIR,
@@ -35,6 +36,7 @@ from marnet_cli.run_folder import (
     METRICS_NAME,
     RunFolder,
     classification_metrics,
+    local_sources,
 )
 
 from .modeling_marnet import MARNetForImageClassification
@@ -87,19 +89,23 @@ class TrainingRun:
 
 
 def run(args):
-    """Trains with the options of `marnet_cli.train_args.TrainArguments`; returns the final metrics."""
-    training_run = prepare(args)
-    train(training_run)
-    return finish(training_run)
+    """Trains with the options of `marnet_cli.train_args.TrainArguments`; returns the final metrics. The output
+    folder is claimed (`RunFolder.claim`) from the moment it is written to until the run ends, however it ends."""
+    folder = RunFolder(args.output_dir)
+    try:
+        training_run = prepare(args, folder)
+        train(training_run)
+        return finish(training_run)
+    finally:
+        folder.release()
 
 
-def prepare(args):
+def prepare(args, folder):
     """Everything the loop needs, each step failing before the costlier ones that follow it."""
     started = time.perf_counter()
     # Joins the other processes (if launched) and lets the logger tell them apart. ACCELERATE_USE_CPU=1 (what
     # Accelerator reads) must reach this first state too, or a CPU multi-process launch would run as 1 process.
     PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    folder = RunFolder(args.output_dir)
     checkpoint = check_before_loading(args, folder)
     splits = load_splits(args)
     # The same fresh heads on every process.
@@ -116,8 +122,7 @@ def prepare(args):
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
     schedule = Schedule.from_options(args, len(train_dataloader), accelerator.gradient_accumulation_steps)
     # Not prepared: stepped once per optimizer update whatever the number of processes.
-    scheduler = make_scheduler(optimizer, args, schedule)
-    accelerator.register_for_checkpointing(scheduler)
+    scheduler = make_scheduler(optimizer, args, schedule)  # saved in checkpoints as JSON (training.checkpointing)
     config = unwrap_classifier(accelerator, model).config
     loss_composer = LossComposer(
         config, round(args.auxiliary_warmup_ratio * schedule.max_steps), args.label_smoothing_factor
@@ -125,7 +130,7 @@ def prepare(args):
 
     hyperparameters = training_record(args, accelerator, splits, parts, config, schedule)
     init_trackers(accelerator, args, hyperparameters)
-    state = resume_or_start(args, accelerator, folder, checkpoint)
+    state = resume_or_start(args, accelerator, folder, checkpoint, scheduler)
     log_start(args, accelerator, splits, parts, schedule, hyperparameters)
     return TrainingRun(
         args,
@@ -229,15 +234,16 @@ def training_record(args, accelerator, splits, parts, config, schedule):
         "text_hidden_size": config.text_hidden_size if parts.text_encoder is not None else None,
         "text_encoding": dataclasses.asdict(parts.text_encoder.encoding) if parts.text_encoder is not None else None,
         "train_examples": len(splits.train),
+        "local_sources": local_sources(dataclasses.asdict(args)),  # the rest are Hub ids, linked in the model card
     }
 
 
-def resume_or_start(args, accelerator, folder, checkpoint):
+def resume_or_start(args, accelerator, folder, checkpoint, scheduler):
     """The state of the checkpoint to resume from (the logs written after it dropped), or a fresh one."""
     if checkpoint is None:
         set_seed(args.seed, device_specific=True)  # different diffusion noise on each process
         return TrainerState()
-    state = load_checkpoint(accelerator, checkpoint)
+    state = load_checkpoint(accelerator, checkpoint, scheduler)
     if accelerator.is_main_process:
         remove_partial_checkpoints(folder.checkpoints_dir)
         folder.truncate_history(state.global_step)
@@ -263,11 +269,12 @@ def log_start(args, accelerator, splits, parts, schedule, hyperparameters):
 
 def check_output_dir(args, folder):
     """Refuses to mix a new run into the outputs of another one."""
+    refuse_dangling_symlink(folder.path, "--output_dir")
     if folder.path.is_file():
         raise UsageError(f"--output_dir {folder.path} is a file; give a directory.")
     if args.resume_from_checkpoint or args.overwrite_output_dir or not folder.path.is_dir():
         return
-    if any(folder.path.iterdir()):
+    if folder.entries():
         raise UsageError(
             f"--output_dir {folder.path} is not empty. Pass --resume_from_checkpoint latest to continue that run, "
             "--overwrite_output_dir to start over in it, or another directory."
@@ -275,7 +282,10 @@ def check_output_dir(args, folder):
 
 
 def start_output_dir(args, folder):
-    """Creates logs/; with --overwrite_output_dir, first removes what the previous run there wrote."""
+    """Claims the folder (a second run on it is refused), checks it again under that claim, creates logs/; with
+    --overwrite_output_dir, first removes what the previous run there wrote."""
+    folder.claim()
+    check_output_dir(args, folder)  # another run may have filled it since the first check
     if args.overwrite_output_dir and not args.resume_from_checkpoint:
         for stale in (CHECKPOINTS_DIR, LOGS_DIR, HUB_REPO_DIR):
             shutil.rmtree(folder.path / stale, ignore_errors=True)
@@ -349,8 +359,16 @@ def train(training_run):
             state.global_step,
             training_run.gradient_probe,
             args.max_grad_norm,
+            args.skip_nonfinite_loss,
         ):
             state.global_step += 1
+            if update["skipped"]:
+                state.skipped_steps += 1
+                logger.warning(
+                    f"Step {state.global_step}: non-finite loss, step skipped (--skip_nonfinite_loss); "
+                    f"{state.skipped_steps} skipped so far.",
+                    main_process_only=True,
+                )
             state.batches_in_epoch += accelerator.gradient_accumulation_steps
             state.train_images += update["images"]
             state.train_seconds += time.perf_counter() - tic
@@ -360,7 +378,13 @@ def train(training_run):
                 stop = validate(training_run)
                 last_evaluated = state.global_step
             if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, training_run.folder.checkpoints_dir, state, args.save_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    training_run.folder.checkpoints_dir,
+                    state,
+                    training_run.scheduler,
+                    args.save_total_limit,
+                )
                 last_checkpointed = state.global_step
             if stop or state.global_step >= schedule.max_steps:
                 stop = True
@@ -375,7 +399,9 @@ def train(training_run):
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
         validate(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
-        save_checkpoint(accelerator, training_run.folder.checkpoints_dir, state, args.save_total_limit)
+        save_checkpoint(
+            accelerator, training_run.folder.checkpoints_dir, state, training_run.scheduler, args.save_total_limit
+        )
 
 
 def log_update(training_run, update, progress):
@@ -467,6 +493,7 @@ def finish(training_run):
         global_step=state.global_step,
         epochs=state.global_step / training_run.schedule.updates_per_epoch,
         best_step=state.best_step,
+        skipped_steps=state.skipped_steps,
     )
     if accelerator.is_main_process:
         folder.write_outputs(folder.best_model_dir, training_run.hyperparameters, metrics)

@@ -109,6 +109,7 @@ TRAIN_NEW_MODEL = [
     "--seed",
     "3",
     "--full_determinism",
+    "--skip_nonfinite_loss",
     "--mixed_precision",
     "bf16",
     "--gradient_checkpointing",

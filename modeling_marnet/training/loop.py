@@ -1,8 +1,12 @@
 """The two halves of the training loop: optimizer steps over one epoch, and evaluation."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from marnet_cli.errors import CLIError
 
 from ..modeling_marnet import LOSS_WEIGHT_FIELDS, weighted_loss
 from .metrics import ClassificationMetrics
@@ -61,6 +65,22 @@ def loss_term_gradient_norms(output, config, parameters):
     return norms
 
 
+def nonfinite_loss_error(step, loss, output):
+    """The [`CLIError`] that stops training at `step` on a NaN or infinite loss, naming the terms that are."""
+    terms = {name: getattr(output, name, None) for name in LOSS_WEIGHT_FIELDS}
+    bad = [f"{name}={value.item()}" for name, value in terms.items() if value is not None and not value.isfinite()]
+    where = (
+        f"the loss is {loss.item()} (non-finite terms: {', '.join(bad) or 'none, their weighted sum overflowed'})"
+        if not math.isfinite(loss.item())
+        else "the loss is not finite on another process"
+    )
+    return CLIError(
+        f"Step {step}: {where}. Training stopped before applying that step; the checkpoints saved before it are "
+        "intact. Lower --learning_rate, check the text features and the --marnet_config loss weights, or pass "
+        "--skip_nonfinite_loss to skip such steps."
+    )
+
+
 def optimizer_steps(
     model,
     dataloader,
@@ -71,14 +91,19 @@ def optimizer_steps(
     first_step=0,
     gradient_probe=None,
     max_grad_norm=None,
+    skip_nonfinite_loss=False,
 ):
     """Trains over `dataloader`, yielding after every optimizer step (every `gradient_accumulation_steps` batches)
     a dict with the step's mean `loss`, the mean of each loss term the model returned (`terms`), the number of
     `images` it used across processes, the gradient norm before clipping to `max_grad_norm` (`grad_norm`, None
-    without clipping) and, when `gradient_probe(step)` gives the tower's parameters for that step, the per-term
-    gradient norms on them (`gradient_norms`)."""
+    without clipping), whether the step was `skipped` and, when `gradient_probe(step)` gives the tower's parameters
+    for that step, the per-term gradient norms on them (`gradient_norms`).
+
+    A NaN or infinite loss on any process, in any batch of an optimizer step, stops training with a [`CLIError`]
+    before that step is applied; with `skip_nonfinite_loss` the step is skipped instead (its gradients dropped, the
+    weights and optimizer state untouched; the schedule moves on). Every process takes the same decision."""
     step = first_step
-    losses, terms, images, gradient_norms, grad_norm = [], {}, 0, None, None
+    losses, terms, images, gradient_norms, grad_norm, finite = [], {}, 0, None, None, True
     for batch in dataloader:
         model.train()  # again after every mid-epoch evaluation
         with accelerator.accumulate(model):
@@ -87,10 +112,19 @@ def optimizer_steps(
             if probe_parameters is not None and gradient_norms is None:
                 gradient_norms = loss_term_gradient_norms(output, loss_composer.config, probe_parameters)
             loss = loss_composer(output, step, batch["labels"])
+            finite = torch.isfinite(loss.detach()) & finite  # a tensor: no device sync per batch
             accelerator.backward(loss)
-            if accelerator.sync_gradients and max_grad_norm:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
+            skipped = False
+            if accelerator.sync_gradients:
+                # One sync per optimizer step; the gather makes every process take the same decision.
+                if not bool(accelerator.gather(finite.reshape(1)).all()):
+                    if not skip_nonfinite_loss:
+                        raise nonfinite_loss_error(step + 1, loss.detach(), output)
+                    skipped = True
+                elif max_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if not skipped:
+                optimizer.step()
             optimizer.zero_grad()
         losses.append(loss.detach())
         for name in LOSS_WEIGHT_FIELDS:
@@ -107,9 +141,10 @@ def optimizer_steps(
                 "images": images,
                 "gradient_norms": gradient_norms,
                 "grad_norm": grad_norm,
+                "skipped": skipped,
                 "terms": {name: torch.stack(values).mean() for name, values in terms.items()},
             }
-            losses, terms, images, gradient_norms, grad_norm = [], {}, 0, None, None
+            losses, terms, images, gradient_norms, grad_norm, finite = [], {}, 0, None, None, True
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""A diverging run stops with a clear error instead of saving NaN weights and a metrics.json that claims an
+accuracy; non-finite loss weights are refused before anything runs; `--skip_nonfinite_loss` skips such steps."""
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from marnet_cli.commands import train as main
+from train_fixtures import save_dataset, save_text_encoder, save_vision_tower, tiny_model_args
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nonfinite")
+    return {
+        "root": root,
+        "dataset": save_dataset(root / "dataset"),
+        "tower": save_vision_tower(root / "tower"),
+        "bert": save_text_encoder(root / "bert"),
+    }
+
+
+def train_args(workspace, output_dir, *extra):
+    return [
+        "--dataset",
+        str(workspace["dataset"]),
+        "--vision-model",
+        str(workspace["tower"]),
+        "--text-encoder",
+        str(workspace["bert"]),
+        "--text-cache-dir",
+        str(workspace["root"] / "cache"),
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        "8",
+        "--per-device-train-batch-size",
+        "4",
+        "--checkpointing-steps",
+        "2",
+        "--report-to",
+        "none",
+        *tiny_model_args(),
+        *map(str, extra),
+    ]
+
+
+def test_a_diverging_run_stops_before_the_first_nonfinite_step(workspace, tmp_path, capsys):
+    output_dir = tmp_path / "diverged"
+    assert main(train_args(workspace, output_dir, "--learning-rate", "1e6")) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("marnet-train: error: Step 3: the loss is nan (non-finite terms: ")
+    assert "visual_classification_loss=nan" in error and "--skip_nonfinite_loss" in error
+    assert not (output_dir / "metrics.json").exists() and not (output_dir / "model.safetensors").exists()
+    checkpoint = load_file(output_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert all(tensor.isfinite().all() for tensor in checkpoint.values())  # what was saved before is intact
+
+
+def test_skip_nonfinite_loss_skips_those_steps_and_counts_them(workspace, tmp_path, caplog):
+    output_dir = tmp_path / "skipped"
+    with caplog.at_level(logging.WARNING):
+        assert (
+            main(
+                train_args(
+                    workspace, output_dir, "--learning-rate", "1e6", "--skip-nonfinite-loss", "--save-total-limit", "4"
+                )
+            )
+            == 0
+        )
+    assert "Step 3: non-finite loss, step skipped (--skip_nonfinite_loss); 1 skipped so far." in caplog.text
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 8 and metrics["skipped_steps"] == 6
+    weights = load_file(output_dir / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    step2 = load_file(output_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert all(tensor.isfinite().all() for tensor in weights.values())
+    assert all(torch.equal(weights[name], step2[name]) for name in weights)  # no skipped step touched them
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-1"])
+def test_nonfinite_or_negative_loss_weights_are_refused_before_anything_runs(workspace, tmp_path, capsys, value):
+    output_dir = tmp_path / "weights"
+    assert main(train_args(workspace, output_dir, f"--marnet-config=visual_ce_weight={value}")) == 2
+    error = capsys.readouterr().err
+    assert "marnet-train: error: MARNet configuration: `visual_ce_weight` must be a finite number >= 0, got " in error
+    assert not output_dir.exists()
