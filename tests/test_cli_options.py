@@ -395,7 +395,7 @@ def test_config_file_is_read_with_either_spelling_and_the_command_line_wins(tmp_
         ),
         (
             "mixed_precision: no\n",
-            "`mixed_precision` must be one of no, fp16, bf16, got False. YAML reads unquoted no/yes/off/on as booleans: quote the value (e.g. 'no').",
+            "`mixed_precision` must be one of no, fp16, bf16, got False. YAML reads unquoted no/yes/off/on as",
         ),
         ("- dataset\n", "expected a mapping of option names to values, got list."),
         ("dataset: [unclosed\n", "not valid YAML"),
