@@ -10,7 +10,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from .sources import hub_repo_id_or_none
+from .sources import source_hub_id
 
 MARNET_CITATION = """\
 @misc{zheng2024marnet,
@@ -62,10 +62,11 @@ def percent(fraction):
 
 
 def describe_source(value, hub_id):
-    """How a dataset/model reference appears in the text: a Hub link when it is a Hub id, else the recorded name."""
+    """How a dataset/model reference appears in the text: a Hub link when it is a Hub id, else the base name of the
+    local path (the card never shows a local path)."""
     if hub_id:
         return f"[`{hub_id}`](https://huggingface.co/{hub_id})"
-    return f"`{value}` (a local copy, not on the Hub)"
+    return f"`{Path(str(value)).name}` (a local copy, not on the Hub)"
 
 
 def marnet_eval_results(run, dataset_type, dataset_name):
@@ -241,9 +242,9 @@ def marnet_card(run, repo_id, license, dataset_repo=None, base_model=None):
     `dataset`/`vision_model` when those are Hub ids (local paths are described in the text but not linked).
     """
     args = run.training_args
-    dataset_repo = dataset_repo or hub_repo_id_or_none(args["dataset"])
-    base_model = base_model or hub_repo_id_or_none(args["vision_model"])
-    text_encoder = hub_repo_id_or_none(args["text_encoder"])
+    dataset_repo = dataset_repo or source_hub_id(args, "dataset")
+    base_model = base_model or source_hub_id(args, "vision_model")
+    text_encoder = source_hub_id(args, "text_encoder")
     dataset_name = dataset_repo or Path(str(args["dataset"])).name
     model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(

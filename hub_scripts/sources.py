@@ -1,18 +1,32 @@
 """Read and validate what `marnet-publish` publishes: a MARNet training output folder or a converted vision tower.
 
 Everything is checked before any file is written or sent, so a broken folder is refused with a message that names
-the file, what was expected and how to fix it.
+the file, what was expected and how to fix it. A published folder never holds:
+
+- a file from outside the source folder: every name (weight shards listed by an index, model code named by
+  `auto_map`) must be a plain file name there, not a path (`../outside.safetensors`) or a link leading out of it;
+- NaN or infinite weights, metrics or settings (a diverged run);
+- local paths: in training_args.json and config.json (`_name_or_path`) a local dataset, tower, checkpoint, output or
+  cache folder becomes its base name; Hub ids stay (see [`public_training_args`]).
 """
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 from marnet_cli.errors import CLIError
-from marnet_cli.run_folder import METRICS_NAME, TRAINING_ARGS_NAME, RunFolder, read_json_object
+from marnet_cli.run_folder import (
+    METRICS_NAME,
+    SOURCE_OPTIONS,
+    TRAINING_ARGS_NAME,
+    RunFolder,
+    read_json_object,
+)
 
 CONFIG_NAME = "config.json"
 PROCESSOR_NAME = "preprocessor_config.json"
@@ -20,6 +34,8 @@ SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 CONVERSION_RECORD_NAME = "conversion.json"
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageClassification")
+# training_args.json options that always name a local file or folder.
+LOCAL_PATH_OPTIONS = ("output_dir", "text_cache_dir", "config_file", "resume_from_checkpoint")
 
 
 @dataclass
@@ -32,6 +48,7 @@ class TrainingRun:
     training_args: dict
     weight_files: list = field(default_factory=list)  # safetensors files (and index), relative names
     code_files: list = field(default_factory=list)  # remote-code .py files, relative names
+    rewritten: dict = field(default_factory=dict)  # {name: text} published instead of the file (local paths removed)
 
     @property
     def files_to_publish(self):
@@ -46,22 +63,43 @@ class ConvertedVisionTower:
     config: dict
     conversion: dict
     weight_files: list = field(default_factory=list)
+    rewritten: dict = field(default_factory=dict)
 
     @property
     def files_to_publish(self):
         return [CONFIG_NAME, PROCESSOR_NAME, *self.weight_files, CONVERSION_RECORD_NAME]
 
 
+def check_file_name(folder, name, listed_in):
+    """`name` if it is a plain file name in `folder` (not a path, not a link leading out of it), else a
+    [`CLIError`] naming `listed_in`, the file that gave the name."""
+    inside = isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
+    inside = inside and "\\" not in name
+    if inside:
+        resolved, root = (Path(folder) / name).resolve(), Path(folder).resolve()
+        inside = resolved.parent == root
+    if not inside:
+        raise CLIError(
+            f"{listed_in} names {name!r}, which is not a file of {folder}: published files must lie in the source "
+            "folder itself (no paths, no links leading out of it). Re-save the model with `save_pretrained`."
+        )
+    return name
+
+
 def find_weight_files(folder):
     """Relative names of the safetensors weights in `folder` (a single file, or an index and its shards)."""
     if (folder / SAFETENSORS_NAME).is_file():
-        return [SAFETENSORS_NAME]
+        return [check_file_name(folder, SAFETENSORS_NAME, folder)]
     if (folder / SAFETENSORS_INDEX_NAME).is_file():
-        index = read_json_object(folder / SAFETENSORS_INDEX_NAME, "save_pretrained")
-        shards = sorted(set(index.get("weight_map", {}).values()))
+        index_file = folder / SAFETENSORS_INDEX_NAME
+        index = read_json_object(index_file, "save_pretrained")
+        weight_map = index.get("weight_map", {})
+        if not isinstance(weight_map, dict):
+            raise CLIError(f"{index_file}: 'weight_map' must map tensor names to shard files, got {weight_map!r}.")
+        shards = sorted({check_file_name(folder, name, index_file) for name in weight_map.values()})
         missing = [name for name in shards if not (folder / name).is_file()]
         if not shards or missing:
-            raise CLIError(f"{folder / SAFETENSORS_INDEX_NAME} lists missing or no shards: {missing or shards}.")
+            raise CLIError(f"{index_file} lists missing or no shards: {missing or shards}.")
         return [SAFETENSORS_INDEX_NAME, *shards]
     others = sorted(name for name in os.listdir(folder) if name.endswith((".bin", ".pt", ".pth", ".ckpt")))
     found = f" Found only {others}: weights are published as safetensors only." if others else ""
@@ -69,6 +107,29 @@ def find_weight_files(folder):
         f"No weights in {folder}: expected {SAFETENSORS_NAME} (or {SAFETENSORS_INDEX_NAME} with shards).{found} "
         "Save the model with `save_pretrained` (safetensors is its default)."
     )
+
+
+def check_finite_weights(folder, weight_files):
+    """Refuses weights holding NaN or infinite values (a diverged run), naming the file and the first tensors."""
+    for name in weight_files:
+        if not name.endswith(".safetensors"):
+            continue
+        bad, total = [], 0
+        try:
+            with safe_open(Path(folder) / name, framework="pt") as weights:
+                for key in weights.keys():
+                    tensor = weights.get_tensor(key)
+                    total += 1
+                    if tensor.is_floating_point() and not tensor.isfinite().all():
+                        bad.append(key)
+        except (SafetensorError, OSError) as error:
+            raise CLIError(f"{Path(folder) / name} is not a readable safetensors file ({error}).") from None
+        if bad:
+            raise CLIError(
+                f"{Path(folder) / name}: {len(bad)} of {total} tensors hold NaN or infinite values "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run diverged. Retrain (e.g. with a "
+                "lower --learning_rate) before publishing."
+            )
 
 
 def check_id2label(config, path):
@@ -91,7 +152,7 @@ def find_remote_code_files(folder, auto_map, config_path):
 
     files = set()
     for reference in auto_map.values():
-        module_file = folder / f"{reference.split('.')[0]}.py"
+        module_file = folder / check_file_name(folder, f"{str(reference).split('.')[0]}.py", config_path)
         if not module_file.is_file():
             raise CLIError(
                 f"{config_path} auto_map points to {module_file.name}, which is missing from {folder}: "
@@ -121,14 +182,23 @@ def load_training_run(folder, config):
     weight_files = find_weight_files(folder)
     read_json_object(folder / PROCESSOR_NAME, "the image processor's `save_pretrained` (the pipeline needs it)")
     run = RunFolder(folder)
-    metrics, training_args = run.read_metrics(), run.read_training_args()
+    metrics, recorded = run.read_metrics(), run.read_training_args()
+    training_args = public_training_args(recorded)
+    code_files = find_remote_code_files(folder, auto_map, config_path)
+    check_finite_weights(folder, weight_files)
+    local_values = {str(recorded[option]) for option in SOURCE_OPTIONS if recorded.get(option)}
+    rewritten = {
+        TRAINING_ARGS_NAME: json.dumps(training_args, indent=2) + "\n",
+        **public_config_text(folder, config, local_values),
+    }
     return TrainingRun(
         folder=folder,
         config=config,
         metrics=metrics,
         training_args=training_args,
         weight_files=weight_files,
-        code_files=find_remote_code_files(folder, auto_map, config_path),
+        code_files=code_files,
+        rewritten=rewritten,
     )
 
 
@@ -137,7 +207,14 @@ def load_vision_tower(folder, config):
     weight_files = find_weight_files(folder)
     read_json_object(folder / PROCESSOR_NAME, "marnet-convert-efficientnet")
     conversion = read_json_object(folder / CONVERSION_RECORD_NAME, "marnet-convert-efficientnet")
-    return ConvertedVisionTower(folder=folder, config=config, conversion=conversion, weight_files=weight_files)
+    check_finite_weights(folder, weight_files)
+    return ConvertedVisionTower(
+        folder=folder,
+        config=config,
+        conversion=conversion,
+        weight_files=weight_files,
+        rewritten=public_config_text(folder, config, set()),
+    )
 
 
 def load_source(folder):
@@ -166,3 +243,71 @@ def hub_repo_id_or_none(value):
     except HFValidationError:
         return None
     return value
+
+
+def source_hub_id(training_args, option):
+    """The Hub id that the source option (`dataset`, `vision_model`, ...) of a run named, or None when it was a
+    local path where the run started (training_args.json's `local_sources`; a relative path such as
+    `datasets/vireo-food172` is no Hub id)."""
+    if option in training_args.get("local_sources", ()):
+        return None
+    return hub_repo_id_or_none(training_args.get(option))
+
+
+def _base_name(value):
+    return Path(str(value).rstrip("/\\")).name or str(value)
+
+
+def _is_local_path(value):
+    return isinstance(value, str) and (os.path.isabs(value) or value.startswith(("~", "./", "../")))
+
+
+def _without_local_paths(value):
+    """`value` (parsed JSON) with every absolute or home-relative path string replaced by its base name."""
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    return _base_name(value) if _is_local_path(value) else value
+
+
+def public_training_args(training_args):
+    """training_args.json as published: the local paths of the source options (those in `local_sources`, which is
+    inferred for records that lack it), of the output/cache/config options and any other absolute path become base
+    names; Hub ids stay, for the card to link."""
+    public = dict(training_args)
+    if "local_sources" not in public:
+        public["local_sources"] = [
+            option for option in SOURCE_OPTIONS if public.get(option) and hub_repo_id_or_none(public[option]) is None
+        ]
+    for option in (*public["local_sources"], *LOCAL_PATH_OPTIONS):
+        if isinstance(public.get(option), str) and not (
+            option == "resume_from_checkpoint" and public[option] == "latest"
+        ):
+            public[option] = _base_name(public[option])
+    return _without_local_paths(public)
+
+
+def public_config_text(folder, config, local_values):
+    """{config.json: text} when the config names local paths (`_name_or_path` of the model or a sub-config: a
+    value in `local_values`, or any path that is no Hub id), with those reduced to base names; else {}."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {
+                key: _public_name(item, local_values) if key == "_name_or_path" else strip(item)
+                for key, item in value.items()
+            }
+        return value
+
+    public = _without_local_paths(strip(config))
+    if public == config:
+        return {}
+    return {CONFIG_NAME: json.dumps(public, indent=2, sort_keys=True) + "\n"}
+
+
+def _public_name(value, local_values):
+    if not isinstance(value, str) or not value:
+        return value
+    local = value in local_values or _is_local_path(value) or hub_repo_id_or_none(value) is None
+    return _base_name(value) if local else value

@@ -2,12 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 from transformers import ViTImageProcessor
 
 from hub_scripts.convert_efficientnet_lite0 import main as convert_main
@@ -15,7 +15,6 @@ from hub_scripts.publish import main
 from modeling_marnet import MARNetForImageClassification
 from tiny_marnet import IMAGE_SIZE, tiny_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "org/marnet-food172"
 MODEL_CODE = [
     "alignment.py",
@@ -148,16 +147,90 @@ def test_card_metadata_validates_and_reports_the_measured_metrics(run_dir, tmp_p
     assert "Unifying Visual and Semantic Feature Spaces with Diffusion Models" in card.text
 
 
-def test_local_dataset_and_tower_paths_are_not_claimed_as_hub_repos(tmp_path):
-    local_data = tmp_path / "data" / "openclipart_food"
-    local_data.mkdir(parents=True)
-    write_training_output(tmp_path / "run", dataset=str(local_data), vision_model=str(tmp_path), ablation="baseline")
+def test_local_paths_never_reach_the_published_folder(tmp_path):
+    home = tmp_path / "home" / "alice"
+    local_data, tower, encoder = home / "data" / "openclipart_food", home / "towers" / "vit", home / "text" / "bert"
+    for folder in (local_data, tower, encoder):
+        folder.mkdir(parents=True)
+    run = tmp_path / "run"
+    write_training_output(
+        run,
+        dataset=str(local_data),
+        vision_model=str(tower),
+        text_encoder=str(encoder),
+        output_dir=str(home / "runs" / "food"),
+        text_cache_dir=str(home / ".cache" / "marnet"),
+        config_file=str(home / "run.yaml"),
+        ablation="baseline",
+    )
+    config = json.loads((run / "config.json").read_text())
+    config["_name_or_path"] = str(home / "runs" / "food")  # as from_pretrained records a local checkpoint
+    config["vision_config"]["_name_or_path"] = str(tower)  # as from_vision_pretrained records the tower
+    (run / "config.json").write_text(json.dumps(config))
     repo = tmp_path / "repo"
-    assert main([str(tmp_path / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    assert main([str(run), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    for path in repo.iterdir():
+        assert str(home) not in path.read_text(errors="replace"), path.name
     card = ModelCard.load(repo / "README.md")
     assert card.data.datasets is None and card.data.base_model is None
     assert {result.dataset_type for result in card.data.eval_results} == {"openclipart_food"}
-    assert "(a local copy, not on the Hub)" in card.text
+    assert "`openclipart_food` (a local copy, not on the Hub)" in card.text
+    published_args = json.loads((repo / "training_args.json").read_text())
+    assert (published_args["dataset"], published_args["vision_model"], published_args["output_dir"]) == (
+        "openclipart_food",
+        "vit",
+        "food",
+    )
+    published_config = json.loads((repo / "config.json").read_text())
+    assert (published_config["_name_or_path"], published_config["vision_config"]["_name_or_path"]) == ("food", "vit")
+
+
+def test_relative_local_paths_are_not_taken_for_hub_ids(tmp_path):
+    # marnet-train ran elsewhere, on `datasets/vireo-food172` (a relative path) and a Hub tower; it recorded which
+    # sources were local. Here the path does not exist, and it looks like a Hub id.
+    write_training_output(tmp_path / "run", dataset="datasets/vireo-food172", local_sources=["dataset"])
+    repo = tmp_path / "repo"
+    assert main([str(tmp_path / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.datasets is None and card.data.base_model == TRAINING_ARGS["vision_model"]
+    assert "`vireo-food172` (a local copy, not on the Hub)" in card.text
+    assert "huggingface.co/datasets/vireo-food172" not in card.text
+    assert json.loads((repo / "training_args.json").read_text())["dataset"] == "vireo-food172"
+
+
+def _nan_in_weights(run):
+    weights = load_file(run / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, run / "model.safetensors", metadata={"format": "pt"})
+
+
+def _metrics_with(run, **values):
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["per_split"]["test"].update(values)
+    (run / "metrics.json").write_text(json.dumps(metrics))  # Python writes NaN and Infinity, not strict JSON
+
+
+def _shard_outside(run):
+    """A sharded index whose shard lies outside the run folder (the file exists there)."""
+    os.replace(run / "model.safetensors", run.parent / "outside.safetensors")
+    names = load_file(run.parent / "outside.safetensors").keys()
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, "../outside.safetensors")}
+    (run / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _shard_linked_outside(run):
+    os.replace(run / "model.safetensors", run.parent / "secret.safetensors")
+    (run / "model-00001-of-00001.safetensors").symlink_to(run.parent / "secret.safetensors")
+    names = load_file(run.parent / "secret.safetensors").keys()
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, "model-00001-of-00001.safetensors")}
+    (run / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _code_outside(run):
+    config = json.loads((run / "config.json").read_text())
+    config["auto_map"]["AutoConfig"] = "/tmp/evil.Config"
+    (run / "config.json").write_text(json.dumps(config))
 
 
 @pytest.mark.parametrize(
@@ -181,18 +254,45 @@ def test_local_dataset_and_tower_paths_are_not_claimed_as_hub_repos(tmp_path):
             lambda run: (run / "metrics.json").write_text(json.dumps({**METRICS, "top1": 62.5})),
             "'top1' must be an accuracy fraction in [0, 1], got 62.5",
         ),
+        (_nan_in_weights, "tensors hold NaN or infinite values"),
+        (
+            lambda run: _metrics_with(run, loss=float("nan")),
+            "non-finite numbers (NaN or infinity) at per_split.test.loss",
+        ),
+        (
+            lambda run: _metrics_with(run, top1=float("inf")),
+            "non-finite numbers (NaN or infinity) at per_split.test.top1",
+        ),
+        (_shard_outside, "names '../outside.safetensors', which is not a file of"),
+        (_shard_linked_outside, "names 'model-00001-of-00001.safetensors', which is not a file of"),
+        (_code_outside, "names '/tmp/evil.py', which is not a file of"),
     ],
-    ids=["missing-weights", "missing-metrics", "no-id2label", "percent-not-fraction"],
+    ids=[
+        "missing-weights",
+        "missing-metrics",
+        "no-id2label",
+        "percent-not-fraction",
+        "nan-weights",
+        "nan-loss",
+        "infinite-accuracy",
+        "shard-path-outside",
+        "shard-link-outside",
+        "code-path-outside",
+    ],
 )
 def test_broken_sources_are_refused_before_anything_is_sent(
     run_dir, tmp_path, capsys, recording_api, break_it, message
 ):
     break_it(run_dir)
-    repo = tmp_path / "repo"
+    repo = tmp_path / "out" / "repo"
+    (tmp_path / "out").mkdir()
+    bystander = tmp_path / "out" / "outside.safetensors"  # what `repo/../outside.safetensors` would overwrite
+    bystander.write_bytes(b"not yours")
     assert main([str(run_dir), "--repo-id", REPO_ID, "--output-dir", str(repo)]) == 1
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
     assert recording_api == [] and not repo.exists()
+    assert os.listdir(tmp_path / "out") == ["outside.safetensors"] and bystander.read_bytes() == b"not yours"
 
 
 def test_upload_sends_the_folder_with_the_requested_options(run_dir, capsys, recording_api):
@@ -224,24 +324,18 @@ def test_offline_mode_refuses_to_upload(run_dir, capsys, monkeypatch):
     assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
 
 
-def test_unreachable_hub_gives_a_clear_error_through_the_real_client(run_dir, tmp_path):
+def test_unreachable_hub_gives_a_clear_error_through_the_real_client(run_dir, tmp_path, capsys, monkeypatch):
+    # In this process, with no time limit: the refused connection fails at once, however loaded the machine is.
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    env.update(
-        HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_test_token", HF_HOME=str(tmp_path / "hf"), TMPDIR=str(scratch)
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "hub_scripts.publish", str(run_dir), "--repo-id", REPO_ID],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert "Could not create the repo on http://127.0.0.1:9" in result.stderr
-    assert "nothing was created or uploaded" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setattr("hub_scripts.upload.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("hub_scripts.upload.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert main([str(run_dir), "--repo-id", REPO_ID]) == 1
+    error = capsys.readouterr().err
+    assert "Could not create the repo on http://127.0.0.1:9 (ConnectError: [Errno 111] Connection refused)" in error
+    assert "nothing was created or uploaded" in error and "Traceback" not in error
     assert os.listdir(scratch) == []  # no repo folder left behind
 
 
