@@ -221,7 +221,18 @@ class TrainArguments:
         help="Run the vision tower in channels-last memory format (faster for convolutional towers on CPU and "
         "recent GPUs).",
     )
-    dataloader_num_workers: int = _option(0, group="hardware")
+    dataloader_num_workers: int | None = _option(
+        group="hardware",
+        help="DataLoader worker processes per training process, which decode, augment and resize the images "
+        "(default: the CPU cores available, divided among the node's training processes, at most 16; 0: in the "
+        "training process).",
+    )
+    gpu_decode: bool = _option(
+        False,
+        group="hardware",
+        help="Decode JPEGs with nvJPEG on the GPU in the training step (and augment and resize there) instead of in "
+        "the DataLoader workers. Needs CUDA.",
+    )
 
     # evaluation and checkpoints
     output_dir: str | None = _option(

@@ -19,9 +19,6 @@ from marnet_cli.files import atomic_write_json
 from marnet_cli.run_folder import classification_metrics
 
 from .training.data import (
-    ImageTextExamples,
-    ImageTransform,
-    MARNetCollator,
     check_columns,
     check_label_range,
     check_split,
@@ -29,6 +26,7 @@ from .training.data import (
     first_rows,
     load_image_dataset,
 )
+from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from .training.loop import evaluate
 
 
@@ -70,7 +68,8 @@ def run(args):
     dataset = load_image_dataset(args.dataset)
     model, image_processor = load_classifier(args)
     loaders = {}
-    collator = MARNetCollator(ImageTransform(image_processor))
+    preprocessing = ImagePreprocessing(image_processor)
+    inputs = model_inputs(image_processor, preprocessing)  # uint8 batches -> the processor's pixel values
     for split_name in args.split:
         split = check_split(dataset, split_name, "--split")
         check_columns(split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column})
@@ -79,13 +78,16 @@ def run(args):
         check_label_range(split, split_name, args.label_column, len(label_names))
         if args.max_eval_samples is not None:
             split = first_rows(split, args.max_eval_samples)
-        examples = ImageTextExamples(split, args.image_column, args.label_column)
-        loaders[split_name] = DataLoader(examples, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+        examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing)
+        loaders[split_name] = DataLoader(
+            examples, batch_size=args.per_device_eval_batch_size, collate_fn=MARNetCollator()
+        )
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = accelerator.prepare(model)
     per_split = {
-        name: evaluate(model, accelerator.prepare(loader), accelerator, name) for name, loader in loaders.items()
+        name: evaluate(model, accelerator.prepare(loader), accelerator, name, inputs)
+        for name, loader in loaders.items()
     }
     metrics = classification_metrics(
         per_split,

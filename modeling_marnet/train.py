@@ -13,6 +13,7 @@ Options are parsed in `marnet_cli.train_args` (see `marnet-train --help`).
 """
 
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -57,13 +58,22 @@ from .training.checkpointing import (
     save_model,
     unwrap_classifier,
 )
-from .training.data import ImageTextExamples, ImageTransform, MARNetCollator, load_splits, processor_image_size
+from .training.data import load_splits, processor_image_size
+from .training.device_decoding import check_gpu_decode
+from .training.examples import (
+    ImagePreprocessing,
+    ImageTextExamples,
+    MARNetCollator,
+    default_num_workers,
+    model_inputs,
+)
 from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import ablation_name, build_model_parts, tower_parameters
 from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
 
 logger = get_logger(__name__)
+PREFETCH_BATCHES = 2  # per DataLoader worker
 
 
 @dataclass
@@ -81,6 +91,8 @@ class TrainingRun:
     train_examples: ImageTextExamples
     train_dataloader: object
     eval_dataloaders: dict
+    train_inputs: object  # batch -> model inputs (normalised pixels; see training.examples.model_inputs)
+    eval_inputs: object
     loss_composer: LossComposer
     gradient_probe: object
     hyperparameters: dict
@@ -116,6 +128,7 @@ def prepare(args, folder):
     parts = build_model_parts(args, splits)
     accelerator = start_accelerator(args, folder, parts)
     model, train_examples, train_dataloader, eval_dataloaders = make_dataloaders(args, accelerator, splits, parts)
+    train_inputs, eval_inputs = batch_inputs(args, accelerator, parts.image_processor, train_examples.preprocessing)
 
     optimizer = make_optimizer(model, args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
@@ -144,6 +157,8 @@ def prepare(args, folder):
         train_examples,
         train_dataloader,
         eval_dataloaders,
+        train_inputs,
+        eval_inputs,
         loss_composer,
         gradient_probe(args, accelerator, model),
         hyperparameters,
@@ -181,6 +196,8 @@ def start_accelerator(args, folder, parts):
 def make_dataloaders(args, accelerator, splits, parts):
     """(model, training examples, training dataloader, {"validation"/"test": dataloader}): privileged text as cached
     features of a frozen encoder, or tokenized per batch for a jointly trained one (then the model holds it)."""
+    if args.gpu_decode:
+        check_gpu_decode(accelerator.device, parts.image_processor)
     text_embeds = None
     if parts.text_encoder is not None and not parts.joint:
         cache_dir = args.text_cache_dir or default_text_cache_dir()
@@ -198,24 +215,45 @@ def make_dataloaders(args, accelerator, splits, parts):
     )
     text_column = args.text_column if parts.joint else None
     train_examples = ImageTextExamples(
-        splits.train, args.image_column, args.label_column, text_column, text_embeds, augmentation
+        splits.train,
+        args.image_column,
+        args.label_column,
+        ImagePreprocessing(parts.image_processor, augmentation),
+        text_column,
+        text_embeds,
+        defer_decoding=args.gpu_decode,
     )
-    image_transform = ImageTransform(parts.image_processor)
     tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
-    train_collator = MARNetCollator(image_transform, tokenizer, encoding)
-    train_dataloader = make_dataloader(train_examples, train_collator, args.per_device_train_batch_size, True, args)
+    train_collator = MARNetCollator(tokenizer, encoding)
+    train_dataloader = make_dataloader(
+        train_examples, train_collator, args.per_device_train_batch_size, True, args, accelerator
+    )
+    eval_preprocessing = ImagePreprocessing(parts.image_processor)
     eval_dataloaders = {
         name: make_dataloader(
-            ImageTextExamples(split, args.image_column, args.label_column),
-            MARNetCollator(image_transform),
+            ImageTextExamples(
+                split, args.image_column, args.label_column, eval_preprocessing, defer_decoding=args.gpu_decode
+            ),
+            MARNetCollator(),
             args.per_device_eval_batch_size,
             False,
             args,
+            accelerator,
         )
         for name, split in (("validation", splits.validation), ("test", splits.test))
         if split is not None
     }
     return model, train_examples, train_dataloader, eval_dataloaders
+
+
+def batch_inputs(args, accelerator, image_processor, train_preprocessing):
+    """(training, evaluation) `batch -> model inputs` of the loop: pixels normalised on the device and, with
+    --gpu_decode, decoded and preprocessed there first."""
+    decode_device = accelerator.device if args.gpu_decode else None
+    return (
+        model_inputs(image_processor, train_preprocessing, decode_device),
+        model_inputs(image_processor, ImagePreprocessing(image_processor), decode_device),
+    )
 
 
 def training_record(args, accelerator, splits, parts, config, schedule):
@@ -234,6 +272,7 @@ def training_record(args, accelerator, splits, parts, config, schedule):
         "text_hidden_size": config.text_hidden_size if parts.text_encoder is not None else None,
         "text_encoding": dataclasses.asdict(parts.text_encoder.encoding) if parts.text_encoder is not None else None,
         "train_examples": len(splits.train),
+        "dataloader_num_workers": dataloader_workers(args, accelerator),
         "local_sources": local_sources(dataclasses.asdict(args)),  # the rest are Hub ids, linked in the model card
     }
 
@@ -293,7 +332,17 @@ def start_output_dir(args, folder):
     folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 
-def make_dataloader(examples, collator, batch_size, shuffle, args):
+def dataloader_workers(args, accelerator):
+    """`--dataloader_num_workers`, or by default the CPU cores of this process's share of the node."""
+    if args.dataloader_num_workers is not None:
+        return args.dataloader_num_workers
+    return default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+
+
+def make_dataloader(examples, collator, batch_size, shuffle, args, accelerator):
+    """A DataLoader whose workers (`dataloader_workers`) live as long as the run and keep `PREFETCH_BATCHES` batches
+    each ready, in pinned memory when the device is a GPU."""
+    workers = dataloader_workers(args, accelerator)
     # A private generator keeps the global torch RNG (the diffusion noise) independent of how many
     # iterators are created, so a resumed run draws the same numbers as an uninterrupted one.
     return DataLoader(
@@ -301,7 +350,10 @@ def make_dataloader(examples, collator, batch_size, shuffle, args):
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=collator,
-        num_workers=args.dataloader_num_workers,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(args.seed),
     )
 
@@ -360,6 +412,7 @@ def train(training_run):
             training_run.gradient_probe,
             args.max_grad_norm,
             args.skip_nonfinite_loss,
+            model_inputs=training_run.train_inputs,
         ):
             state.global_step += 1
             if update["skipped"]:
@@ -437,7 +490,13 @@ def validate(training_run):
     """Evaluates on the validation split, saves the model when `--metric_for_best_model` improves and counts the
     evaluations without improvement. Returns True when early stopping ends training."""
     args, accelerator, state = training_run.args, training_run.accelerator, training_run.state
-    metrics = evaluate(training_run.model, training_run.eval_dataloaders["validation"], accelerator, "validation")
+    metrics = evaluate(
+        training_run.model,
+        training_run.eval_dataloaders["validation"],
+        accelerator,
+        "validation",
+        training_run.eval_inputs,
+    )
     logger.info(f"step {state.global_step}: validation {metrics}", main_process_only=True)
     accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=state.global_step)
     if accelerator.is_main_process:
@@ -481,7 +540,7 @@ def finish(training_run):
     # A fresh full copy on every process: the final evaluation needs no gathering of sharded (FSDP/ZeRO-3) weights.
     best = MARNetForImageClassification.from_pretrained(folder.best_model_dir).to(accelerator.device)
     per_split = {
-        name: evaluate(best, loader, accelerator, f"final {name}")
+        name: evaluate(best, loader, accelerator, f"final {name}", training_run.eval_inputs)
         for name, loader in training_run.eval_dataloaders.items()
     }
     split_names = {"validation": args.validation_split, "test": args.test_split}

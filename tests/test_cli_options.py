@@ -117,6 +117,7 @@ TRAIN_NEW_MODEL = [
     "--channels_last",
     "--dataloader_num_workers",
     "1",
+    "--gpu_decode",
     "--output_dir",
     "out",
     "--overwrite_output_dir",

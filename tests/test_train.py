@@ -9,6 +9,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import modeling_marnet  # noqa: F401  (registers MARNet with the Auto classes)
 from modeling_marnet.training.data import load_image_dataset
+from modeling_marnet.training.examples import default_num_workers
 from modeling_marnet.training.text_features import cached_text_embeddings, load_text_encoder
 from train_fixtures import (
     CLASS_COLOURS,
@@ -130,6 +131,7 @@ def test_training_args_merge_config_file_and_command_line(trained, workspace):
     assert hyperparameters["weight_decay"] == 0.01  # from the file
     assert hyperparameters["ablation"] == "full" and hyperparameters["num_processes"] == 1
     assert hyperparameters["text_encoder"] == str(workspace["bert"])
+    assert hyperparameters["dataloader_num_workers"] == default_num_workers(1)  # the default, resolved
     assert json.loads((output_dir / "config.json").read_text())["alignment"] == "sdm"  # --alignment reaches the model
 
 

@@ -1,5 +1,5 @@
-"""Data for MARNet training: loading the dataset and its splits, checking them, the image transform and the batch
-collator.
+"""Data for MARNet training: loading the dataset and its splits, checking them, and the image processor's size
+(the examples and batches made from them are in `examples.py`).
 
 The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (ClassLabel), `text` (the privileged
 text), `ingredients` and `image_id` (docs/datasets.md). Any dataset with an image column and a ClassLabel column
@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import torch
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
 from marnet_cli.errors import CLIError
-
-from .text_features import tokenize_texts
 
 
 def load_image_dataset(name_or_path):
@@ -208,71 +205,3 @@ def set_processor_image_size(image_processor, image_size):
     image_processor.size = {"height": image_size, "width": image_size}
     if hasattr(image_processor, "do_center_crop"):
         image_processor.do_center_crop = False
-
-
-class ImageTransform:
-    """PIL images -> `pixel_values` (B, C, H, W) with the model's image processor (RGB conversion first)."""
-
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, images):
-        images = [image.convert("RGB") for image in images]
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-
-class ImageTextExamples(torch.utils.data.Dataset):
-    """Rows of one split as dicts of `image` (PIL, augmented when `augmentation` is given), `labels` and the
-    privileged text: row `i` of `text_embeds` (N, D) when given, else the raw `text` string (for a text encoder
-    trained jointly), else nothing."""
-
-    def __init__(self, dataset, image_column, label_column, text_column=None, text_embeds=None, augmentation=None):
-        self.dataset = dataset
-        self.image_column = image_column
-        self.label_column = label_column
-        self.text_column = text_column
-        self.text_embeds = text_embeds
-        self.augmentation = augmentation
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def set_epoch(self, epoch):
-        """Makes the augmentation of this epoch differ from the others'."""
-        if self.augmentation is not None:
-            self.augmentation.set_epoch(epoch)
-
-    def __getitem__(self, index):
-        row = self.dataset[index]
-        image = row[self.image_column]
-        if self.augmentation is not None:
-            image = self.augmentation(image.convert("RGB"), index)
-        example = {"image": image, "labels": row[self.label_column]}
-        if self.text_embeds is not None:
-            example["text_embeds"] = self.text_embeds[index]
-        elif self.text_column is not None:
-            example["text"] = row[self.text_column]
-        return example
-
-
-class MARNetCollator:
-    """Examples -> a batch of `pixel_values` (B, C, H, W), `labels` (B,) and, when the examples carry text,
-    `text_embeds` (B, D) or the text tokenized as `encoding` says (`text_input_ids`, `text_attention_mask`: (B, T))."""
-
-    def __init__(self, image_transform, tokenizer=None, encoding=None):
-        self.image_transform = image_transform
-        self.tokenizer = tokenizer
-        self.encoding = encoding
-
-    def __call__(self, examples):
-        batch = {
-            "pixel_values": self.image_transform([example["image"] for example in examples]),
-            "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
-        }
-        if "text_embeds" in examples[0]:
-            batch["text_embeds"] = torch.stack([example["text_embeds"] for example in examples])
-        elif "text" in examples[0] and self.tokenizer is not None:
-            tokens = tokenize_texts(self.tokenizer, [example["text"] for example in examples], self.encoding)
-            batch["text_input_ids"] = tokens["input_ids"]
-            batch["text_attention_mask"] = tokens["attention_mask"]
-        return batch

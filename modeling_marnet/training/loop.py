@@ -92,6 +92,7 @@ def optimizer_steps(
     gradient_probe=None,
     max_grad_norm=None,
     skip_nonfinite_loss=False,
+    model_inputs=None,
 ):
     """Trains over `dataloader`, yielding after every optimizer step (every `gradient_accumulation_steps` batches)
     a dict with the step's mean `loss`, the mean of each loss term the model returned (`terms`), the number of
@@ -101,10 +102,15 @@ def optimizer_steps(
 
     A NaN or infinite loss on any process, in any batch of an optimizer step, stops training with a [`CLIError`]
     before that step is applied; with `skip_nonfinite_loss` the step is skipped instead (its gradients dropped, the
-    weights and optimizer state untouched; the schedule moves on). Every process takes the same decision."""
+    weights and optimizer state untouched; the schedule moves on). Every process takes the same decision.
+
+    `model_inputs(batch)`, when given, turns each batch into the model's inputs first (`examples.model_inputs`: uint8
+    pixels normalised on the device)."""
     step = first_step
     losses, terms, images, gradient_norms, grad_norm, finite = [], {}, 0, None, None, True
     for batch in dataloader:
+        if model_inputs is not None:
+            batch = model_inputs(batch)
         model.train()  # again after every mid-epoch evaluation
         with accelerator.accumulate(model):
             output = model(**batch)
@@ -148,13 +154,16 @@ def optimizer_steps(
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, description="evaluation"):
+def evaluate(model, dataloader, accelerator, description="evaluation", model_inputs=None):
     """Top-1/top-5 accuracy, loss and sample count of `model(pixel_values)` over a prepared dataloader, each sample
     counted once across processes (`gather_for_metrics` drops the duplicates that pad the last batches). Runs under
-    the run's mixed precision, with a progress bar on each node's main process."""
+    the run's mixed precision, with a progress bar on each node's main process. `model_inputs` as in
+    [`optimizer_steps`]."""
     model.eval()
     metrics = ClassificationMetrics()
     for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
+        if model_inputs is not None:
+            batch = model_inputs(batch)
         with accelerator.autocast():
             logits = model(pixel_values=batch["pixel_values"]).logits
         logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))

@@ -1,0 +1,141 @@
+"""Examples and batches for the DataLoader: each row's image decoded (torchvision, or PIL where it must), augmented
+and resized as uint8 in the workers, batches collated as uint8, and the training step's conversion of a batch into
+the model's inputs (the processor's normalisation, once per batch, on the accelerator). See `pixels.py` for how the
+image processor's steps are split between the two.
+"""
+
+import os
+
+import datasets
+import torch
+
+from .device_decoding import DeviceDecoding, deferred_image
+from .image_decoding import decode_rgb
+from .pixels import PixelNormalization, per_image_transform
+from .text_features import tokenize_texts
+
+
+class ImagePreprocessing:
+    """Decoded uint8 image (3, H, W) of row `index` -> its pixel values (3, h, w): the training augmentation when one
+    is given (random per (seed, epoch, row)), then the image processor's per-image steps (`pixels.per_image_transform`:
+    uint8 out, normalised per batch by `pixels.PixelNormalization`)."""
+
+    def __init__(self, image_processor, augmentation=None):
+        self.augmentation = augmentation
+        self.transform = per_image_transform(image_processor)
+        self.flatten_transparency = bool(getattr(image_processor, "do_convert_rgb", False))
+
+    def decode(self, value):
+        """A dataset image -> uint8 (3, H, W), the pixels the processor would start from (`decode_rgb`)."""
+        return decode_rgb(value, self.flatten_transparency)
+
+    def set_epoch(self, epoch):
+        """Makes the augmentation of this epoch differ from the others'."""
+        if self.augmentation is not None:
+            self.augmentation.set_epoch(epoch)
+
+    def __call__(self, image, index):
+        if self.augmentation is not None:
+            image = self.augmentation(image, index)
+        return self.transform(image)
+
+
+class ImageTextExamples(torch.utils.data.Dataset):
+    """Rows of one split as dicts of `pixel_values` (the image decoded by torchvision, or PIL where it must, then
+    `preprocessing`), `labels` and the privileged text: row `i` of `text_embeds` (N, D) when given, else the raw
+    `text` string (for a text encoder trained jointly), else nothing. With `defer_decoding` (`--gpu_decode`) the
+    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`."""
+
+    def __init__(
+        self,
+        dataset,
+        image_column,
+        label_column,
+        preprocessing,
+        text_column=None,
+        text_embeds=None,
+        defer_decoding=False,
+    ):
+        columns = [image_column, label_column] + ([text_column] if text_column is not None else [])
+        self.dataset = undecoded_images(dataset.select_columns(columns), image_column)
+        self.image_column = image_column
+        self.label_column = label_column
+        self.text_column = text_column
+        self.text_embeds = text_embeds
+        self.preprocessing = preprocessing
+        self.defer_decoding = defer_decoding
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def set_epoch(self, epoch):
+        """Makes the augmentation of this epoch differ from the others'."""
+        self.preprocessing.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        row = self.dataset[index]
+        image = row[self.image_column]
+        if self.defer_decoding:
+            example = {"image": deferred_image(image, self.preprocessing.decode), "row": index}
+        else:
+            example = {"pixel_values": self.preprocessing(self.preprocessing.decode(image), index)}
+        example["labels"] = row[self.label_column]
+        if self.text_embeds is not None:
+            example["text_embeds"] = self.text_embeds[index]
+        elif self.text_column is not None:
+            example["text"] = row[self.text_column]
+        return example
+
+
+def undecoded_images(dataset, image_column):
+    """`dataset` with its `datasets.Image` column left encoded ({"bytes", "path"}), for `decode_rgb`."""
+    if isinstance(dataset.features[image_column], datasets.Image):
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+class MARNetCollator:
+    """Examples -> a batch of `pixel_values` (B, C, H, W; uint8 until the training step normalises them), `labels`
+    (B,) and, when the examples carry text, `text_embeds` (B, D) or the text tokenized as `encoding` says
+    (`text_input_ids`, `text_attention_mask`: (B, T)). Deferred images (`--gpu_decode`) stay a list, with their
+    `rows`."""
+
+    def __init__(self, tokenizer=None, encoding=None):
+        self.tokenizer = tokenizer
+        self.encoding = encoding
+
+    def __call__(self, examples):
+        batch = {"labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long)}
+        if "pixel_values" in examples[0]:
+            batch["pixel_values"] = torch.stack([example["pixel_values"] for example in examples])
+        else:
+            batch["images"] = [example["image"] for example in examples]
+            batch["rows"] = [example["row"] for example in examples]
+        if "text_embeds" in examples[0]:
+            batch["text_embeds"] = torch.stack([example["text_embeds"] for example in examples])
+        elif "text" in examples[0] and self.tokenizer is not None:
+            tokens = tokenize_texts(self.tokenizer, [example["text"] for example in examples], self.encoding)
+            batch["text_input_ids"] = tokens["input_ids"]
+            batch["text_attention_mask"] = tokens["attention_mask"]
+        return batch
+
+
+def model_inputs(image_processor, preprocessing, decode_device=None):
+    """The training step's `batch -> model inputs`: uint8 pixel values normalised as the processor does, on the
+    batch's device; with `decode_device` (`--gpu_decode`), the deferred images decoded and preprocessed there first."""
+    normalization = PixelNormalization(image_processor)
+    if decode_device is None:
+        return normalization
+    decoding = DeviceDecoding(preprocessing, decode_device)
+    return lambda batch: normalization(decoding(batch))
+
+
+# A bound on the default number of DataLoader workers per training process (`--dataloader_num_workers`).
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_num_workers(local_processes):
+    """DataLoader workers per training process: the CPU cores this process may use, shared among the training
+    processes of the node, at most `MAX_DEFAULT_WORKERS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_DEFAULT_WORKERS, cores // max(local_processes, 1))
