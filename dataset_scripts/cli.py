@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from marnet_cli.errors import UsageError, command
-from marnet_cli.files import atomic_directory
+from marnet_cli.errors import CLIError, UsageError, command, describe_os_error
+from marnet_cli.files import atomic_directory, refuse_dangling_symlink
 from marnet_cli.options import HelpFormatter, MARNetArgumentParser
 
 from . import BUILDER_CLASSES, builder_class
@@ -33,6 +34,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dataset_scripts")
 
+# The images are stored byte for byte, once in the build cache and once in the result, next to each other.
+COPIES_ON_DISK = 2
+SPACE_MARGIN = 1.05
+
+
+def check_free_space(builder: RawImageBuilder, location: Path) -> None:
+    """Refuse, before any image is read, a build whose images cannot fit twice (cache and result) on the filesystem
+    of `location`: a disk that fills up in the middle of a write can abort the process (Arrow's Parquet writer
+    does)."""
+    image_bytes = sum(
+        os.path.getsize(example.image_file) for split in builder.index.splits.values() for example in split
+    )
+    needed = int(image_bytes * COPIES_ON_DISK * SPACE_MARGIN)
+    free = shutil.disk_usage(location).free
+    if free < needed:
+        raise CLIError(
+            f"Not enough space to build {builder.name}: it needs about {needed / 2**20:.1f} MiB on the filesystem of "
+            f"{location} (its {image_bytes / 2**20:.1f} MiB of images, in the build cache and in the result), and "
+            f"{free / 2**20:.1f} MiB are free. Free some space, or give an --output_dir on another disk."
+        )
+
 
 def build_dataset(
     name: str,
@@ -41,9 +63,11 @@ def build_dataset(
     config_name: str | None = None,
     num_proc: int | None = None,
     skip_bad_images: bool = False,
+    output_parent: Path | None = None,
     **config_kwargs,
 ) -> tuple[RawImageBuilder, datasets.DatasetDict]:
-    """Build dataset `name` from its raw files into `cache_dir`; warn about skipped images."""
+    """Build dataset `name` from its raw files into `cache_dir`; warn about skipped images. With `output_parent`
+    (where the cache and the result lie side by side), first check that the images fit there twice."""
     builder = builder_class(name)(
         config_name=config_name,
         data_dir=data_dir,
@@ -51,6 +75,8 @@ def build_dataset(
         skip_bad_images=skip_bad_images,
         **config_kwargs,
     )
+    if output_parent is not None:
+        check_free_space(builder, output_parent)
     builder.download_and_prepare(num_proc=num_proc)
     dataset_dict = builder.as_dataset()
     builder.report_skipped_images(dataset_dict)
@@ -131,55 +157,77 @@ def check_options(args: BuildArguments) -> None:
         raise UsageError("--hub_private_repo and --dry_run only apply with --push_to_hub REPO_ID.")
     if args.output_dir is None and (args.push_to_hub is None or args.dry_run):
         raise UsageError("--output_dir DIR is required (with --dry_run it receives the files that would be uploaded).")
-    if args.output_dir is not None and args.output_dir.exists():
-        raise UsageError(f"--output_dir {args.output_dir} already exists; remove it or choose another path.")
+    if args.output_dir is not None:
+        refuse_dangling_symlink(args.output_dir, "--output_dir")
+        if args.output_dir.exists():
+            raise UsageError(f"--output_dir {args.output_dir} already exists; remove it or choose another path.")
+
+
+def make_scratch(args: BuildArguments) -> Path:
+    """The scratch folder of the build: next to --output_dir (same filesystem, so the result is moved, not copied),
+    else in the system's temporary folder. An unwritable location fails here, before any work."""
+    scratch_parent = args.output_dir.parent if args.output_dir else None
+    try:
+        if scratch_parent is not None:
+            scratch_parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".marnet-data-", dir=scratch_parent))
+    except OSError as error:
+        where = scratch_parent or Path(tempfile.gettempdir())
+        option = f"--output_dir {args.output_dir}: " if args.output_dir else ""
+        raise CLIError(f"{option}cannot write in {describe_os_error(error, where) or error}") from None
 
 
 def run_build(args: BuildArguments) -> None:
-    """Build in a scratch folder next to the output, then move the finished result into place all at once."""
+    """Build in a scratch folder next to the output, then move the finished result into place all at once. The
+    scratch folder is removed on every way out: success, error, full disk, SIGINT, SIGTERM or SIGHUP."""
+    scratch = make_scratch(args)
+    try:
+        build_into(args, scratch)
+    except Exception as error:
+        if describe_os_error(error) is None:
+            raise
+        raise CLIError(f"Building {args.dataset} failed: {describe_os_error(error, scratch.parent)}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def build_into(args: BuildArguments, scratch: Path) -> None:
+    """The build itself, in `scratch`; the result moved to --output_dir (or uploaded) all at once."""
     from .card import dataset_card
     from .hub import describe_folder, upload_hub_folder, write_hub_folder
     from .openclipart import DEBIAN_ROOT
 
-    scratch_parent = args.output_dir.parent if args.output_dir else None
-    if scratch_parent is not None:
-        scratch_parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".marnet-data-", dir=scratch_parent))
-    try:
-        config_kwargs = {"food101_dir": args.food101_dir} if args.food101_dir else {}
-        builder, dataset_dict = build_dataset(
-            args.dataset,
-            args.data_dir if args.data_dir is not None else DEBIAN_ROOT,
-            cache_dir=scratch / "cache",
-            config_name=args.dataset_config_name,
-            num_proc=args.num_proc,
-            skip_bad_images=args.skip_bad_images,
-            **config_kwargs,
-        )
-        with atomic_directory(args.output_dir or scratch / "result") as result:
-            if args.push_to_hub is None:
-                dataset_dict.save_to_disk(str(result))
+    config_kwargs = {"food101_dir": args.food101_dir} if args.food101_dir else {}
+    builder, dataset_dict = build_dataset(
+        args.dataset,
+        args.data_dir if args.data_dir is not None else DEBIAN_ROOT,
+        cache_dir=scratch / "cache",
+        config_name=args.dataset_config_name,
+        num_proc=args.num_proc,
+        skip_bad_images=args.skip_bad_images,
+        output_parent=scratch.parent,
+        **config_kwargs,
+    )
+    with atomic_directory(args.output_dir or scratch / "result") as result:
+        if args.push_to_hub is None:
+            dataset_dict.save_to_disk(str(result))
+        else:
+            write_hub_folder(
+                dataset_dict,
+                result,
+                lambda parquet_bytes: dataset_card(builder, dataset_dict, args.push_to_hub, parquet_bytes),
+            )
+            if args.dry_run:
+                print(f"Dry run: would upload to dataset repo {args.push_to_hub} (private={args.hub_private_repo}):")
+                print("\n".join(f"  {line}" for line in describe_folder(result)))
             else:
-                write_hub_folder(
-                    dataset_dict,
-                    result,
-                    lambda parquet_bytes: dataset_card(builder, dataset_dict, args.push_to_hub, parquet_bytes),
-                )
-                if args.dry_run:
-                    print(
-                        f"Dry run: would upload to dataset repo {args.push_to_hub} (private={args.hub_private_repo}):"
-                    )
-                    print("\n".join(f"  {line}" for line in describe_folder(result)))
-                else:
-                    print(f"Pushed to {upload_hub_folder(result, args.push_to_hub, args.hub_private_repo)}")
-        summary = ", ".join(f"{split}: {len(dataset):,}" for split, dataset in dataset_dict.items())
-        destination = args.output_dir if args.output_dir is not None else args.push_to_hub
-        print(
-            f"{args.dataset} ({builder.config.name}): {summary} images, "
-            f"{builder.info.features['label'].num_classes} classes -> {destination}"
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+                print(f"Pushed to {upload_hub_folder(result, args.push_to_hub, args.hub_private_repo)}")
+    summary = ", ".join(f"{split}: {len(dataset):,}" for split, dataset in dataset_dict.items())
+    destination = args.output_dir if args.output_dir is not None else args.push_to_hub
+    print(
+        f"{args.dataset} ({builder.config.name}): {summary} images, "
+        f"{builder.info.features['label'].num_classes} classes -> {destination}"
+    )
 
 
 @command("marnet-data")

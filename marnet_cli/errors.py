@@ -53,16 +53,20 @@ ENVIRONMENT_ERRORS = {
 }
 
 
-def describe_os_error(error):
+def describe_os_error(error, where=None):
     """A one-line message for an OSError caused by the environment (full disk, quota, read-only or forbidden
-    location), found in `error` or the exceptions that caused it; None for any other error."""
-    while error is not None:
+    location), found in `error` or the exceptions that caused it; None for any other error. `where` names the
+    location instead of the error's file name."""
+    seen = set()
+    while error is not None and id(error) not in seen:  # re-raised exceptions can make the chain a cycle
+        seen.add(id(error))
         if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRORS:
             condition = ENVIRONMENT_ERRORS[error.errno]
-            if error.filename is None:
+            where = where or error.filename
+            if where is None:
                 return f"{condition[0].upper()}{condition[1:]}."
-            free = f" ({_free_space(error.filename)})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            return f"{error.filename}: {condition}{free}."
+            free = f" ({_free_space(where)})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            return f"{where}: {condition}{free}."
         error = error.__cause__ or error.__context__
     return None
 
@@ -74,8 +78,18 @@ def _free_space(path):
     return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free there"
 
 
-def _raise_interrupted(signal_number, frame):
-    raise Interrupted(signal_number)
+def _interrupt_handler(owner_pid):
+    """A handler raising [`Interrupted`] in process `owner_pid`. Worker processes forked from it (datasets' `num_proc`
+    pool) inherit the handler; there the signal keeps its default action, so `Pool.terminate()` still ends them."""
+
+    def handler(signal_number, frame):
+        if os.getpid() != owner_pid:
+            signal.signal(signal_number, signal.SIG_DFL)
+            os.kill(os.getpid(), signal_number)
+            return
+        raise Interrupted(signal_number)
+
+    return handler
 
 
 def _worker_message(message):
@@ -108,11 +122,8 @@ def command(prog):
         @functools.wraps(main)
         def entry_point(argv=None):
             in_main_thread = threading.current_thread() is threading.main_thread()
-            previous = (
-                {number: signal.signal(number, _raise_interrupted) for number in STOP_SIGNALS}
-                if in_main_thread
-                else {}
-            )
+            handler = _interrupt_handler(os.getpid())
+            previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS} if in_main_thread else {}
             try:
                 main(argv)
             except CLIError as error:
@@ -133,8 +144,8 @@ def command(prog):
             except SystemExit as exit_:
                 return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
             finally:
-                for number, handler in previous.items():
-                    signal.signal(number, handler)
+                for number, previous_handler in previous.items():
+                    signal.signal(number, previous_handler)
             return 0
 
         return entry_point

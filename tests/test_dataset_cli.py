@@ -3,8 +3,11 @@ and the Hub path (Parquet + card written locally, loaded back; the real upload o
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,7 @@ import huggingface_hub
 import pytest
 import yaml
 
+from dataset_scripts.builder_base import RawImageBuilder
 from dataset_scripts.cli import main
 from raw_fixtures import (
     FOOD101_CLASSES,
@@ -343,3 +347,113 @@ def test_console_entry_point_reports_errors_without_traceback(tmp_path):
     assert result.returncode == 1
     assert f"marnet-data: error: {tmp_path / 'nowhere'}: raw data root not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- a hostile environment: disk, permissions, signals
+
+
+def test_output_dir_that_is_a_dangling_symlink_is_refused_before_any_work(tmp_path, capsys):
+    raw = write_vireo(tmp_path / "raw")
+    link = tmp_path / "out" / "vireo"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "gone" / "vireo")
+    status, _, err = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", link)
+    assert status == 2
+    assert err.strip() == (
+        f"marnet-data: error: --output_dir {link} is a symbolic link to {tmp_path / 'gone' / 'vireo'}, which does "
+        "not exist: remove the link, create its target, or choose another path."
+    )
+    assert leftovers(link.parent) == ["vireo"] and link.is_symlink()
+
+
+def test_unwritable_output_location_fails_before_the_build(tmp_path, capsys, monkeypatch):
+    raw = write_vireo(tmp_path / "raw")
+    output = tmp_path / "mnt" / "vireo"
+
+    def read_only(prefix, dir):  # what mkdtemp meets on a read-only mount (chmod cannot stop root, who runs CI)
+        raise OSError(errno.EROFS, "Read-only file system", str(Path(dir) / f"{prefix}x"))
+
+    monkeypatch.setattr("dataset_scripts.cli.tempfile.mkdtemp", read_only)
+    monkeypatch.setattr("dataset_scripts.cli.build_dataset", lambda *args, **kwargs: pytest.fail("built anyway"))
+    status, _, err = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output)
+    assert status == 1
+    assert err.strip() == (
+        f"marnet-data: error: --output_dir {output}: cannot write in {output.parent}: read-only file system: write "
+        "to a writable location."
+    )
+
+
+def test_not_enough_space_is_refused_before_any_image_is_read(tmp_path, capsys, monkeypatch):
+    raw = write_vireo(tmp_path / "raw")
+    output = tmp_path / "out" / "vireo"
+    image_bytes = sum(path.stat().st_size for path in (raw / "ready_chinese_food").rglob("*.jpg"))
+    monkeypatch.setattr(
+        "dataset_scripts.cli.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, image_bytes)
+    )
+    status, _, err = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output)
+    assert status == 1
+    assert re.search(
+        rf"marnet-data: error: Not enough space to build vireo_food172: it needs about [\d.]+ MiB on the filesystem "
+        rf"of {re.escape(str(output.parent))} \(its [\d.]+ MiB of images, in the build cache and in the result\), "
+        r"and [\d.]+ MiB are free\. Free some space, or give an --output_dir on another disk\.",
+        err,
+    ), err
+    assert leftovers(output.parent) == []
+
+
+def test_disk_full_during_the_build_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    raw = write_vireo(tmp_path / "raw")
+    output = tmp_path / "out" / "vireo"
+    written = []
+
+    def disk_fills_up(self, examples, with_text):
+        for example in examples:
+            if written:
+                raise OSError(errno.ENOSPC, "No space left on device")  # as the Arrow writer raises it
+            written.append(example)
+            yield from original(self, [example], with_text)
+
+    original = RawImageBuilder._generate_examples
+    monkeypatch.setattr(RawImageBuilder, "_generate_examples", disk_fills_up)
+    status, _, err = run_cli(capsys, "vireo-food172", "--data-dir", raw, "--output", output)
+    assert status == 1
+    assert re.fullmatch(
+        rf"marnet-data: error: Building vireo-food172 failed: {re.escape(str(output.parent))}: no space left on "
+        r"device: free some space or write to another disk \([\d.]+ MiB free there\)\.",
+        err.strip().splitlines()[-1],
+    ), err
+    assert "Traceback" not in err
+    assert leftovers(output.parent) == []
+
+
+SIGTERM_DURING_BUILD = """
+import os, signal, sys
+from dataset_scripts.builder_base import RawImageBuilder
+from dataset_scripts.cli import main
+
+original = RawImageBuilder._generate_examples
+
+def terminated_during_the_build(self, examples, with_text):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill <pid>` would, at a known point: the first image
+    yield from original(self, examples, with_text)
+
+RawImageBuilder._generate_examples = terminated_during_the_build
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_the_build_removes_every_scratch_folder(tmp_path):
+    raw = write_vireo(tmp_path / "raw")
+    output = tmp_path / "out" / "vireo"
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_BUILD, "build", "vireo-food172", "--data-dir", raw, "--output", output],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 128 + signal.SIGTERM
+    assert result.stderr.strip().splitlines()[-1] == "marnet-data: error: stopped by SIGTERM."
+    assert "Traceback" not in result.stderr
+    assert leftovers(output.parent) == []
+    assert leftovers(tmp_path) == ["out", "raw"]
