@@ -14,6 +14,7 @@ from pathlib import Path
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from marnet_cli.errors import UsageError, command
+from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.options import MARNetArgumentParser
 
 from .model_card import marnet_card, vision_tower_card
@@ -68,6 +69,8 @@ class PublishArguments:
         check_repo_id(self.hub_model_id)
         if self.dry_run and self.output_dir is None:
             raise UsageError("--dry_run writes the repo folder only: say where with --output_dir DIR.")
+        if self.output_dir is not None:
+            refuse_dangling_symlink(self.output_dir, "--output_dir")
         if self.output_dir is not None and self.output_dir.exists():
             raise UsageError(f"--output_dir {self.output_dir} already exists: remove it or choose another path.")
 

@@ -318,6 +318,17 @@ def test_upload_sends_the_folder_with_the_requested_options(run_dir, capsys, rec
     assert "https://hub.test/pr/1" in capsys.readouterr().out
 
 
+def test_output_dir_that_is_a_dangling_symlink_is_refused(run_dir, tmp_path, capsys):
+    link = tmp_path / "repo"
+    link.symlink_to(tmp_path / "gone")
+    assert main([str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(link)]) == 2
+    assert (
+        f"--output_dir {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+        in capsys.readouterr().err
+    )
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_offline_mode_refuses_to_upload(run_dir, capsys, monkeypatch):
     monkeypatch.setattr("hub_scripts.upload.constants.HF_HUB_OFFLINE", True)
     assert main([str(run_dir), "--repo-id", REPO_ID]) == 1

@@ -235,6 +235,13 @@ def test_option_errors(workspace, tmp_path, capsys):
     )
 
 
+def test_output_dir_that_is_a_dangling_symlink_is_refused(workspace, tmp_path, capsys):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    expect_error(capsys, train_args(workspace, link), 2, f"--output_dir {link} is a symbolic link to")
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_cli_error_is_one_line_on_stderr_without_traceback(workspace, tmp_path):
     result = run_command(
         module_command("modeling_marnet.train", *train_args(workspace, tmp_path / "out", "--train-split", "training"))
