@@ -406,8 +406,10 @@ class MARNetConfig(PreTrainedConfig):
             _check_positive_int(name, getattr(self, name))
         if self.vision_hidden_size is not None:
             _check_positive_int("vision_hidden_size", self.vision_hidden_size)
-        if isinstance(self.sampler_seed, bool) or not isinstance(self.sampler_seed, int) or self.sampler_seed < 0:
-            raise ValueError(f"`sampler_seed` must be an integer >= 0, got {self.sampler_seed!r}.")
+        if isinstance(self.sampler_seed, bool) or not isinstance(self.sampler_seed, int) or not 0 <= self.sampler_seed < 2**64:
+            raise ValueError(
+                f"`sampler_seed` must be an integer in [0, 2**64 - 1] (a torch.Generator seed), got {self.sampler_seed!r}."
+            )
         if self.timestep_embedding_dim % 2:
             raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {self.timestep_embedding_dim}.")
         if self.num_inference_steps > self.num_train_timesteps:

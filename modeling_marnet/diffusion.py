@@ -30,9 +30,14 @@ def make_betas(schedule, num_train_timesteps, beta_start, beta_end):
 
 def inference_timesteps(num_train_timesteps, num_inference_steps):
     """Evenly spaced timesteps from T-1 (pure noise) down to 0, as a (S,) int64 CPU tensor."""
-    if not 1 <= num_inference_steps <= num_train_timesteps:
+    # Checked at use: the config field may be changed after loading (`model.config.num_inference_steps = 50`).
+    if (
+        isinstance(num_inference_steps, bool)
+        or not isinstance(num_inference_steps, int)
+        or not 1 <= num_inference_steps <= num_train_timesteps
+    ):
         raise ValueError(
-            f"`num_inference_steps` must be in [1, {num_train_timesteps}] (num_train_timesteps), "
+            f"`num_inference_steps` must be an integer in [1, {num_train_timesteps}] (num_train_timesteps), "
             f"got {num_inference_steps!r}."
         )
     if num_inference_steps == 1:

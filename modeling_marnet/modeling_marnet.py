@@ -304,9 +304,19 @@ class MARNetPreTrainedModel(PreTrainedModel):
 
     def _check_pixel_values(self, pixel_values):
         num_channels = getattr(self.config.vision_config, "num_channels", None)
+        if pixel_values is not None and not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(
+                "`pixel_values` must be a torch.Tensor of shape (batch, channels, height, width), got "
+                f"{type(pixel_values).__module__}.{type(pixel_values).__name__}. Convert it with torch.as_tensor, or "
+                "call the image processor with return_tensors='pt'."
+            )
         if pixel_values is None or pixel_values.dim() != 4:
             got = "None" if pixel_values is None else f"shape {tuple(pixel_values.shape)}"
             raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {got}.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(
+                f"`pixel_values` must hold at least one image, got an empty batch of shape {tuple(pixel_values.shape)}."
+            )
         if num_channels is not None and pixel_values.shape[1] != num_channels:
             raise ValueError(
                 f"`pixel_values` must have {num_channels} channels (vision_config.num_channels), got shape "
@@ -315,6 +325,9 @@ class MARNetPreTrainedModel(PreTrainedModel):
 
     def _check_text_embeds(self, text_embeds, batch_size):
         expected = (batch_size, self.config.text_hidden_size)
+        if not isinstance(text_embeds, torch.Tensor) or not text_embeds.is_floating_point():
+            got = f"dtype {text_embeds.dtype}" if isinstance(text_embeds, torch.Tensor) else type(text_embeds).__name__
+            raise ValueError(f"`text_embeds` must be a floating-point torch.Tensor of shape {expected}, got {got}.")
         if text_embeds.dim() != 2 or tuple(text_embeds.shape) != expected:
             raise ValueError(
                 f"`text_embeds` must have shape (batch_size, text_hidden_size) = {expected}, got "
@@ -471,9 +484,10 @@ class MARNetModel(MARNetPreTrainedModel):
                     "learn from text. Load with `from_pretrained(path, image_only_training=False)` to train with "
                     "text, or train on images alone."
                 )
-            text_embeds = normalize_text_embeds(text_embeds, config.text_normalization)
+            # Features in the model's dtype, as transformers' towers cast `pixel_values` (float64 features work).
+            text_embeds = normalize_text_embeds(text_embeds.to(self.dtype), config.text_normalization)
             if text_token_embeds is not None:  # (B, T, D_s), scaled as the pooled feature is
-                text_token_embeds = normalize_text_embeds(text_token_embeds, config.text_normalization)
+                text_token_embeds = normalize_text_embeds(text_token_embeds.to(self.dtype), config.text_normalization)
         elif self.training and dist.is_available() and dist.is_initialized() and self._text_only_trainable():
             logger.warning_once(
                 "MARNet is training without `text_embeds`: the parameters that only text trains get no gradient, "
@@ -544,6 +558,11 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
 
     def __init__(self, config: MARNetConfig):
         super().__init__(config)
+        if config.num_labels < 1:
+            raise ValueError(
+                f"MARNetForImageClassification needs `num_labels` >= 1 (one logit per class), got {config.num_labels}. "
+                "Set `id2label` from the dataset's classes (e.g. its ClassLabel names); `num_labels=1` is a regression."
+            )
         self.marnet = MARNetModel(config)
         projected = config.use_alignment and config.visual_features == "projection"
         visual_dim = config.projection_dim if projected else config.vision_hidden_size
@@ -599,13 +618,14 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
                     f"`labels` must be class ids in [0, {num_labels - 1}] (num_labels={num_labels}), "
                     f"got values from {low} to {high}."
                 )
-            return labels
+            return labels.long()  # int32 ids too (the cross entropy takes int64)
         expected = (batch_size, num_labels)
         if tuple(labels.shape) != expected and not (num_labels == 1 and tuple(labels.shape) == (batch_size,)):
             inferred = " (inferred from non-integer labels)" if self.config.problem_type is None else ""
             raise ValueError(
                 f"`labels` must have shape {expected} (one row of {num_labels} targets per image) for "
-                f"problem_type={problem_type!r}{inferred}, got {tuple(labels.shape)}. For single-label classification "
+                f"problem_type={problem_type!r}{inferred}, got {tuple(labels.shape)} of dtype {labels.dtype}. For "
+                "single-label classification "
                 "pass integer class ids of shape (batch_size,), or set `config.problem_type`."
             )
         if problem_type == "multi_label_classification" and (labels.min() < 0 or labels.max() > 1):

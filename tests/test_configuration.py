@@ -81,7 +81,7 @@ def test_ablation_rows_apply_their_switches(name):
         ("distillation_weight", 1.0, "distils the text classifier, which only learns when `text_classification_weight` > 0"),
         ("classifier_dropout", 1.0, "`classifier_dropout` must be in [0, 1), got 1.0"),
         ("use_alignment", "yes", "`use_alignment` must be True or False, got 'yes'"),
-        ("sampler_seed", -1, "`sampler_seed` must be an integer >= 0, got -1"),
+        ("sampler_seed", -1, "`sampler_seed` must be an integer in [0, 2**64 - 1] (a torch.Generator seed), got -1"),
         ("image_only_training", 1, "`image_only_training` must be True or False, got 1"),
         ("problem_type", "ordinal", "`problem_type` must be one of 'single_label_classification', "
          "'multi_label_classification', 'regression', got 'ordinal'"),

@@ -137,7 +137,7 @@ def test_sampler_seed_is_the_only_source_of_reverse_process_noise():
         (lambda m, x, t, y: m(x, labels=y - 1), "`labels` must be class ids in [0, 4] (num_labels=5), got values from -1 to 2"),
         (lambda m, x, t, y: m(x, labels=y[:2]), "`labels` must have shape (4,) (one class id per image), got (2,)"),
         (lambda m, x, t, y: m(x, labels=y.float()), "`labels` must have shape (4, 5) (one row of 5 targets per image) "
-         "for problem_type='multi_label_classification' (inferred from non-integer labels), got (4,). For single-label "
+         "for problem_type='multi_label_classification' (inferred from non-integer labels), got (4,) of dtype torch.float32. For single-label "
          "classification pass integer class ids of shape (batch_size,)"),
         (lambda m, x, t, y: setattr(m.config, "problem_type", "single_label_classification") or m(x, labels=y.float()),
          "`labels` must hold integer class ids, got dtype torch.float32"),
