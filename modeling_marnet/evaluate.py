@@ -78,7 +78,7 @@ def run(args):
         check_label_range(split, split_name, args.label_column, len(label_names))
         if args.max_eval_samples is not None:
             split = first_rows(split, args.max_eval_samples)
-        examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing)
+        examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing, split=split_name)
         loaders[split_name] = DataLoader(
             examples, batch_size=args.per_device_eval_batch_size, collate_fn=MARNetCollator()
         )

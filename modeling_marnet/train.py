@@ -59,6 +59,7 @@ from .training.checkpointing import (
     unwrap_classifier,
 )
 from .training.data import load_splits, processor_image_size
+from .training.data_checks import warn_if_one_class
 from .training.device_decoding import check_gpu_decode
 from .training.examples import (
     ImagePreprocessing,
@@ -120,6 +121,7 @@ def prepare(args, folder):
     PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     checkpoint = check_before_loading(args, folder)
     splits = load_splits(args)
+    warn_if_one_class(splits.train, args.train_split, args.label_column, splits.label_names)
     # The same fresh heads on every process.
     if args.full_determinism:
         enable_full_determinism(args.seed)
@@ -222,6 +224,7 @@ def make_dataloaders(args, accelerator, splits, parts):
         text_column,
         text_embeds,
         defer_decoding=args.gpu_decode,
+        split=args.train_split,
     )
     tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
     train_collator = MARNetCollator(tokenizer, encoding)
@@ -232,7 +235,12 @@ def make_dataloaders(args, accelerator, splits, parts):
     eval_dataloaders = {
         name: make_dataloader(
             ImageTextExamples(
-                split, args.image_column, args.label_column, eval_preprocessing, defer_decoding=args.gpu_decode
+                split,
+                args.image_column,
+                args.label_column,
+                eval_preprocessing,
+                defer_decoding=args.gpu_decode,
+                split=split_name,
             ),
             MARNetCollator(),
             args.per_device_eval_batch_size,
@@ -240,7 +248,10 @@ def make_dataloaders(args, accelerator, splits, parts):
             args,
             accelerator,
         )
-        for name, split in (("validation", splits.validation), ("test", splits.test))
+        for name, split_name, split in (
+            ("validation", args.validation_split, splits.validation),
+            ("test", args.test_split, splits.test),
+        )
         if split is not None
     }
     return model, train_examples, train_dataloader, eval_dataloaders

@@ -9,6 +9,7 @@ import os
 import datasets
 import torch
 
+from .data_checks import decoded
 from .device_decoding import DeviceDecoding, deferred_image
 from .image_decoding import decode_rgb
 from .pixels import PixelNormalization, per_image_transform
@@ -44,7 +45,8 @@ class ImageTextExamples(torch.utils.data.Dataset):
     """Rows of one split as dicts of `pixel_values` (the image decoded by torchvision, or PIL where it must, then
     `preprocessing`), `labels` and the privileged text: row `i` of `text_embeds` (N, D) when given, else the raw
     `text` string (for a text encoder trained jointly), else nothing. With `defer_decoding` (`--gpu_decode`) the
-    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`."""
+    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`. An
+    image that cannot be decoded is an error naming `split` and the row (`data_checks.decoded`)."""
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class ImageTextExamples(torch.utils.data.Dataset):
         text_column=None,
         text_embeds=None,
         defer_decoding=False,
+        split=None,
     ):
         columns = [image_column, label_column] + ([text_column] if text_column is not None else [])
         self.dataset = undecoded_images(dataset.select_columns(columns), image_column)
@@ -64,6 +67,7 @@ class ImageTextExamples(torch.utils.data.Dataset):
         self.text_embeds = text_embeds
         self.preprocessing = preprocessing
         self.defer_decoding = defer_decoding
+        self.split = split
 
     def __len__(self):
         return len(self.dataset)
@@ -78,7 +82,8 @@ class ImageTextExamples(torch.utils.data.Dataset):
         if self.defer_decoding:
             example = {"image": deferred_image(image, self.preprocessing.decode), "row": index}
         else:
-            example = {"pixel_values": self.preprocessing(self.preprocessing.decode(image), index)}
+            image = decoded(self.preprocessing.decode, image, self.split, index)
+            example = {"pixel_values": self.preprocessing(image, index)}
         example["labels"] = row[self.label_column]
         if self.text_embeds is not None:
             example["text_embeds"] = self.text_embeds[index]
@@ -107,7 +112,10 @@ class MARNetCollator:
     def __call__(self, examples):
         batch = {"labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long)}
         if "pixel_values" in examples[0]:
-            batch["pixel_values"] = torch.stack([example["pixel_values"] for example in examples])
+            # Stacked as (B, h, w, 3): the images come out of decoding and resizing channels-last in memory, so
+            # this is a plain copy (a (B, 3, h, w) stack transposes every image). Normalising makes it contiguous.
+            images = [example["pixel_values"].permute(1, 2, 0) for example in examples]
+            batch["pixel_values"] = torch.stack(images).permute(0, 3, 1, 2)  # (B, 3, h, w)
         else:
             batch["images"] = [example["image"] for example in examples]
             batch["rows"] = [example["row"] for example in examples]

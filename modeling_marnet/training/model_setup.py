@@ -14,6 +14,7 @@ from marnet_cli.errors import CLIError, UsageError
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
 from .data import processor_image_size, set_processor_image_size, standard_image_processor
+from .data_checks import check_text_column
 from .text_features import load_text_encoder
 
 logger = get_logger(__name__)
@@ -102,6 +103,7 @@ def load_text_source(args, train, config):
             "--ablation baseline for visual-only training (for a --model_name_or_path checkpoint: --marnet_config "
             "image_only_training=true, which freezes the parameters that only text trains)."
         )
+    check_text_column(train, args.train_split, args.text_column)
     if not args.text_encoder:
         raise UsageError(
             f"Ablation {ablation!r} learns from privileged text: pass --text_encoder (a BERT-like or "

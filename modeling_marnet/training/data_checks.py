@@ -1,0 +1,82 @@
+"""Checks of the data a run trains on, each where it is cheap: the privileged text column and the classes before the
+first step, each image where it is decoded (decoding every image up front would cost a pass over the dataset). Every
+error names the split and the row, and what to do about it."""
+
+import datasets
+import PIL.Image
+from accelerate.logging import get_logger
+
+from marnet_cli.errors import CLIError
+
+logger = get_logger(__name__)
+
+# What torchvision's and PIL's decoders raise on truncated, corrupt or hostile image bytes.
+DECODE_ERRORS = (OSError, RuntimeError, ValueError, SyntaxError, PIL.Image.DecompressionBombError)
+TEXT_DTYPES = ("string", "large_string")
+
+
+def check_text_column(dataset, split, column):
+    """The privileged text of `split`: a string column with a text in every row and not all of them empty (a
+    tokenizer would otherwise fail in the middle of an epoch, or the text would carry nothing)."""
+    feature = dataset.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in TEXT_DTYPES):
+        raise CLIError(
+            f"Split {split!r}, column {column!r}: the privileged text must be one string per row "
+            f"(datasets.Value('string')), got {feature}. Join it into a string per row (e.g. `dataset.map(lambda row: "
+            f"{{{column!r}: ', '.join(row[{column!r}])}})`), or pass --text_column with a string column."
+        )
+    texts = dataset[column]
+    missing = [row for row, text in enumerate(texts) if text is None]
+    if missing:
+        raise CLIError(
+            f"Split {split!r}, column {column!r}: {len(missing)} of {len(texts)} rows have no text (None), first "
+            f"rows {missing[:5]}. Fill them (an empty string is allowed) or drop those rows."
+        )
+    empty = sum(not text.strip() for text in texts)
+    if empty == len(texts):
+        raise CLIError(
+            f"Split {split!r}, column {column!r}: all {len(texts)} texts are empty, so the privileged text would "
+            "carry nothing. Check --text_column, or train visual-only with --ablation baseline."
+        )
+    if empty:
+        logger.warning(
+            f"Split {split!r}, column {column!r}: {empty} of {len(texts)} texts are empty.", main_process_only=True
+        )
+
+
+def warn_if_one_class(dataset, split, label_column, label_names):
+    """Warns when `split` holds a single class: every prediction is then that class and top-1 says nothing."""
+    present = sorted(set(dataset.with_format("numpy")[label_column][:].tolist()))
+    if len(present) < 2:
+        names = [label_names[label] for label in present]
+        logger.warning(
+            f"Split {split!r} holds a single class ({', '.join(map(repr, names)) or 'none'}; the ClassLabel has "
+            f"{len(label_names)}): the model can only learn to predict it, and top-1/top-5 accuracy will say nothing. "
+            + ("With one class name the model is a regression (num_labels=1). " if len(label_names) == 1 else "")
+            + "Check --label_column and the dataset.",
+            main_process_only=True,
+        )
+
+
+def decoded(decode, value, split, row):
+    """`decode(value)`, the uint8 image (3, H, W) of `row` of `split`; a [`CLIError`] naming them when the image
+    cannot be decoded or has no pixels. Raised in a DataLoader worker, it reaches the user as the same one line."""
+    try:
+        image = decode(value)
+    except DECODE_ERRORS as error:
+        first_line = (str(error).splitlines() or [""])[0]
+        raise bad_image(
+            split, row, value, f"the image cannot be decoded ({type(error).__name__}: {first_line})"
+        ) from None
+    if image.shape[-1] == 0 or image.shape[-2] == 0:
+        raise bad_image(split, row, value, f"the image is empty ({image.shape[-1]}x{image.shape[-2]} pixels)")
+    return image
+
+
+def bad_image(split, row, value, reason):
+    path = value.get("path") if isinstance(value, dict) else None
+    where = f"Split {split!r}, row {row}" if split is not None else f"Row {row}"
+    return CLIError(
+        f"{where}{f' ({path})' if path else ''}: {reason}. Remove that row (e.g. `dataset.filter`), or rebuild the "
+        "dataset with `marnet-data build --skip_bad_images`."
+    )
