@@ -67,8 +67,8 @@ def per_image_transform(image_processor):
 
 class PixelNormalization:
     """The processor's per-batch half: a batch whose `pixel_values` are uint8 (B, 3, h, w) -> the same batch with the
-    processor's float32 pixel values, computed on their device. Float pixel values (from [`ProcessorTransform`]) are
-    left as they are."""
+    processor's float32 pixel values, computed on their device, contiguous as the processor gives them. Float pixel
+    values (from [`ProcessorTransform`]) are only made contiguous."""
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
@@ -76,10 +76,10 @@ class PixelNormalization:
     def __call__(self, batch):
         pixel_values = batch["pixel_values"]
         if pixel_values.dtype != torch.uint8:
-            return batch
+            return {**batch, "pixel_values": pixel_values.contiguous()}
         processor = self.image_processor
         pixel_values = processor.rescale_and_normalize(
-            pixel_values,
+            pixel_values.to(torch.float32, memory_format=torch.contiguous_format),
             processor.do_rescale,
             processor.rescale_factor,
             processor.do_normalize,
