@@ -168,6 +168,7 @@ def test_evaluation_pixel_values_are_the_image_processors(processor_name, split,
     expected = processor(images=[pil_reference(data) for data in encoded.values()], return_tensors="pt")
     expected = expected["pixel_values"]
     assert pixel_values.dtype == torch.float32 and pixel_values.shape == expected.shape
+    assert pixel_values.is_contiguous()  # laid out as the processor gives them
     one_level = torch.tensor(processor.rescale_factor) / torch.tensor(processor.image_std)  # (3,)
     difference = (pixel_values - expected).abs().amax(dim=(2, 3))  # (B, 3)
     worst = {name: round(float(value), 4) for name, value in zip(ENCODINGS, (difference / one_level).amax(dim=1))}
