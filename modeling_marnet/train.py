@@ -59,7 +59,7 @@ from .training.checkpointing import (
     unwrap_classifier,
 )
 from .training.data import load_splits, processor_image_size
-from .training.data_checks import warn_if_one_class
+from .training.data_checks import check_text_features, warn_if_one_class
 from .training.device_decoding import check_gpu_decode
 from .training.examples import (
     ImagePreprocessing,
@@ -211,6 +211,7 @@ def make_dataloaders(args, accelerator, splits, parts):
             f"{cache_dir}.",
             main_process_only=True,
         )
+        check_text_features(text_embeds, args.train_split, args.text_encoder)
     model = MARNetWithTextEncoder(parts.model, parts.text_encoder) if parts.joint else parts.model
     augmentation = RandomAugmentation.from_options(
         processor_image_size(parts.image_processor), args.augment, args.color_jitter, args.seed

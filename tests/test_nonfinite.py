@@ -6,7 +6,8 @@ import logging
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from transformers import BertTokenizer
 
 from marnet_cli.commands import train as main
 from train_fixtures import save_dataset, save_text_encoder, save_vision_tower, tiny_model_args
@@ -77,6 +78,26 @@ def test_skip_nonfinite_loss_skips_those_steps_and_counts_them(workspace, tmp_pa
     step2 = load_file(output_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert all(tensor.isfinite().all() for tensor in weights.values())
     assert all(torch.equal(weights[name], step2[name]) for name in weights)  # no skipped step touched them
+
+
+def test_nonfinite_text_features_are_refused_before_training(workspace, tmp_path, capsys):
+    # An encoder whose embedding of "banana" is NaN: every text with a banana gets NaN features.
+    encoder = save_text_encoder(tmp_path / "bert")
+    # A tokenizer that knows the fixture's words (transformers 5 ignores `vocab_file=`, which the fixture passes).
+    BertTokenizer(vocab=str(encoder / "vocab.txt")).save_pretrained(encoder)
+    weights = load_file(encoder / "model.safetensors")
+    banana = (encoder / "vocab.txt").read_text().split().index("banana")
+    name = next(key for key in weights if key.endswith("word_embeddings.weight"))
+    weights[name][banana] = float("nan")
+    save_file(weights, encoder / "model.safetensors", metadata={"format": "pt"})
+    argv = train_args(workspace, tmp_path / "out", "--text-encoder", encoder, "--text-cache-dir", tmp_path / "cache")
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"marnet-train: error: --text_encoder {encoder} gives NaN or infinite features for 6 of 24 texts of split "
+        "'train', first rows [3, 7, 11, 15, 19]. Check the encoder's weights and those texts."
+    )
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("value", ["Infinity", "NaN", "-1"])

@@ -44,6 +44,17 @@ def check_text_column(dataset, split, column):
         )
 
 
+def check_text_features(text_embeds, split, text_encoder):
+    """The frozen encoder's (N, D) features of `split`: NaN or infinite ones would make every batch holding them
+    diverge, so they are refused before training, naming the rows."""
+    bad = (~text_embeds.isfinite().all(dim=-1)).nonzero().flatten().tolist()  # (K,) rows
+    if bad:
+        raise CLIError(
+            f"--text_encoder {text_encoder} gives NaN or infinite features for {len(bad)} of {len(text_embeds)} texts "
+            f"of split {split!r}, first rows {bad[:5]}. Check the encoder's weights and those texts."
+        )
+
+
 def warn_if_one_class(dataset, split, label_column, label_names):
     """Warns when `split` holds a single class: every prediction is then that class and top-1 says nothing."""
     present = sorted(set(dataset.with_format("numpy")[label_column][:].tolist()))
