@@ -189,7 +189,7 @@ def load_training_run(folder, config):
     local_values = {str(recorded[option]) for option in SOURCE_OPTIONS if recorded.get(option)}
     rewritten = {
         TRAINING_ARGS_NAME: json.dumps(training_args, indent=2) + "\n",
-        **public_config_text(folder, config, local_values),
+        **public_config_text(config, local_values),
     }
     return TrainingRun(
         folder=folder,
@@ -213,7 +213,7 @@ def load_vision_tower(folder, config):
         config=config,
         conversion=conversion,
         weight_files=weight_files,
-        rewritten=public_config_text(folder, config, set()),
+        rewritten=public_config_text(config, set()),
     )
 
 
@@ -288,7 +288,7 @@ def public_training_args(training_args):
     return _without_local_paths(public)
 
 
-def public_config_text(folder, config, local_values):
+def public_config_text(config, local_values):
     """{config.json: text} when the config names local paths (`_name_or_path` of the model or a sub-config: a
     value in `local_values`, or any path that is no Hub id), with those reduced to base names; else {}."""
 
