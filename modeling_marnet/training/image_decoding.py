@@ -6,8 +6,8 @@ its EXIF orientation and convert it to RGB (`Image.convert("RGB")`: alpha droppe
 replicated), and processors with `do_convert_rgb` then composite the pixels that a palette or colour-key
 transparency marks transparent on white. torchvision's decoders give the same pixels for 8-bit JPEG (grey or colour)
 and PNG (any colour type) and are faster; CMYK JPEGs, 16-bit PNGs, PNGs with such transparency and every other
-format go through PIL itself. torchvision 0.29 deprecates
-its decoders in favour of TorchCodec: this module is the one place to port when they go.
+format go through PIL itself. torchvision 0.29 deprecates its decoders in favour of TorchCodec: this module (and
+`device_decoding.py`) is the place to port when they go.
 """
 
 import datasets
