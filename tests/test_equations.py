@@ -84,7 +84,7 @@ def test_ddim_step_reproduces_x0_and_eps_decomposition():
 def test_inference_timesteps_span_the_whole_chain():
     assert inference_timesteps(1000, 10).tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
     assert inference_timesteps(1000, 1).tolist() == [999]
-    with pytest.raises(ValueError, match=r"`num_inference_steps` must be in \[1, 1000\]"):
+    with pytest.raises(ValueError, match=r"`num_inference_steps` must be an integer in \[1, 1000\]"):
         inference_timesteps(1000, 0)
 
 
