@@ -115,7 +115,7 @@ def parse_args():
 def photos(width, height, count):
     """`count` JPEG photos of width x height: the sample photos scaled to cover it, cropped at shifting offsets,
     every other one mirrored."""
-    sources = [PIL.Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]
+    sources = [PIL.Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS[:count]]
     encoded = []
     for index in range(count):
         source = sources[index % len(sources)]
