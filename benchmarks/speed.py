@@ -32,7 +32,9 @@ REVERSE_STEPS = (1, 5, 10, 50)
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)")
+    parser.add_argument(
+        "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
+    )
     parser.add_argument("--num-labels", type=int, default=10)
     parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -166,7 +168,11 @@ def main():
 
     report = {
         "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "dtype": args.dtype,
         "image_size": image_size,
@@ -181,7 +187,8 @@ def main():
     plot(step_results, args.output.with_name("latency_vs_steps.png"))
     for row in pipeline_results:
         print(
-            f"pipeline batch {row['batch_size']:>3}: MARNet {row['marnet_ms']:.1f} ms, backbone {row['backbone_ms']:.1f} ms, "
+            f"pipeline batch {row['batch_size']:>3}: MARNet {row['marnet_ms']:.1f} ms, "
+            f"backbone {row['backbone_ms']:.1f} ms, "
             f"ratio {row['ratio']:.3f}"
         )
     for row in step_results:

@@ -42,7 +42,9 @@ def scrub_text(text, terms):
     removed, and the separators left behind tidied."""
     if not terms:
         return text
-    pattern = r"(?<![^\W_])(?:" + "|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)) + r")(?![^\W_])"
+    pattern = (
+        r"(?<![^\W_])(?:" + "|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)) + r")(?![^\W_])"
+    )
     scrubbed = re.sub(pattern, "", text, flags=re.IGNORECASE)
     scrubbed = re.sub(r"\s*,(\s*,)+", ",", scrubbed)  # "a, , b" -> "a, b"
     scrubbed = re.sub(r"([.;:])\s*,", r"\1", scrubbed)  # "title. , b" -> "title. b"
@@ -57,7 +59,11 @@ def scrub_dataset(dataset_dict, text_column="text", label_column="label", synony
     terms = [class_terms(name, synonyms.get(name, ())) for name in names]
 
     def scrub(batch):
-        return {text_column: [scrub_text(text, terms[label]) for text, label in zip(batch[text_column], batch[label_column])]}
+        return {
+            text_column: [
+                scrub_text(text, terms[label]) for text, label in zip(batch[text_column], batch[label_column])
+            ]
+        }
 
     return dataset_dict.map(scrub, batched=True, desc="remove class names from the text")
 

@@ -24,10 +24,19 @@ import torch
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, required=True, help="`save_to_disk` DatasetDict with train/validation"
-                        "/test splits and image/label columns")
-    parser.add_argument("--vision-model", type=Path, required=True, help="a transformers TimmWrapper folder (config."
-                        "json naming the timm architecture, model.safetensors), e.g. marnet-convert-efficientnet's")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="`save_to_disk` DatasetDict with train/validation/test splits and image/label columns",
+    )
+    parser.add_argument(
+        "--vision-model",
+        type=Path,
+        required=True,
+        help="a transformers TimmWrapper folder (config."
+        "json naming the timm architecture, model.safetensors), e.g. marnet-convert-efficientnet's",
+    )
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -48,13 +57,17 @@ def load_timm_tower(folder, num_classes):
 
     config = json.loads((folder / "config.json").read_text())
     model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
-    state = {key.removeprefix("timm_model."): value for key, value in load_file(str(folder / "model.safetensors")).items()}
+    state = {
+        key.removeprefix("timm_model."): value for key, value in load_file(str(folder / "model.safetensors")).items()
+    }
     classifier = model.pretrained_cfg.get("classifier", "classifier")
     state = {key: value for key, value in state.items() if not key.startswith(classifier + ".")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not key.startswith(classifier + ".") for key in missing):
-        raise SystemExit(f"{folder}: weights do not match timm's {config['architecture']}: missing {missing}, "
-                         f"unexpected {unexpected}")
+        raise SystemExit(
+            f"{folder}: weights do not match timm's {config['architecture']}: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
     return model
 
 
@@ -106,16 +119,28 @@ def main(argv=None):
     train_transform = create_transform(**data_config, is_training=True)
     eval_transform = create_transform(**data_config, is_training=False)
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = torch.utils.data.DataLoader(TransformedSplit(dataset["train"], train_transform),
-                                               batch_size=args.per_device_train_batch_size, shuffle=True,
-                                               drop_last=False, generator=generator)
-    eval_loaders = {split: torch.utils.data.DataLoader(TransformedSplit(dataset[split], eval_transform), batch_size=64)
-                    for split in ("validation", "test")}
+    train_loader = torch.utils.data.DataLoader(
+        TransformedSplit(dataset["train"], train_transform),
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=False,
+        generator=generator,
+    )
+    eval_loaders = {
+        split: torch.utils.data.DataLoader(TransformedSplit(dataset[split], eval_transform), batch_size=64)
+        for split in ("validation", "test")
+    }
     optimizer = create_optimizer_v2(model, "adamw", lr=args.learning_rate, weight_decay=args.weight_decay)
     # Linear warm-up over the first --warmup-ratio of the updates, inside the cosine's span (as marnet-train).
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=args.num_train_epochs,
-                                       warmup_epochs=args.warmup_ratio * args.num_train_epochs, step_on_epochs=False,
-                                       updates_per_epoch=len(train_loader), warmup_lr=args.learning_rate * 1e-3)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched="cosine",
+        num_epochs=args.num_train_epochs,
+        warmup_epochs=args.warmup_ratio * args.num_train_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=len(train_loader),
+        warmup_lr=args.learning_rate * 1e-3,
+    )
     criterion = LabelSmoothingCrossEntropy(args.label_smoothing)
     history, best = [], None
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -138,15 +163,24 @@ def main(argv=None):
         history.append({"epoch": epoch + 1, "step": step, **{f"eval_{k}": v for k, v in validation.items()}})
         print(f"epoch {epoch + 1}: validation {validation}", flush=True)
         if best is None or validation["top1"] > best["validation"]["top1"]:
-            best = {"step": step, "validation": validation,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "step": step,
+                "validation": validation,
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
     model.load_state_dict(best["state"])
     test = evaluate(model, eval_loaders["test"], args.channels_last)
-    metrics = {"top1": test["top1"], "top5": test["top5"], "split": "test",
-               "per_split": {"validation": best["validation"], "test": test},
-               "train_images_per_second": train_images / max(train_seconds, 1e-9),
-               "wall_time_seconds": time.perf_counter() - started, "global_step": step,
-               "epochs": args.num_train_epochs, "best_step": best["step"]}
+    metrics = {
+        "top1": test["top1"],
+        "top5": test["top5"],
+        "split": "test",
+        "per_split": {"validation": best["validation"], "test": test},
+        "train_images_per_second": train_images / max(train_seconds, 1e-9),
+        "wall_time_seconds": time.perf_counter() - started,
+        "global_step": step,
+        "epochs": args.num_train_epochs,
+        "best_step": best["step"],
+    }
     (args.output_dir / "logs").mkdir(exist_ok=True)
     (args.output_dir / "logs" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     partial = args.output_dir / "metrics.json.tmp"

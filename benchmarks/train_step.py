@@ -36,11 +36,23 @@ from modeling_marnet import MARNetConfig, MARNetForImageClassification
 
 PRESETS = {
     # A ViT-Ti-like tower at 112 px: a few steps per second on a laptop CPU.
-    "small": {"hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768,
-              "image_size": 112, "patch_size": 16},
+    "small": {
+        "hidden_size": 192,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 3,
+        "intermediate_size": 768,
+        "image_size": 112,
+        "patch_size": 16,
+    },
     # The paper's backbone.
-    "vit-b16": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                "image_size": 224, "patch_size": 16},
+    "vit-b16": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "image_size": 224,
+        "patch_size": 16,
+    },
 }
 INGREDIENT_TEXTS = [
     "shredded pork, green pepper, carrot, wood ear mushroom, garlic",
@@ -95,16 +107,24 @@ def build_variants(args, device):
     labels = torch.randint(0, args.num_labels, (args.batch_size,), device=device)
 
     backbone = ViTForImageClassification(ViTConfig(**tower, num_labels=args.num_labels))
-    marnet = MARNetForImageClassification(MARNetConfig(
-        vision_config=vision_config, text_hidden_size=cached_text.shape[-1], num_labels=args.num_labels,
-    ))
+    marnet = MARNetForImageClassification(
+        MARNetConfig(
+            vision_config=vision_config,
+            text_hidden_size=cached_text.shape[-1],
+            num_labels=args.num_labels,
+        )
+    )
     marnet_every_step = MARNetForImageClassification(marnet.config)
     return {
         "backbone": (backbone, lambda: {"pixel_values": pixel_values, "labels": labels}),
-        "marnet_cached_text": (marnet, lambda: {"pixel_values": pixel_values, "labels": labels,
-                                                "text_embeds": cached_text}),
-        "marnet_text_every_step": (marnet_every_step, lambda: {"pixel_values": pixel_values, "labels": labels,
-                                                               "text_embeds": encode_text()}),
+        "marnet_cached_text": (
+            marnet,
+            lambda: {"pixel_values": pixel_values, "labels": labels, "text_embeds": cached_text},
+        ),
+        "marnet_text_every_step": (
+            marnet_every_step,
+            lambda: {"pixel_values": pixel_values, "labels": labels, "text_embeds": encode_text()},
+        ),
     }
 
 
@@ -143,8 +163,11 @@ def main():
             timings[name].append(time_steps(model, optimizers[name], step_inputs, args.steps, device, args.bf16))
 
     medians = {name: statistics.median(values) for name, values in timings.items()}
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    )
     results = {
         "machine": machine,
         "preset": args.preset,
@@ -158,8 +181,10 @@ def main():
         "text_cache_speedup": medians["marnet_text_every_step"] / medians["marnet_cached_text"],
     }
     print(f"machine: {machine}" + ("" if device.type == "cuda" else "  (no GPU used: CPU timings)"))
-    print(f"preset {args.preset}, batch {args.batch_size}, bf16={args.bf16}, median of {args.repeats} repeats x "
-          f"{args.steps} steps")
+    print(
+        f"preset {args.preset}, batch {args.batch_size}, bf16={args.bf16}, median of {args.repeats} repeats x "
+        f"{args.steps} steps"
+    )
     print(f"{'variant':<24}{'s/step':>10}{'images/s':>10}")
     for name, seconds in medians.items():
         print(f"{name:<24}{seconds:>10.4f}{args.batch_size / seconds:>10.1f}")

@@ -117,7 +117,9 @@ def main(argv=None) -> None:
                 parquet_bytes,
                 pretty_name="OpenClipart food (demo subset)",
                 extra_notes=notes,
-                image_storage="Images are small JPEG thumbnails re-encoded from the originals (see Demo subset below).",
+                image_storage=(
+                    "Images are small JPEG thumbnails re-encoded from the originals (see Demo subset below)."
+                ),
             ),
         )
         if args.output.exists():

@@ -53,8 +53,18 @@ def train(name, args, tower, text_encoder, extra):
     """Runs `marnet-train` in a fresh process (its progress streams here) and returns its output directory."""
     output_dir = args.output_root / name
     command = [
-        sys.executable, "-m", "modeling_marnet.train", "--config", str(args.config), "--vision-model", str(tower),
-        "--output-dir", str(output_dir), "--overwrite-output-dir", *extra, *args.train_args,
+        sys.executable,
+        "-m",
+        "modeling_marnet.train",
+        "--config",
+        str(args.config),
+        "--vision-model",
+        str(tower),
+        "--output-dir",
+        str(output_dir),
+        "--overwrite-output-dir",
+        *extra,
+        *args.train_args,
     ]
     if text_encoder is not None:
         command += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.output_root / "text-cache")]
@@ -67,8 +77,7 @@ def report(runs):
     for label, output_dir in runs.items():
         metrics = json.loads((output_dir / "metrics.json").read_text())
         print(
-            f"{label:<36}{metrics['top1']:>12.3f}{metrics['top5']:>12.3f}"
-            f"{metrics['train_images_per_second']:>13.1f}"
+            f"{label:<36}{metrics['top1']:>12.3f}{metrics['top5']:>12.3f}{metrics['train_images_per_second']:>13.1f}"
         )
 
 

@@ -99,9 +99,9 @@ class MARNetConfig(PreTrainedConfig):
             Enables EMA (eq. 5-13): the projections `E_v`, `E_s` and the image-text contrastive loss `L_ITA`. When
             `False` the visual branch feature is the raw `x_v`.
         visual_features (`str`, *optional*, defaults to `"projection"`):
-            What the visual classifier and the fusion read as `x_EMA`: `"projection"` (`g(E_v(x_v))`, eq. 1 and 7 read
-            literally) or `"tower"` (`x_v` itself, as MGCA, the source of the ITA loss, classifies the backbone feature;
-            the projection then only serves the alignment loss). Without alignment both mean `x_v`.
+            What the visual classifier and the fusion read as `x_EMA`: `"projection"` (`g(E_v(x_v))`, eq. 1 and 7
+            read literally) or `"tower"` (`x_v` itself, as MGCA, the source of the ITA loss, classifies the backbone
+            feature; the projection then only serves the alignment loss). Without alignment both mean `x_v`.
         alignment_targets (`str`, *optional*, defaults to `"instance"`):
             Positives of the contrastive loss: `"instance"` (only the paired text, eq. 9-10) or `"class"` (every text
             of the batch with the same label, weighted equally; needs `labels`). An extension, not in the paper: with
@@ -195,9 +195,10 @@ class MARNetConfig(PreTrainedConfig):
             the classifier is then shared between the text and its reconstruction from the image. An extension, not in
             the paper; needs a reconstruction classifier (`classifier_input` 'fusion' or 'reconstruction').
         distillation_weight (`float`, *optional*, defaults to 0.0):
-            Weight of the distillation of the text classifier into `logits`: `T^2 KL(softmax(z_s / T) || softmax(z / T))`
-            with the text logits `z_s` detached (generalised distillation, Lopez-Paz et al., ICLR 2016). An extension,
-            not in the paper; needs `text_classification_weight > 0`, so that the teacher is trained.
+            Weight of the distillation of the text classifier into `logits`:
+            `T^2 KL(softmax(z_s / T) || softmax(z / T))` with the text logits `z_s` detached (generalised distillation,
+            Lopez-Paz et al., ICLR 2016). An extension, not in the paper; needs `text_classification_weight > 0`, so
+            that the teacher is trained.
         distillation_temperature (`float`, *optional*, defaults to 2.0):
             Temperature `T` of the distillation.
         classifier_dropout (`float`, *optional*, defaults to 0.0):
@@ -226,7 +227,8 @@ class MARNetConfig(PreTrainedConfig):
             gives `log sigmoid(a + b)` for single-label (softmax renormalises it) and the logit `a + b` of the same
             score for multi-label; `"hm"` scores `z / (1 + z) <= 0.5`, so it is single-label only; regression refuses
             both. Multi-label `alignment_targets="class"` takes the texts with the same label set as positives, and
-            distillation compares per-class sigmoids (binary KL, mean over classes as the BCE); regression refuses both.
+            distillation compares per-class sigmoids (binary KL, mean over classes as the BCE); regression refuses
+            both.
 
     Sizes: the heads do not follow the tower's width. A tiny model for tests (transformers' common tests keep theirs
     under 1M parameters) needs small heads as well as a small tower, e.g. `text_hidden_size=16, projection_dim=8,
@@ -406,12 +408,19 @@ class MARNetConfig(PreTrainedConfig):
             _check_positive_int(name, getattr(self, name))
         if self.vision_hidden_size is not None:
             _check_positive_int("vision_hidden_size", self.vision_hidden_size)
-        if isinstance(self.sampler_seed, bool) or not isinstance(self.sampler_seed, int) or not 0 <= self.sampler_seed < 2**64:
+        if (
+            isinstance(self.sampler_seed, bool)
+            or not isinstance(self.sampler_seed, int)
+            or not 0 <= self.sampler_seed < 2**64
+        ):
             raise ValueError(
-                f"`sampler_seed` must be an integer in [0, 2**64 - 1] (a torch.Generator seed), got {self.sampler_seed!r}."
+                "`sampler_seed` must be an integer in [0, 2**64 - 1] (a torch.Generator seed), "
+                f"got {self.sampler_seed!r}."
             )
         if self.timestep_embedding_dim % 2:
-            raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {self.timestep_embedding_dim}.")
+            raise ValueError(
+                f"`timestep_embedding_dim` must be even (sin and cos halves), got {self.timestep_embedding_dim}."
+            )
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(
                 f"`num_inference_steps` ({self.num_inference_steps}) must be <= `num_train_timesteps` "
@@ -424,7 +433,8 @@ class MARNetConfig(PreTrainedConfig):
             )
         if not 0 < self.contrastive_temperature_init < math.inf:
             raise ValueError(
-                f"`contrastive_temperature_init` must be > 0 (the paper uses 0.07), got {self.contrastive_temperature_init!r}."
+                "`contrastive_temperature_init` must be > 0 (the paper uses 0.07), "
+                f"got {self.contrastive_temperature_init!r}."
             )
         for name in (
             "projection_negative_slope",
@@ -453,9 +463,9 @@ class MARNetConfig(PreTrainedConfig):
             )
         if self.text_classification_weight > 0 and self.classifier_input == "visual":
             raise ValueError(
-                f"`text_classification_weight={self.text_classification_weight!r}` trains the reconstruction classifier "
-                "on the text, but `classifier_input='visual'` builds none. Use classifier_input 'fusion' or "
-                "'reconstruction' (with a CDR branch), or set the weight to 0."
+                f"`text_classification_weight={self.text_classification_weight!r}` trains the reconstruction "
+                "classifier on the text, but `classifier_input='visual'` builds none. "
+                "Use classifier_input 'fusion' or 'reconstruction' (with a CDR branch), or set the weight to 0."
             )
         if self.distillation_weight > 0 and not self.text_classification_weight > 0:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Cross-modal Diffusion Reconstruction (CDR): noise schedule, x0-predicting denoiser and reverse sampler (eq. 14-23)."""
+"""Cross-modal Diffusion Reconstruction (CDR): noise schedule, x0-predicting denoiser and reverse sampler
+(eq. 14-23)."""
 
 import math
 
@@ -13,10 +14,7 @@ def make_betas(schedule, num_train_timesteps, beta_start, beta_end):
         return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64, device="cpu")
     if schedule == "scaled_linear":
         return (
-            torch.linspace(
-                beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64, device="cpu"
-            )
-            ** 2
+            torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64, device="cpu") ** 2
         )
     if schedule == "squaredcos_cap_v2":
         # Nichol & Dhariwal (2021): abar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), betas capped at 0.999.

@@ -315,7 +315,8 @@ class MARNetPreTrainedModel(PreTrainedModel):
             raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {got}.")
         if pixel_values.shape[0] == 0:
             raise ValueError(
-                f"`pixel_values` must hold at least one image, got an empty batch of shape {tuple(pixel_values.shape)}."
+                "`pixel_values` must hold at least one image, "
+                f"got an empty batch of shape {tuple(pixel_values.shape)}."
             )
         if num_channels is not None and pixel_values.shape[1] != num_channels:
             raise ValueError(
@@ -381,9 +382,7 @@ class MARNetModel(MARNetPreTrainedModel):
             config.vision_hidden_size = _infer_vision_hidden_size(self.vision_model, config.vision_config)
         self.alignment = MARNetEmbeddingAlignment(config) if config.use_alignment else None
         self.num_prefix_tokens = _num_prefix_tokens(self.vision_model)
-        self.reconstruction = (
-            MARNetCrossModalReconstruction(config) if config.reconstruction != "none" else None
-        )
+        self.reconstruction = MARNetCrossModalReconstruction(config) if config.reconstruction != "none" else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -560,8 +559,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         super().__init__(config)
         if config.num_labels < 1:
             raise ValueError(
-                f"MARNetForImageClassification needs `num_labels` >= 1 (one logit per class), got {config.num_labels}. "
-                "Set `id2label` from the dataset's classes (e.g. its ClassLabel names); `num_labels=1` is a regression."
+                "MARNetForImageClassification needs `num_labels` >= 1 (one logit per class), "
+                f"got {config.num_labels}. Set `id2label` from the dataset's classes (e.g. its ClassLabel names); "
+                "`num_labels=1` is a regression."
             )
         self.marnet = MARNetModel(config)
         projected = config.use_alignment and config.visual_features == "projection"
@@ -587,7 +587,11 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             kwargs: `MARNetConfig` fields (e.g. `text_hidden_size=384`, `id2label=...`), or `from_pretrained`
                 options for the tower (`revision`, `cache_dir`, `token`, `local_files_only`, `dtype`, ...).
         """
-        config_fields = set(inspect.signature(MARNetConfig.__init__).parameters) | {"id2label", "label2id", "num_labels"}
+        config_fields = set(inspect.signature(MARNetConfig.__init__).parameters) | {
+            "id2label",
+            "label2id",
+            "num_labels",
+        }
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
         fields = config.to_dict() if config is not None else {}
         for key in ("model_type", "transformers_version", "vision_hidden_size", "auto_map", "architectures"):
@@ -688,7 +692,10 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             reconstruction_logits = self.reconstruction_classifier(self.dropout(outputs.reconstructed_text_embeds))
         if self.fusion is not None:
             logits = self.fusion(
-                outputs.visual_embeds, outputs.reconstructed_text_embeds, visual_logits, reconstruction_logits,
+                outputs.visual_embeds,
+                outputs.reconstructed_text_embeds,
+                visual_logits,
+                reconstruction_logits,
                 problem_type,
             )
         else:

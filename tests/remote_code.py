@@ -1,6 +1,6 @@
 """Prologue of a subprocess script that plays a user without the MARNet package (`trust_remote_code=True` users)."""
 
-BLOCK_MARNET_PACKAGE = '''
+BLOCK_MARNET_PACKAGE = """
 import importlib.abc
 import sys
 
@@ -18,4 +18,4 @@ except ImportError:
     pass
 else:
     raise SystemExit("modeling_marnet is importable although it must be blocked")
-'''
+"""

@@ -24,12 +24,46 @@ ROWS = ("baseline", "marnet")
 
 def benchmark_command(paths, *extra, rows=ROWS):
     return [
-        sys.executable, str(SCRIPT), "--dataset", str(paths["dataset"]), "--vision-model", str(paths["tower"]),
-        "--text-encoder", str(paths["text"]), "--rows", *rows, "--proxies", "original", "--grid", "1e-3:0.5",
-        "--weight-grid", "alignment_loss_weight=0.5", "--tune-seeds", "0", "--seeds", "0", "1",
-        "--train-fractions", "1.0", "--tune-fraction", "1.0", "--epochs", "1", "--batch-size", "8", "--image-size", "30",
-        "--num-proc", "1", "--work-dir", str(paths["work"]), "--output", str(paths["output"]), *extra,
-        "--", *tiny_model_args(),
+        sys.executable,
+        str(SCRIPT),
+        "--dataset",
+        str(paths["dataset"]),
+        "--vision-model",
+        str(paths["tower"]),
+        "--text-encoder",
+        str(paths["text"]),
+        "--rows",
+        *rows,
+        "--proxies",
+        "original",
+        "--grid",
+        "1e-3:0.5",
+        "--weight-grid",
+        "alignment_loss_weight=0.5",
+        "--tune-seeds",
+        "0",
+        "--seeds",
+        "0",
+        "1",
+        "--train-fractions",
+        "1.0",
+        "--tune-fraction",
+        "1.0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "30",
+        "--num-proc",
+        "1",
+        "--work-dir",
+        str(paths["work"]),
+        "--output",
+        str(paths["output"]),
+        *extra,
+        "--",
+        *tiny_model_args(),
     ]
 
 
@@ -37,8 +71,13 @@ def benchmark_command(paths, *extra, rows=ROWS):
 def finished(tmp_path_factory):
     """The paths of one finished tiny protocol and the CompletedProcess that made it."""
     root = tmp_path_factory.mktemp("accuracy")
-    paths = {"dataset": save_dataset(root / "data"), "tower": save_vision_tower(root / "tower"),
-             "text": save_text_encoder(root / "text"), "work": root / "work", "output": root / "out" / "acc.json"}
+    paths = {
+        "dataset": save_dataset(root / "data"),
+        "tower": save_vision_tower(root / "tower"),
+        "text": save_text_encoder(root / "text"),
+        "work": root / "work",
+        "output": root / "out" / "acc.json",
+    }
     completed = run_command(benchmark_command(paths), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return paths, completed
@@ -51,7 +90,9 @@ def test_tuning_reads_validation_only_and_searches_weights_for_text_rows(finishe
     assert list(report["tuning"]["shared/baseline"]["validation_top1"]) == ["lr0.001-x0.5"]
     # The text row also tries the loss-weight variant at its best grid point.
     assert list(report["tuning"]["original/marnet"]["validation_top1"]) == [
-        "lr0.001-x0.5", "lr0.001-x0.5-alignment_loss_weight0.5"]
+        "lr0.001-x0.5",
+        "lr0.001-x0.5-alignment_loss_weight0.5",
+    ]
     for row in report["tuning"].values():
         assert row["chosen"] in row["validation_top1"]
         assert row["validation_top1"][row["chosen"]] == max(row["validation_top1"].values())
@@ -139,7 +180,9 @@ def test_failing_run_reports_its_log_and_writes_no_results(finished, tmp_path):
 
 def test_grid_and_seed_errors_are_clear():
     completed = run_command([sys.executable, str(SCRIPT), "--grid", "fast"])
-    assert completed.returncode == 2 and "expected LR:TOWER_MULTIPLIER such as 1e-3:0.1, got 'fast'" in completed.stderr
+    assert (
+        completed.returncode == 2 and "expected LR:TOWER_MULTIPLIER such as 1e-3:0.1, got 'fast'" in completed.stderr
+    )
     completed = run_command([sys.executable, str(SCRIPT), "--tune-seeds", "7", "--seeds", "0", "1"])
     assert completed.returncode == 2 and "--tune-seeds [7] must be among --seeds [0, 1]" in completed.stderr
     completed = run_command([sys.executable, str(SCRIPT), "--rows", "marnet"])

@@ -71,20 +71,32 @@ def test_ablation_rows_apply_their_switches(name):
         ("contrastive_temperature_init", 0.0, "`contrastive_temperature_init` must be > 0"),
         ("alignment_loss_weight", -1.0, "`alignment_loss_weight` must be a finite number >= 0, got -1.0"),
         ("visual_ce_weight", float("inf"), "`visual_ce_weight` must be a finite number >= 0, got inf"),
-        ("reconstruction_loss_weight", float("nan"), "`reconstruction_loss_weight` must be a finite number >= 0, got nan"),
+        (
+            "reconstruction_loss_weight",
+            float("nan"),
+            "`reconstruction_loss_weight` must be a finite number >= 0, got nan",
+        ),
         ("visual_features", "pooled", "`visual_features` must be one of 'tower', 'projection', got 'pooled'"),
         ("reconstruction_training", "x0", "`reconstruction_training` must be one of 'sample', 'one_step', got 'x0'"),
         ("diffusion_timesteps", "late", "`diffusion_timesteps` must be one of 'uniform', 'inference', got 'late'"),
         ("text_normalization", "l2", "`text_normalization` must be one of 'none', 'unit_rms', got 'l2'"),
         ("alignment_targets", "label", "`alignment_targets` must be one of 'instance', 'class', got 'label'"),
         ("distillation_temperature", 0.0, "`distillation_temperature` must be a finite number > 0, got 0.0"),
-        ("distillation_weight", 1.0, "distils the text classifier, which only learns when `text_classification_weight` > 0"),
+        (
+            "distillation_weight",
+            1.0,
+            "distils the text classifier, which only learns when `text_classification_weight` > 0",
+        ),
         ("classifier_dropout", 1.0, "`classifier_dropout` must be in [0, 1), got 1.0"),
         ("use_alignment", "yes", "`use_alignment` must be True or False, got 'yes'"),
         ("sampler_seed", -1, "`sampler_seed` must be an integer in [0, 2**64 - 1] (a torch.Generator seed), got -1"),
         ("image_only_training", 1, "`image_only_training` must be True or False, got 1"),
-        ("problem_type", "ordinal", "`problem_type` must be one of 'single_label_classification', "
-         "'multi_label_classification', 'regression', got 'ordinal'"),
+        (
+            "problem_type",
+            "ordinal",
+            "`problem_type` must be one of 'single_label_classification', "
+            "'multi_label_classification', 'regression', got 'ordinal'",
+        ),
         ("alignment", "clip", "`alignment` must be one of 'ita', 'sdm', 'swd', 'cdd', 'ssan', 'team', got 'clip'"),
         ("swd_num_projections", 0, "`swd_num_projections` must be a positive integer, got 0"),
         ("cdd_kernel_num", 2.0, "`cdd_kernel_num` must be a positive integer, got 2.0"),
@@ -99,7 +111,9 @@ def test_invalid_values_name_field_allowed_and_given(field, value, message):
 
 
 def test_unknown_ablation_and_inconsistent_switches_are_refused():
-    with pytest.raises(ValueError, match="`ablation` must be one of 'baseline', 'ema', 'mlp', 'cdr', 'full', got 'clip'"):
+    with pytest.raises(
+        ValueError, match="`ablation` must be one of 'baseline', 'ema', 'mlp', 'cdr', 'full', got 'clip'"
+    ):
         MARNetConfig.from_ablation("clip")
     with pytest.raises(ValueError, match="needs the CDR branch, but `reconstruction='none'`"):
         MARNetConfig(reconstruction="none", classifier_input="fusion")
@@ -113,24 +127,45 @@ def test_num_labels_and_label_maps_follow_transformers_conventions(tmp_path):
     named = MARNetConfig(id2label={0: "soup", 1: "salad"}, label2id={"soup": 0, "salad": 1})
     named.save_pretrained(tmp_path)
     loaded = MARNetConfig.from_pretrained(tmp_path)
-    assert (loaded.num_labels, loaded.id2label, loaded.label2id) == (2, {0: "soup", 1: "salad"}, {"soup": 0, "salad": 1})
+    assert (loaded.num_labels, loaded.id2label, loaded.label2id) == (
+        2,
+        {0: "soup", 1: "salad"},
+        {"soup": 0, "salad": 1},
+    )
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"problem_type": "regression", "fusion_mode": "sum"}, "`fusion_mode='sum'` fuses class scores (sigmoids of "
-         "the branch logits), which `problem_type='regression'` does not have. Use fusion_mode 'concat', 'add' or 'mul'"),
+        (
+            {"problem_type": "regression", "fusion_mode": "sum"},
+            "`fusion_mode='sum'` fuses class scores (sigmoids of "
+            "the branch logits), which `problem_type='regression'` does not have. "
+            "Use fusion_mode 'concat', 'add' or 'mul'",
+        ),
         ({"problem_type": "regression", "fusion_mode": "hm"}, "`fusion_mode='hm'` fuses class scores"),
-        ({"problem_type": "multi_label_classification", "fusion_mode": "hm"}, "`fusion_mode='hm'` scores each class "
-         "z / (1 + z) <= 0.5 (z = sigmoid(a) * sigmoid(b)), so under `problem_type='multi_label_classification'`"),
-        ({"problem_type": "regression", "alignment_targets": "class"}, "`alignment_targets='class'` takes the texts "
-         "of the same class as positives, but `problem_type='regression'` has no classes. Use alignment_targets='instance'"),
-        ({"problem_type": "regression", "alignment": "cdd"}, "`alignment='cdd'` groups the images and texts by "
-         "class, which `problem_type='regression'` does not have. Use alignment 'ita', 'swd' or 'team'."),
-        ({"problem_type": "regression", "text_classification_weight": 1.0, "distillation_weight": 0.5},
-         "`distillation_weight=0.5` distils temperature-scaled class probabilities, which `problem_type='regression'` "
-         "does not have. Set distillation_weight=0"),
+        (
+            {"problem_type": "multi_label_classification", "fusion_mode": "hm"},
+            "`fusion_mode='hm'` scores each class "
+            "z / (1 + z) <= 0.5 (z = sigmoid(a) * sigmoid(b)), so under `problem_type='multi_label_classification'`",
+        ),
+        (
+            {"problem_type": "regression", "alignment_targets": "class"},
+            "`alignment_targets='class'` takes the texts "
+            "of the same class as positives, but `problem_type='regression'` has no classes. "
+            "Use alignment_targets='instance'",
+        ),
+        (
+            {"problem_type": "regression", "alignment": "cdd"},
+            "`alignment='cdd'` groups the images and texts by "
+            "class, which `problem_type='regression'` does not have. Use alignment 'ita', 'swd' or 'team'.",
+        ),
+        (
+            {"problem_type": "regression", "text_classification_weight": 1.0, "distillation_weight": 0.5},
+            "`distillation_weight=0.5` distils temperature-scaled class probabilities, "
+            "which `problem_type='regression'` "
+            "does not have. Set distillation_weight=0",
+        ),
     ],
 )
 def test_fields_without_a_meaning_for_the_problem_type_are_refused(fields, message):

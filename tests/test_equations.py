@@ -29,10 +29,13 @@ def test_eq_5_and_9_to_11_ita_loss():
         return (a @ b) / (a.norm() * b.norm())
 
     def direction(x, y):
-        return sum(
-            -math.log(math.exp(sim(x[i], y[i]) / tau) / sum(math.exp(sim(x[i], y[b]) / tau) for b in range(4)))
-            for i in range(4)
-        ) / 4
+        return (
+            sum(
+                -math.log(math.exp(sim(x[i], y[i]) / tau) / sum(math.exp(sim(x[i], y[b]) / tau) for b in range(4)))
+                for i in range(4)
+            )
+            / 4
+        )
 
     expected = direction(v, s) + direction(s, v)
     loss, logits = image_text_contrastive_loss(v, s, torch.tensor(math.log(1 / tau)))

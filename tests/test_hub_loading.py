@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from remote_code import BLOCK_MARNET_PACKAGE
-from test_publish import REPO_ID, write_training_output
 
 from hub_scripts.publish import main as publish_main
+from remote_code import BLOCK_MARNET_PACKAGE
+from test_publish import REPO_ID, write_training_output
 
 COMMIT = hashlib.sha1(b"marnet-publish test commit").hexdigest()
 # The package registers MARNet with the Auto classes; remote-code users have only the repo's files.
 PROLOGUES = {"installed": "import modeling_marnet\n", "remote-code": BLOCK_MARNET_PACKAGE}
 
-LOADER = r'''
+LOADER = r"""
 import json, sys
 
 mode, image_path, out_path = sys.argv[1:]
@@ -48,7 +48,7 @@ json.dump({
     "pipeline": classifier(image, top_k=5),
     "marnet_imported": "modeling_marnet" in sys.modules,
 }, open(out_path, "w"))
-'''
+"""
 
 
 def git_blob_sha1(data):
@@ -76,7 +76,9 @@ def published(tmp_path_factory):
     """The original model, a test image, and an HF_HOME holding the published repo."""
     root = tmp_path_factory.mktemp("hub_loading")
     model = write_training_output(root / "run")
-    assert publish_main([str(root / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(root / "repo")]) == 0
+    assert (
+        publish_main([str(root / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(root / "repo")]) == 0
+    )
     lay_out_as_hub_download(root / "repo", root / "hf_home", REPO_ID, COMMIT)
     image_path = root / "dish.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(image_path)
@@ -92,7 +94,11 @@ def load_in_fresh_process(mode, published):
     env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", PROLOGUES[mode] + LOADER, mode, str(image_path), str(out_path)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out_path.read_text())

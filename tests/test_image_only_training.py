@@ -21,8 +21,11 @@ from tiny_marnet import tiny_batch, tiny_config
 from train_fixtures import offline_env, run_command
 
 # Only text trains these in the full model (with the visual projection as the visual classifier's feature).
-TEXT_ONLY = ("marnet.alignment.text_projection.dense.weight", "marnet.alignment.text_projection.dense.bias",
-             "marnet.alignment.logit_scale")
+TEXT_ONLY = (
+    "marnet.alignment.text_projection.dense.weight",
+    "marnet.alignment.text_projection.dense.bias",
+    "marnet.alignment.logit_scale",
+)
 
 
 def free_port():
@@ -33,9 +36,22 @@ def free_port():
 
 def launcher():
     """`accelerate launch` with two gloo processes on CPU (with ACCELERATE_USE_CPU=1 in the environment)."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
 
 
 @pytest.fixture
@@ -82,8 +98,9 @@ def test_trainer_with_gradient_checkpointing_on_two_processes(full_checkpoint):
     root, checkpoint = full_checkpoint
     output_dir = root / "trainer"
     script = Path(__file__).with_name("image_only_trainer_run.py")
-    result = run_command([*launcher(), str(script), str(checkpoint), str(output_dir)],
-                         env=offline_env(ACCELERATE_USE_CPU="1"))
+    result = run_command(
+        [*launcher(), str(script), str(checkpoint), str(output_dir)], env=offline_env(ACCELERATE_USE_CPU="1")
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     run = json.loads((output_dir / "run.json").read_text())
     assert run == {"world_size": 2, "ddp": True, "find_unused_parameters": False, "steps": 3}

@@ -129,23 +129,62 @@ def test_sampler_seed_is_the_only_source_of_reverse_process_noise():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m, x, t, y: m(x[0]), "`pixel_values` must be a (batch, channels, height, width) tensor, got shape (3, 30, 30)"),
-        (lambda m, x, t, y: m(x[:, :1]), "`pixel_values` must have 3 channels (vision_config.num_channels), got shape (4, 1, 30, 30)"),
-        (lambda m, x, t, y: m(x, text_embeds=t[:, :5]), "`text_embeds` must have shape (batch_size, text_hidden_size) = (4, 16), got (4, 5)"),
-        (lambda m, x, t, y: m(x, text_embeds=t[:2]), "`text_embeds` must have shape (batch_size, text_hidden_size) = (4, 16), got (2, 16)"),
-        (lambda m, x, t, y: m(x, labels=y + NUM_LABELS), "`labels` must be class ids in [0, 4] (num_labels=5), got values from 5 to 8"),
-        (lambda m, x, t, y: m(x, labels=y - 1), "`labels` must be class ids in [0, 4] (num_labels=5), got values from -1 to 2"),
+        (
+            lambda m, x, t, y: m(x[0]),
+            "`pixel_values` must be a (batch, channels, height, width) tensor, got shape (3, 30, 30)",
+        ),
+        (
+            lambda m, x, t, y: m(x[:, :1]),
+            "`pixel_values` must have 3 channels (vision_config.num_channels), got shape (4, 1, 30, 30)",
+        ),
+        (
+            lambda m, x, t, y: m(x, text_embeds=t[:, :5]),
+            "`text_embeds` must have shape (batch_size, text_hidden_size) = (4, 16), got (4, 5)",
+        ),
+        (
+            lambda m, x, t, y: m(x, text_embeds=t[:2]),
+            "`text_embeds` must have shape (batch_size, text_hidden_size) = (4, 16), got (2, 16)",
+        ),
+        (
+            lambda m, x, t, y: m(x, labels=y + NUM_LABELS),
+            "`labels` must be class ids in [0, 4] (num_labels=5), got values from 5 to 8",
+        ),
+        (
+            lambda m, x, t, y: m(x, labels=y - 1),
+            "`labels` must be class ids in [0, 4] (num_labels=5), got values from -1 to 2",
+        ),
         (lambda m, x, t, y: m(x, labels=y[:2]), "`labels` must have shape (4,) (one class id per image), got (2,)"),
-        (lambda m, x, t, y: m(x, labels=y.float()), "`labels` must have shape (4, 5) (one row of 5 targets per image) "
-         "for problem_type='multi_label_classification' (inferred from non-integer labels), got (4,) of dtype torch.float32. For single-label "
-         "classification pass integer class ids of shape (batch_size,)"),
-        (lambda m, x, t, y: setattr(m.config, "problem_type", "single_label_classification") or m(x, labels=y.float()),
-         "`labels` must hold integer class ids, got dtype torch.float32"),
-        (lambda m, x, t, y: m(x, labels=torch.full((4, 5), 2.0)), "`labels` must be multi-hot targets in [0, 1] for "
-         "problem_type='multi_label_classification', got values from 2.0 to 2.0"),
+        (
+            lambda m, x, t, y: m(x, labels=y.float()),
+            "`labels` must have shape (4, 5) (one row of 5 targets per image) "
+            "for problem_type='multi_label_classification' (inferred from non-integer labels), "
+            "got (4,) of dtype torch.float32. For single-label "
+            "classification pass integer class ids of shape (batch_size,)",
+        ),
+        (
+            lambda m, x, t, y: (
+                setattr(m.config, "problem_type", "single_label_classification") or m(x, labels=y.float())
+            ),
+            "`labels` must hold integer class ids, got dtype torch.float32",
+        ),
+        (
+            lambda m, x, t, y: m(x, labels=torch.full((4, 5), 2.0)),
+            "`labels` must be multi-hot targets in [0, 1] for "
+            "problem_type='multi_label_classification', got values from 2.0 to 2.0",
+        ),
     ],
-    ids=["rank", "channels", "text-width", "text-batch", "labels-high", "labels-negative", "labels-batch",
-         "labels-float-inferred-multi-label", "labels-float-single-label", "labels-multi-hot-range"],
+    ids=[
+        "rank",
+        "channels",
+        "text-width",
+        "text-batch",
+        "labels-high",
+        "labels-negative",
+        "labels-batch",
+        "labels-float-inferred-multi-label",
+        "labels-float-single-label",
+        "labels-multi-hot-range",
+    ],
 )
 def test_bad_input_names_argument_expected_and_received(call, message):
     model = make_model("full")

@@ -74,7 +74,11 @@ def test_default_config_labels_by_top_level_category(tmp_path):
     assert class_names[rows["animals/crawfish.png"]["label"]] == "animals"
     assert class_names[rows["food/menu.png"]["label"]] == "food"
     assert len(rows) == 22
-    assert {split: len(dataset) for split, dataset in dataset_dict.items()} == {"train": 16, "validation": 2, "test": 4}
+    assert {split: len(dataset) for split, dataset in dataset_dict.items()} == {
+        "train": 16,
+        "validation": 2,
+        "test": 4,
+    }
 
 
 def test_split_is_deterministic_and_follows_the_seed(tmp_path):

@@ -20,8 +20,13 @@ from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetIm
 from tiny_marnet import tiny_config
 from train_fixtures import make_dataset_dict, save_text_encoder, save_vision_tower
 
-TINY_HEADS = {"projection_dim": 8, "denoiser_hidden_size": 24, "timestep_embedding_dim": 8, "num_train_timesteps": 50,
-              "num_inference_steps": 3}
+TINY_HEADS = {
+    "projection_dim": 8,
+    "denoiser_hidden_size": 24,
+    "timestep_embedding_dim": 8,
+    "num_train_timesteps": 50,
+    "num_inference_steps": 3,
+}
 
 
 def compute_metrics(p):
@@ -83,8 +88,14 @@ def recipe(tmp_path_factory):
         use_cpu=True,
         seed=0,
     )
-    trainer = Trainer(model=model, args=args, data_collator=collate, train_dataset=train,
-                      eval_dataset=dataset["validation"], compute_metrics=compute_metrics)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collate,
+        train_dataset=train,
+        eval_dataset=dataset["validation"],
+        compute_metrics=compute_metrics,
+    )
     trainer.train()
     return trainer, dataset, collate
 
@@ -134,10 +145,20 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
     def one_update(batch_size, accumulation):
         torch.manual_seed(0)
         model = MARNetForImageClassification(tiny_config("baseline"))
-        args = TrainingArguments(tmp_path / f"run-{accumulation}", per_device_train_batch_size=batch_size,
-                                 gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,
-                                 lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
-                                 use_cpu=True, seed=0)
+        args = TrainingArguments(
+            tmp_path / f"run-{accumulation}",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=0,
+        )
         Trainer(model=model, args=args, train_dataset=FourImages()).train()
         return model.visual_classifier.weight.detach()
 

@@ -31,13 +31,22 @@ VARIANTS = {
     "ema-tower-class-targets": ("ema", {"visual_features": "tower", "alignment_targets": "class"}),
     "mlp": ("mlp", {}),
     "cdr": ("cdr", {"reconstruction_training": "one_step"}),
-    "cdr-sample-unit-rms": ("cdr", {"reconstruction_training": "sample", "diffusion_timesteps": "inference",
-                                    "text_normalization": "unit_rms"}),
+    "cdr-sample-unit-rms": (
+        "cdr",
+        {"reconstruction_training": "sample", "diffusion_timesteps": "inference", "text_normalization": "unit_rms"},
+    ),
     "full-concat": ("full", {"visual_features": "projection", "reconstruction_training": "one_step"}),
     "full-add-tower": ("full", {"fusion_mode": "add", "visual_features": "tower"}),
     "full-mul-ddim": ("full", {"fusion_mode": "mul", "sampler": "ddim", "classifier_dropout": 0.3}),
-    "full-sum-distillation": ("full", {"fusion_mode": "sum", "text_classification_weight": 1.0,
-                                       "distillation_weight": 1.0, "reconstruction_training": "one_step"}),
+    "full-sum-distillation": (
+        "full",
+        {
+            "fusion_mode": "sum",
+            "text_classification_weight": 1.0,
+            "distillation_weight": 1.0,
+            "reconstruction_training": "one_step",
+        },
+    ),
     "full-hm-mlp": ("full", {"fusion_mode": "hm", "reconstruction": "mlp"}),
     "visual-classifier-with-cdr": ("full", {"classifier_input": "visual", "visual_features": "projection"}),
     "reconstruction-classifier-with-ema": ("full", {"classifier_input": "reconstruction"}),
@@ -134,7 +143,10 @@ def test_every_classification_term_follows_the_problem_type_as_transformers_comp
     num_labels, make_labels = PROBLEM_LABELS[problem]
     overrides = {}
     if variant == "full-concat":  # the text classifier too, and its distillation where it has a meaning
-        overrides = {"text_classification_weight": 1.0, "distillation_weight": 0.0 if problem_type == "regression" else 0.5}
+        overrides = {
+            "text_classification_weight": 1.0,
+            "distillation_weight": 0.0 if problem_type == "regression" else 0.5,
+        }
     config = variant_config(variant, num_labels=num_labels, problem_type=problem_type, **overrides)
     model = make_model(config).train()
     pixel_values, text_embeds, _ = tiny_batch()
@@ -178,8 +190,13 @@ def test_problem_type_is_inferred_from_the_first_labels_and_stored_like_vit(num_
 def test_distillation_follows_the_problem_type():
     temperature = 2.0
     pixel_values, text_embeds, labels = tiny_batch()
-    for problem_type, targets in (("single_label_classification", labels), ("multi_label_classification", multi_hot())):
-        config = variant_config("full-sum-distillation", problem_type=problem_type, distillation_temperature=temperature)
+    for problem_type, targets in (
+        ("single_label_classification", labels),
+        ("multi_label_classification", multi_hot()),
+    ):
+        config = variant_config(
+            "full-sum-distillation", problem_type=problem_type, distillation_temperature=temperature
+        )
         output = make_model(config).train()(pixel_values, labels=targets, text_embeds=text_embeds)
         student, teacher = output.logits / temperature, output.text_logits / temperature
         if problem_type == "single_label_classification":
@@ -192,16 +209,19 @@ def test_distillation_follows_the_problem_type():
 
 
 def test_multi_label_class_targets_take_texts_with_the_same_label_set_as_positives():
-    config = tiny_config("ema", alignment_targets="class", visual_features="projection",
-                         problem_type="multi_label_classification")
+    config = tiny_config(
+        "ema", alignment_targets="class", visual_features="projection", problem_type="multi_label_classification"
+    )
     model = MARNetModel(config)
     pixel_values, text_embeds, _ = tiny_batch()
     labels = multi_hot()  # rows 0 and 2 share their label set, the others are unique
     output = model(pixel_values, text_embeds=text_embeds, labels=labels)
     scale = model.alignment.logit_scale.exp()
-    logits = scale * nn.functional.normalize(output.visual_embeds, dim=-1) @ nn.functional.normalize(
-        output.text_projected_embeds, dim=-1
-    ).t()  # (B, B)
+    logits = (
+        scale
+        * nn.functional.normalize(output.visual_embeds, dim=-1)
+        @ nn.functional.normalize(output.text_projected_embeds, dim=-1).t()
+    )  # (B, B)
     positives = torch.eye(4)
     positives[0, 2] = positives[2, 0] = 1
     targets = positives / positives.sum(-1, keepdim=True)
@@ -252,7 +272,9 @@ def test_re_heading_reinitialises_every_label_head_and_keeps_every_other_weight(
     old, new = model.state_dict(), reheaded.state_dict()
     assert old.keys() == new.keys()
     modules = dict(reheaded.named_modules())
-    heads = [name for name in ("visual_classifier", "reconstruction_classifier", "fusion.classifier") if name in modules]
+    heads = [
+        name for name in ("visual_classifier", "reconstruction_classifier", "fusion.classifier") if name in modules
+    ]
     label_heads = {f"{name}.{kind}" for name in heads for kind in ("weight", "bias")}
     assert label_heads == {name for name in new if new[name].shape != old[name].shape}
     assert all(modules[name].out_features == 7 for name in heads)
