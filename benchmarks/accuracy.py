@@ -1038,7 +1038,7 @@ def main(argv=None):
             "launcher": args.launcher,
             "extra_train_args": args.train_args,
         },
-        "dataset": dataset_summary(datasets_by_proxy["original"][1.0]),
+        "dataset": dataset_summary(prepare_train_subset(proxy_paths["original"], 1.0, args.max_train_per_class)),
         "text": text_statistics(args, {proxy: proxy_paths[proxy] for proxy in args.proxies}, text_encoder),
         "std": "sample standard deviation over seeds (n - 1); paired differences are per seed, row - baseline",
         "call_wall_seconds": time.perf_counter() - started,  # this call only: reused runs cost nothing here

@@ -46,9 +46,9 @@ def benchmark_command(paths, *extra, rows=ROWS):
         "0",
         "1",
         "--train-fractions",
-        "1.0",
+        "0.5",
         "--tune-fraction",
-        "1.0",
+        "0.5",
         "--epochs",
         "1",
         "--batch-size",
@@ -101,11 +101,13 @@ def test_tuning_reads_validation_only_and_searches_weights_for_text_rows(finishe
 def test_final_rows_are_paired_by_seed_and_match_the_trainers_test_metrics(finished):
     paths, _ = finished
     report = json.loads(paths["output"].read_text())
-    assert set(report["results"]) == {"original@1"}
-    group = report["results"]["original@1"]
+    assert set(report["results"]) == {"original@0.5"}
+    group = report["results"]["original@0.5"]
     for row, values in group.items():
         proxy = "shared" if row == "baseline" else "original"
-        folders = [paths["work"] / "runs" / proxy / row / values["variant"] / f"seed-{seed}" for seed in (0, 1)]
+        folders = [
+            paths["work"] / "runs" / f"{proxy}-train0.5" / row / values["variant"] / f"seed-{seed}" for seed in (0, 1)
+        ]
         tests = [json.loads((folder / "metrics.json").read_text())["per_split"]["test"] for folder in folders]
         assert values["top1"] == [test["top1"] for test in tests]
         assert values["top1_mean"] == pytest.approx(statistics.fmean(values["top1"]))
@@ -149,7 +151,7 @@ def test_runs_get_the_protocol_options(finished):
 def test_prints_a_markdown_table_per_group_with_paired_differences(finished):
     paths, completed = finished
     report = json.loads(paths["output"].read_text())
-    marnet = report["results"]["original@1"]["marnet"]
+    marnet = report["results"]["original@0.5"]["marnet"]
     expected = f"| {100 * marnet['paired_difference_mean']:+.2f} ± {100 * marnet['paired_difference_std']:.2f} |"
     assert expected in completed.stdout
 
@@ -175,7 +177,9 @@ def test_failing_run_reports_its_log_and_writes_no_results(finished, tmp_path):
     assert "baseline (lr0.001-x0.5, seed 0): the trainer exited with 2" in completed.stderr
     assert "bad option" in completed.stderr and "Traceback" not in completed.stderr
     assert not paths["output"].exists()
-    assert (paths["work"] / "runs" / "original" / "marnet" / "lr0.001-x0.5" / "seed-0" / "metrics.json").is_file()
+    assert (
+        paths["work"] / "runs" / "original-train0.5" / "marnet" / "lr0.001-x0.5" / "seed-0" / "metrics.json"
+    ).is_file()
 
 
 def test_grid_and_seed_errors_are_clear():
