@@ -4,7 +4,13 @@ import pytest
 import torch
 from transformers import AutoModel, TimmWrapperConfig
 
-from modeling_marnet import MARNetForImageClassification, MARNetImageClassifierOutput, MARNetModel
+from modeling_marnet import (
+    PAPER_LITERAL,
+    MARNetConfig,
+    MARNetForImageClassification,
+    MARNetImageClassifierOutput,
+    MARNetModel,
+)
 from tiny_marnet import IMAGE_SIZE, NUM_LABELS, TEXT_WIDTH, tiny_batch, tiny_config, tiny_vit_config
 
 CE_TERMS = ("visual_classification_loss", "reconstruction_classification_loss", "fusion_classification_loss")
@@ -201,7 +207,8 @@ def test_base_model_returns_branch_features_and_tower_outputs():
     output = model(pixel_values, text_embeds=text_embeds, output_hidden_states=True, output_attentions=True)
     sequence = (IMAGE_SIZE // 10) ** 2 + 1
     assert output.image_embeds.shape == (4, 32)
-    assert output.visual_embeds.shape == (4, 8)
+    # The classifiers read x_v itself (visual_features="tower", the default); the projection serves the alignment.
+    torch.testing.assert_close(output.visual_embeds, output.image_embeds)
     assert output.text_projected_embeds.shape == (4, 8)
     assert output.reconstructed_text_embeds.shape == (4, TEXT_WIDTH)
     assert output.alignment_loss.ndim == 0 and output.reconstruction_loss.ndim == 0
@@ -210,6 +217,18 @@ def test_base_model_returns_branch_features_and_tower_outputs():
     # x_v is the tower's CLS token (the paper's ViT-B/16 CLS feature), not an untrained tanh pooler.
     torch.testing.assert_close(output.image_embeds, output.last_hidden_state[:, 0])
     assert not any(name.startswith("vision_model.pooler") for name, _ in model.named_parameters())
+
+
+def test_paper_literal_config_classifies_the_projection():
+    """`PAPER_LITERAL`: x_EMA is g(E_v x_v) (eq. 1 and 7) and the text is used as given; the defaults differ in each
+    of its fields."""
+    model = MARNetModel(tiny_config("full", **PAPER_LITERAL)).train()
+    pixel_values, text_embeds, _ = tiny_batch()
+    output = model(pixel_values, text_embeds=text_embeds)
+    assert output.visual_embeds.shape == (4, 8)
+    torch.testing.assert_close(output.text_embeds, text_embeds)
+    defaults = MARNetConfig()
+    assert all(getattr(defaults, field) != value for field, value in PAPER_LITERAL.items())
 
 
 def test_classifier_passes_tower_hidden_states_and_tuple_outputs():
