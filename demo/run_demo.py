@@ -20,6 +20,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_REPO_ID = "your-name/marnet-openclipart-food"
 
+DEMO_THREADS = 2
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +70,11 @@ def train(name, args, tower, text_encoder, extra):
     ]
     if text_encoder is not None:
         command += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.output_root / "text-cache")]
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # The same thread count on every machine: CPU reductions split their work by thread, so the sums (and the demo's
+    # numbers) would otherwise depend on the core count. With `full_determinism` in configs/demo.yaml, two runs on
+    # one machine print the same numbers.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(DEMO_THREADS)}
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env)
     return output_dir
 
 
