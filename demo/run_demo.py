@@ -71,8 +71,8 @@ def train(name, args, tower, text_encoder, extra):
     if text_encoder is not None:
         command += ["--text-encoder", str(text_encoder), "--text-cache-dir", str(args.output_root / "text-cache")]
     # The same thread count on every machine: CPU reductions split their work by thread, so the sums (and the demo's
-    # numbers) would otherwise depend on the core count. With `full_determinism` in configs/demo.yaml, two runs on
-    # one machine print the same numbers.
+    # numbers) would otherwise depend on the core count. With `full_determinism` in configs/demo.yaml as well, runs
+    # still differ by a few images (README, What the demo shows).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(DEMO_THREADS)}
     subprocess.run(command, check=True, cwd=REPO_ROOT, env=env)
     return output_dir
