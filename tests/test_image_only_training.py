@@ -4,8 +4,6 @@
 checkpointing, which is when Trainer turns unused-parameter detection off."""
 
 import json
-import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from transformers.utils import logging
 
 from modeling_marnet import MARNetForImageClassification
 from tiny_marnet import tiny_batch, tiny_config
-from train_fixtures import offline_env, run_command
+from train_fixtures import free_port, offline_env, run_command, two_process_launcher
 
 # Only text trains these in the full model (with the visual projection as the visual classifier's feature).
 TEXT_ONLY = (
@@ -26,32 +24,6 @@ TEXT_ONLY = (
     "marnet.alignment.text_projection.dense.bias",
     "marnet.alignment.logit_scale",
 )
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launcher():
-    """`accelerate launch` with two gloo processes on CPU (with ACCELERATE_USE_CPU=1 in the environment)."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
 
 
 @pytest.fixture
@@ -99,7 +71,8 @@ def test_trainer_with_gradient_checkpointing_on_two_processes(full_checkpoint):
     output_dir = root / "trainer"
     script = Path(__file__).with_name("image_only_trainer_run.py")
     result = run_command(
-        [*launcher(), str(script), str(checkpoint), str(output_dir)], env=offline_env(ACCELERATE_USE_CPU="1")
+        [*two_process_launcher(), str(script), str(checkpoint), str(output_dir)],
+        env=offline_env(ACCELERATE_USE_CPU="1"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     run = json.loads((output_dir / "run.json").read_text())

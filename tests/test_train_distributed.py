@@ -15,8 +15,6 @@ weight by at most about lr, so the difference is bounded by lr * steps; measured
 """
 
 import json
-import socket
-import sys
 
 import pytest
 import torch
@@ -30,16 +28,11 @@ from train_fixtures import (
     save_text_encoder,
     save_vision_tower,
     tiny_model_args,
+    two_process_launcher,
 )
 
 LEARNING_RATE = 3e-3
 MAX_STEPS = 6
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,22 +73,7 @@ def runs(tmp_path_factory):
             *tiny_model_args(),
         ]
 
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
+    launcher = two_process_launcher()
     two = run_command(
         module_command("modeling_marnet.train", *train_args(root / "two", 4), launcher=launcher),
         env=offline_env(ACCELERATE_USE_CPU="1"),

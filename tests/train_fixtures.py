@@ -5,6 +5,7 @@ The dataset has the features of the `dataset_scripts` builders (`image`, `label`
 """
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,33 @@ def offline_env(**extra):
 def module_command(module, *args, launcher=None):
     """`python -m module args`, or `<launcher...> -m module args` (e.g. accelerate launch)."""
     return [*(launcher or [sys.executable]), "-m", module, *map(str, args)]
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a process group's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_process_launcher():
+    """`accelerate launch` with two gloo processes on CPU (with ACCELERATE_USE_CPU=1 in the environment)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
 
 
 def run_command(command, timeout=240, env=None):
