@@ -57,6 +57,8 @@ def benchmark_command(paths, *extra, rows=ROWS):
         "30",
         "--num-proc",
         "1",
+        "--parallel",
+        "2",  # two single-threaded runs at a time, as on the 2-core CI machine
         "--work-dir",
         str(paths["work"]),
         "--output",
