@@ -314,7 +314,8 @@ def parse_args(argv=None):
         "--output",
         type=Path,
         default=RESULTS / "accuracy.json",
-        help="results JSON; the plots go next to it (.png: final table, _curves.png: validation top-1 per epoch)",
+        help="results JSON; the plots go next to it (.png: final table, _curves.png: validation top-1 per epoch, "
+        "_fractions.png: test top-1 per training fraction when there are several)",
     )
     args = parser.parse_args(argv)
     if args.dataset is not None and not (args.dataset / "dataset_dict.json").is_file():
@@ -939,6 +940,35 @@ def plot(results, path):
     _save_figure(figure, path)
 
 
+def plot_training_fractions(args, results, path):
+    """Learning curves: test top-1 (mean ± std over seeds) of every row against the fraction of training images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted(args.train_fractions)
+    figure, axes = plt.subplots(1, len(args.proxies), figsize=(5 * len(args.proxies), 3.6), squeeze=False)
+    for axis, proxy in zip(axes[0], args.proxies):
+        for row in rows_on(args, proxy):
+            groups = [results[f"{proxy}@{fraction:g}"][row] for fraction in fractions]
+            axis.errorbar(
+                [100 * fraction for fraction in fractions],
+                [100 * group["top1_mean"] for group in groups],
+                yerr=[100 * group["top1_std"] for group in groups],
+                marker="o",
+                markersize=3,
+                capsize=3,
+                label=row,
+            )
+        axis.set_title(proxy)
+        axis.set_xlabel("training images per class (%)")
+        axis.set_ylabel("test top-1 (%)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
 def plot_curves(args, chosen, path):
     """Validation top-1 per epoch of each row's final runs at the largest training fraction, mean over seeds."""
     import matplotlib
@@ -1049,6 +1079,8 @@ def main(argv=None):
     }
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     plot(results, args.output.with_suffix(".png"))
+    if len(args.train_fractions) > 1:
+        plot_training_fractions(args, results, args.output.with_name(args.output.stem + "_fractions.png"))
     for name, group in results.items():
         print(f"\n{name}\n{markdown_table(group)}")
     print(f"wrote {args.output} and its plots")
