@@ -914,14 +914,9 @@ def markdown_table(group):
 
 def plot(results, path):
     """Bar chart per results group: mean paired top-1 difference to the baseline, error bar its std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = list(results)
-    figure, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
-    for axis, name in zip(axes[0], groups):
+    figure, axes = _figure_row(len(groups), panel_width=4.2)
+    for axis, name in zip(axes, groups):
         rows = [row for row in results[name] if row != BASELINE_ROW]
         means = [100 * results[name][row]["paired_difference_mean"] for row in rows]
         stds = [100 * results[name][row]["paired_difference_std"] for row in rows]
@@ -942,14 +937,9 @@ def plot(results, path):
 
 def plot_training_fractions(args, results, path):
     """Learning curves: test top-1 (mean ± std over seeds) of every row against the fraction of training images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fractions = sorted(args.train_fractions)
-    figure, axes = plt.subplots(1, len(args.proxies), figsize=(5 * len(args.proxies), 3.6), squeeze=False)
-    for axis, proxy in zip(axes[0], args.proxies):
+    figure, axes = _figure_row(len(args.proxies))
+    for axis, proxy in zip(axes, args.proxies):
         for row in rows_on(args, proxy):
             groups = [results[f"{proxy}@{fraction:g}"][row] for fraction in fractions]
             axis.errorbar(
@@ -971,14 +961,9 @@ def plot_training_fractions(args, results, path):
 
 def plot_curves(args, chosen, path):
     """Validation top-1 per epoch of each row's final runs at the largest training fraction, mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(args.proxies), figsize=(5 * len(args.proxies), 3.6), squeeze=False)
+    figure, axes = _figure_row(len(args.proxies))
     curves = {}
-    for axis, proxy in zip(axes[0], args.proxies):
+    for axis, proxy in zip(axes, args.proxies):
         for row in rows_on(args, proxy):
             template = chosen[key_of(row, proxy)]
             per_seed = []
@@ -999,6 +984,17 @@ def plot_curves(args, chosen, path):
     figure.tight_layout()
     _save_figure(figure, path)
     return curves
+
+
+def _figure_row(count, panel_width=5):
+    """A figure of `count` panels side by side (headless matplotlib): (figure, the panels' axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, count, figsize=(panel_width * count, 3.6), squeeze=False)
+    return figure, axes[0]
 
 
 def _save_figure(figure, path):
