@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+from modeling_marnet.corruptions import CORRUPTIONS, SEVERITIES
+
 from .errors import UsageError
 from .options import MARNetArgumentParser
 
@@ -13,6 +15,7 @@ as JSON in the layout of marnet-train's metrics.json. Run it plainly, or with
 
 example:
   marnet-eval --model_name_or_path runs/vireo --dataset_name datasets/vireo-food172 --split validation test
+  marnet-eval --model runs/vireo --dataset datasets/vireo-food172 --corruption gaussian_noise --severity 3
 """
 
 
@@ -49,6 +52,17 @@ class EvalArguments:
     num_inference_steps: int | None = field(
         default=None, metadata={"help": "Override MARNet's reverse diffusion steps."}
     )
+    corruption: str | None = field(
+        default=None,
+        metadata={
+            "choices": list(CORRUPTIONS),
+            "help": "Corrupt every image after decoding and before the image processor (ImageNet-C style, "
+            "deterministic per image; docs/robustness.md).",
+        },
+    )
+    severity: int | None = field(
+        default=None, metadata={"help": "Severity of --corruption, 1 (mild) to 5 (severe); required with it."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a Hub model to run its own code."})
     metrics_file: str | None = field(
         default=None, metadata={"aliases": ["--output"], "help": "Also write the metrics JSON to this file."}
@@ -63,6 +77,13 @@ class EvalArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be >= 1, got {value}.")
+        if (self.corruption is None) != (self.severity is None):
+            raise UsageError(
+                "--corruption and --severity go together: give both (e.g. --corruption gaussian_noise --severity 3) "
+                f"or neither; got --corruption {self.corruption} --severity {self.severity}."
+            )
+        if self.severity is not None and self.severity not in SEVERITIES:
+            raise UsageError(f"--severity must be an integer in 1-5, got {self.severity}.")
 
 
 def parse_eval_args(argv=None):

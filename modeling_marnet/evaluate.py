@@ -2,8 +2,9 @@
 `accelerate launch -m modeling_marnet.evaluate ...`.
 
 Prints the metrics as JSON in the metrics.json layout of the run folder (`marnet_cli.run_folder`) and, with
-`--metrics_file`, writes them there. Only images are used. MARNet is registered with the Auto classes by importing
-this package, so no `trust_remote_code` is needed for it.
+`--metrics_file`, writes them there. Only images are used. With `--corruption NAME --severity K` every image is
+corrupted after decoding and before the image processor (`modeling_marnet.corruptions`). MARNet is registered with
+the Auto classes by importing this package, so no `trust_remote_code` is needed for it.
 """
 
 import json
@@ -18,6 +19,7 @@ from marnet_cli.errors import CLIError, UsageError
 from marnet_cli.files import atomic_write_json
 from marnet_cli.run_folder import classification_metrics
 
+from .corruptions import ImageCorruption
 from .training.data import (
     check_columns,
     check_label_range,
@@ -68,7 +70,8 @@ def run(args):
     dataset = load_image_dataset(args.dataset)
     model, image_processor = load_classifier(args)
     loaders = {}
-    preprocessing = ImagePreprocessing(image_processor)
+    corruption = ImageCorruption(args.corruption, args.severity) if args.corruption is not None else None
+    preprocessing = ImagePreprocessing(image_processor, augmentation=corruption)
     inputs = model_inputs(image_processor, preprocessing)  # uint8 batches -> the processor's pixel values
     for split_name in args.split:
         split = check_split(dataset, split_name, "--split")
@@ -95,6 +98,8 @@ def run(args):
         model=str(args.model_name_or_path),
         dataset=str(args.dataset),
         mixed_precision=accelerator.mixed_precision,
+        corruption=args.corruption,
+        severity=args.severity,
         wall_time_seconds=time.perf_counter() - started,
     )
     if accelerator.is_main_process:

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from transformers import AutoImageProcessor, ViTImageProcessor
 
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
+from modeling_marnet.corruptions import corrupt
 from modeling_marnet.evaluate import main
 from modeling_marnet.training.data import load_image_dataset
 from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, save_dataset, save_vision_tower
@@ -36,17 +38,19 @@ def saved_model(tmp_path_factory):
     return model_dir, save_dataset(root / "dataset", parquet=True)
 
 
-def expected_metrics(model_dir, dataset_dir, split):
-    """Top-1 / top-5 computed directly, image by image."""
+def expected_metrics(model_dir, dataset_dir, split, corruption=None):
+    """Top-1 / top-5 computed directly, image by image, each image first corrupted by `corruption` (name,
+    severity) when given."""
     model = MARNetForImageClassification.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
     rows = load_image_dataset(dataset_dir)[split]
     top1 = top5 = 0
     for row in rows:
+        image = row["image"].convert("RGB")
+        if corruption is not None:
+            image = to_pil_image(corrupt(pil_to_tensor(image), *corruption))
         with torch.no_grad():
-            logits = model(
-                pixel_values=processor(row["image"].convert("RGB"), return_tensors="pt")["pixel_values"]
-            ).logits[0]
+            logits = model(pixel_values=processor(image, return_tensors="pt")["pixel_values"]).logits[0]
         ranking = logits.argsort(descending=True).tolist()
         top1 += ranking[0] == row["label"]
         top5 += row["label"] in ranking[:5]
@@ -100,3 +104,29 @@ def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, ca
     assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
     assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--batch_size", "0"]) == 2
     assert "marnet-eval: error: --per_device_eval_batch_size must be >= 1, got 0." in capsys.readouterr().err
+
+
+def test_corrupted_split_matches_corrupting_each_image_before_the_processor(saved_model, capsys):
+    model_dir, dataset_dir = saved_model
+    args = ["--model", str(model_dir), "--dataset", str(dataset_dir), "--split", "test"]
+    assert main([*args, "--corruption", "gaussian_noise", "--severity", "5"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["corruption"], metrics["severity"]) == ("gaussian_noise", 5)
+    top1, top5, count = expected_metrics(model_dir, dataset_dir, "test", ("gaussian_noise", 5))
+    assert metrics["per_split"]["test"]["top1"] == pytest.approx(top1)
+    assert metrics["per_split"]["test"]["top5"] == pytest.approx(top5)
+    assert main(args) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert clean["corruption"] is None
+    assert clean["per_split"]["test"]["loss"] != metrics["per_split"]["test"]["loss"]
+
+
+def test_corruption_options_are_checked_before_evaluating(saved_model, capsys):
+    model_dir, dataset_dir = saved_model
+    args = ["--model", str(model_dir), "--dataset", str(dataset_dir)]
+    assert main([*args, "--corruption", "contrast"]) == 2
+    assert "--corruption and --severity go together" in capsys.readouterr().err
+    assert main([*args, "--corruption", "contrast", "--severity", "9"]) == 2
+    assert "--severity must be an integer in 1-5, got 9" in capsys.readouterr().err
+    assert main([*args, "--corruption", "fog", "--severity", "1"]) == 2
+    assert "gaussian_noise" in capsys.readouterr().err  # the choices are listed

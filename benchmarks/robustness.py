@@ -1,0 +1,380 @@
+"""How accuracy holds up under image corruptions: run folders scored on a clean split and on every corruption and
+severity of `modeling_marnet.corruptions`, rows compared with a baseline seed by seed.
+
+Each `--row NAME=DIR` is a row of the comparison: DIR is one run folder (a saved image classifier with its image
+processor, e.g. a marnet-train output) or a folder of them, one per seed, named `seed-N` (the layout
+`benchmarks/accuracy.py` writes). Rows are paired by seed with the first row (the baseline) and must have the same
+seeds. Every image is decoded once, corrupted once per (corruption, severity) and preprocessed once per image
+processor, through the same data path as `marnet-eval --corruption NAME --severity K`; every model then scores the
+same pixels.
+
+Per (row, seed) the JSON holds top-1 on the clean split and on each corruption and severity, for the model's logits
+and, for MARNet, each branch (`visual`: the classifier over x_v; `reconstruction`: the classifier over x_CDR). The
+summary gives, per row, the mean over seeds with its 95 % interval of: clean top-1, the mean over every corruption
+and severity (`corrupted`), each corruption (mean over severities) and each family; the paired differences to the
+baseline with their 95 % intervals; the seed-to-seed std per family (stability) and, from the paired std of the
+`corrupted` difference, how many seeds an interval of +-`--target-half-width` points would need.
+
+`--variant NAME:FIELD=VALUE[,FIELD=VALUE]` adds, for every row whose model config has those fields, a row scored with
+them changed at inference (e.g. `--variant ddim:sampler=ddim`, `--variant visual:classifier_input=visual`).
+
+    python benchmarks/robustness.py --dataset DATA --split test \\
+        --row baseline=runs/shared-train0.25/baseline/lr0.001-x1 \\
+        --row marnet=runs/original-train0.25/marnet/lr0.001-x1 \\
+        --output benchmarks/results/robustness.json      # -> robustness.json, robustness.png
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+
+from marnet_cli.files import atomic_write_json  # noqa: E402
+from modeling_marnet.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, ImageCorruption  # noqa: E402
+from modeling_marnet.training.data import check_split, load_image_dataset  # noqa: E402
+from modeling_marnet.training.examples import (  # noqa: E402
+    ImagePreprocessing,
+    ImageTextExamples,
+    MARNetCollator,
+    model_inputs,
+)
+from paired_stats import format_interval, interval, paired_differences, seeds_for_half_width  # noqa: E402
+
+CLEAN = "clean"
+BRANCHES = {"visual": "visual_logits", "reconstruction": "reconstruction_logits"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="save_to_disk folder, Parquet file(s) or Hub id")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--row", action="append", required=True, metavar="NAME=DIR", help="a row; the first is the baseline"
+    )
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]")
+    parser.add_argument("--corruptions", nargs="+", choices=list(CORRUPTIONS), default=list(CORRUPTIONS))
+    parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
+    parser.add_argument("--max-samples", type=int, help="the first N rows of the split (default: all)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--target-half-width", type=float, default=1.0, help="points; for the seeds-needed estimate")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness.json")
+    args = parser.parse_args(argv)
+    args.rows = dict(_row(parser, text) for text in args.row)
+    baseline, *others = args.rows
+    for row in others:
+        if set(args.rows[row]) != set(args.rows[baseline]):
+            parser.error(
+                f"--row {row}: rows are paired by seed and must have the same seeds: {sorted(args.rows[row])} against "
+                f"the baseline's {sorted(args.rows[baseline])} (a seed whose run did not finish has no config.json)."
+            )
+    args.variants = dict(_variant(parser, text) for text in args.variant)
+    return args
+
+
+def _row(parser, text):
+    name, separator, folder = text.partition("=")
+    if not separator or not name:
+        parser.error(f"--row {text!r}: expected NAME=DIR.")
+    seeds = seed_folders(Path(folder))
+    if not seeds:
+        parser.error(f"--row {text!r}: {folder} holds no config.json and no seed-N folder with one.")
+    return name, seeds
+
+
+def _variant(parser, text):
+    name, separator, assignments = text.partition(":")
+    changes = dict(item.split("=", 1) for item in assignments.split(",") if "=" in item)
+    if not separator or not changes or len(changes) != len(assignments.split(",")):
+        parser.error(f"--variant {text!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE].")
+    return name, {
+        field: json.loads(value) if re.fullmatch(r"[-\d.]+|true|false", value) else value
+        for field, value in changes.items()
+    }
+
+
+def seed_folders(folder):
+    """{seed: run folder} of a folder of `seed-N` run folders, or {0: folder} for one run folder."""
+    if (folder / "config.json").is_file():
+        return {0: folder}
+    found = {}
+    for child in sorted(folder.glob("seed-*")):
+        match = re.fullmatch(r"seed-(\d+)", child.name)
+        if match and (child / "config.json").is_file():
+            found[int(match.group(1))] = child
+    return found
+
+
+def levels(args):
+    """("clean", 0), then (corruption, severity) for each requested one."""
+    return [(CLEAN, 0)] + [(name, severity) for name in args.corruptions for severity in args.severities]
+
+
+def load_models(args):
+    """[(row, seed, model, processor)] with every variant's rows after its source row."""
+    models = []
+    for row, seeds in args.rows.items():
+        for seed, folder in seeds.items():
+            model = AutoModelForImageClassification.from_pretrained(folder).eval()
+            processor = AutoImageProcessor.from_pretrained(folder)
+            models.append((row, seed, model, processor))
+            for variant, changes in args.variants.items():
+                if all(hasattr(model.config, field) for field in changes):
+                    changed = AutoModelForImageClassification.from_pretrained(folder).eval()
+                    for field, value in changes.items():
+                        setattr(changed.config, field, value)
+                    models.append((f"{row}[{variant}]", seed, changed, processor))
+    return models
+
+
+def batches(split, args, processor, level):
+    """The split's (pixel_values (B, 3, h, w), labels (B,)) batches under `level`, as marnet-eval prepares them."""
+    name, severity = level
+    corruption = None if name == CLEAN else ImageCorruption(name, severity)
+    preprocessing = ImagePreprocessing(processor, augmentation=corruption)
+    examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing, split=args.split)
+    normalize = model_inputs(processor, preprocessing)
+    loader = DataLoader(examples, batch_size=args.batch_size, collate_fn=MARNetCollator())
+    return [(batch["pixel_values"], batch["labels"]) for batch in map(normalize, loader)]
+
+
+@torch.inference_mode()
+def top1_per_branch(model, prepared):
+    """{"logits": top-1 %, and "visual"/"reconstruction" for the branches the model returns}."""
+    correct, total = {}, 0
+    for pixel_values, labels in prepared:
+        output = model(pixel_values=pixel_values)
+        heads = {"logits": output.logits}
+        heads.update({branch: getattr(output, key, None) for branch, key in BRANCHES.items()})
+        for head, logits in heads.items():
+            if logits is not None:
+                correct[head] = correct.get(head, 0) + (logits.argmax(-1) == labels).sum().item()
+        total += len(labels)
+    return {head: 100 * count / total for head, count in correct.items()}
+
+
+def score(args):
+    """{row: {seed: {level key: {head: top-1 %}}}} over every level, and the number of images."""
+    split = check_split(load_image_dataset(args.dataset), args.split, "--split")
+    if args.max_samples:
+        split = split.select(range(min(args.max_samples, len(split))))
+    models = load_models(args)
+    groups = {}
+    for entry in models:
+        groups.setdefault(entry[3].to_json_string(), []).append(entry)
+    scores = {}
+    for level in levels(args):
+        started = time.perf_counter()
+        for group in groups.values():
+            prepared = batches(split, args, group[0][3], level)
+            for row, seed, model, _ in group:
+                scores.setdefault(row, {}).setdefault(seed, {})[level_key(level)] = top1_per_branch(model, prepared)
+        print(f"{level_key(level)}: {len(models)} models in {time.perf_counter() - started:.1f} s", flush=True)
+    return scores, len(split)
+
+
+def level_key(level):
+    name, severity = level
+    return CLEAN if name == CLEAN else f"{name}/{severity}"
+
+
+def seed_summary(per_level, head, args):
+    """One seed's top-1 of `head`: clean, mean over every corruption and severity, per corruption, per family."""
+
+    def mean_of(names):
+        return statistics.fmean(per_level[f"{name}/{s}"][head] for name in names for s in args.severities)
+
+    metrics = {CLEAN: per_level[CLEAN][head], "corrupted": mean_of(args.corruptions)}
+    metrics.update({f"corruption/{name}": mean_of([name]) for name in args.corruptions})
+    for family in FAMILIES:
+        members = [name for name in args.corruptions if CORRUPTIONS[name].family == family]
+        if members:
+            metrics[f"family/{family}"] = mean_of(members)
+    for name in args.corruptions:
+        metrics.update({f"severity/{name}/{s}": per_level[f"{name}/{s}"][head] for s in args.severities})
+    return metrics
+
+
+def summarize(scores, args):
+    """Per row and head: the metrics per seed, their intervals, and the paired differences to the baseline."""
+    baseline = next(iter(args.rows))
+    summary = {}
+    for row, seeds in scores.items():
+        heads = [head for head in next(iter(seeds.values()))[CLEAN]]
+        summary[row] = {}
+        for head in heads:
+            per_seed = {seed: seed_summary(levels_, head, args) for seed, levels_ in seeds.items()}
+            keys = next(iter(per_seed.values()))
+            entry = {
+                "per_seed": per_seed,
+                "mean": {key: interval([m[key] for m in per_seed.values()]) for key in keys},
+            }
+            if row != baseline:
+                base = {seed: seed_summary(levels_, "logits", args) for seed, levels_ in scores[baseline].items()}
+                entry["paired"] = {
+                    key: interval(
+                        paired_differences(
+                            {s: m[key] for s, m in per_seed.items()}, {s: m[key] for s, m in base.items()}
+                        )
+                    )
+                    for key in keys
+                }
+                std = entry["paired"]["corrupted"]["std"]
+                entry["seeds_for_target"] = None if std is None else seeds_for_half_width(std, args.target_half_width)
+            summary[row][head] = entry
+    return summary
+
+
+def stability(summary, baseline):
+    """Per row and family: seed std of the row's top-1 against the baseline's (the target: at most +1 point)."""
+    table = {}
+    base = summary[baseline]["logits"]["mean"]
+    for row, heads in summary.items():
+        if row == baseline:
+            continue
+        means = heads["logits"]["mean"]
+        table[row] = {
+            key: {
+                "std": means[key]["std"],
+                "baseline_std": base[key]["std"],
+                "within_one_point": (
+                    None if means[key]["std"] is None else means[key]["std"] <= base[key]["std"] + 1.0
+                ),
+            }
+            for key in means
+            if key.startswith("family/") or key in (CLEAN, "corrupted")
+        }
+    return table
+
+
+def plot(results, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(results["summary"])
+    columns = 4
+    panels = len(args.corruptions) + 1
+    figure, axes = plt.subplots(
+        (panels + columns - 1) // columns, columns, figsize=(4 * columns, 3.2 * ((panels + columns - 1) // columns))
+    )
+    axes = axes.ravel()
+    for axis, name in zip(axes, args.corruptions):
+        for row in rows:
+            means = results["summary"][row]["logits"]["mean"]
+            values = [means[CLEAN]] + [means[f"severity/{name}/{s}"] for s in args.severities]
+            axis.errorbar(
+                [0, *args.severities],
+                [v["mean"] for v in values],
+                yerr=[v["std"] or 0 for v in values],
+                label=row,
+                capsize=2,
+                marker="o",
+                markersize=3,
+            )
+        axis.set_title(name)
+        axis.set_xlabel("severity (0: clean)")
+        axis.set_ylabel("top-1 (%)")
+    axis = axes[len(args.corruptions)]
+    others = [row for row in rows if "paired" in results["summary"][row]["logits"]]
+    for position, row in enumerate(others):
+        paired = results["summary"][row]["logits"]["paired"]
+        for offset, key in enumerate((CLEAN, "corrupted")):
+            value = paired[key]
+            axis.errorbar(
+                position + 0.15 * (2 * offset - 1),
+                value["mean"],
+                yerr=value["half_width"] or 0,
+                fmt="os"[offset],
+                color=f"C{offset}",
+                capsize=3,
+                label=key if position == 0 else None,
+            )
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=7)
+    axis.set_title(f"paired difference to {rows[0]} (95 % interval)")
+    axis.set_ylabel("points")
+    axis.legend(fontsize=7)
+    for axis in axes[panels:]:
+        axis.set_visible(False)
+    axes[0].legend(fontsize=6)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def report(results):
+    """The paired table as text: row, clean and corrupted top-1 and their paired differences with 95 % intervals."""
+    lines = [
+        f"{'row':32} {'clean':>16} {'corrupted':>16} {'paired clean':>18} {'paired corrupted':>18} seeds-for-target"
+    ]
+    for row, heads in results["summary"].items():
+        entry = heads["logits"]
+        paired = entry.get("paired", {})
+        lines.append(
+            f"{row:32} {format_interval(entry['mean'][CLEAN]):>16} {format_interval(entry['mean']['corrupted']):>16} "
+            f"{format_interval(paired[CLEAN], signed=True) if paired else '':>18} "
+            f"{format_interval(paired['corrupted'], signed=True) if paired else '':>18} "
+            f"{entry.get('seeds_for_target', '')}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    baseline = next(iter(args.rows))
+    started = time.perf_counter()
+    scores, count = score(args)
+    summary = summarize(scores, args)
+    results = {
+        "date": date.today().isoformat(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "num_images": count,
+        "baseline": baseline,
+        "rows": {row: {str(seed): str(folder) for seed, folder in seeds.items()} for row, seeds in args.rows.items()},
+        "variants": args.variants,
+        "corruptions": {
+            name: {
+                "family": CORRUPTIONS[name].family,
+                "parameter": CORRUPTIONS[name].parameter,
+                "values": list(CORRUPTIONS[name].parameters),
+            }
+            for name in args.corruptions
+        },
+        "severities": args.severities,
+        "target_half_width": args.target_half_width,
+        "top1": scores,
+        "summary": summary,
+        "stability": stability(summary, baseline),
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_json(args.output, results)
+    plot(results, args, args.output.with_suffix(".png"))
+    print(report(results))
+    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""benchmarks/robustness.py on two tiny rows of two seeds each (a plain ViT classifier as the baseline, MARNet as the
+other row): scores equal to marnet-eval's on the same corruption, branches for MARNet only, paired differences
+consistent with the per-seed numbers, and the JSON and plot written."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from modeling_marnet import MARNetConfig, MARNetForImageClassification
+from modeling_marnet.evaluate import main as evaluate_main
+from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, REPO_ROOT, save_dataset
+
+LABELS = {"id2label": dict(enumerate(CLASS_COLOURS)), "label2id": {n: i for i, n in enumerate(CLASS_COLOURS)}}
+VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 37}
+VIT.update(image_size=IMAGE_SIZE, patch_size=10)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("robustness", REPO_ROOT / "benchmarks" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_row(folder, make_model):
+    """Two seeds of a row: `seed-0` and `seed-1` run folders (model and image processor)."""
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        make_model().save_pretrained(folder / f"seed-{seed}")
+        ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder / f"seed-{seed}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robustness")
+    marnet = MARNetConfig(
+        vision_config=ViTConfig(**VIT),
+        text_hidden_size=16,
+        projection_dim=8,
+        denoiser_hidden_size=24,
+        timestep_embedding_dim=8,
+        num_train_timesteps=50,
+        num_inference_steps=3,
+        **LABELS,
+    )
+    paths = {
+        "dataset": save_dataset(root / "dataset"),
+        "baseline": save_row(root / "vit", lambda: ViTForImageClassification(ViTConfig(**VIT, **LABELS))),
+        "marnet": save_row(root / "marnet", lambda: MARNetForImageClassification(marnet)),
+        "output": root / "out" / "robustness.json",
+    }
+    argv = [
+        "--dataset",
+        str(paths["dataset"]),
+        "--row",
+        f"vit={paths['baseline']}",
+        "--row",
+        f"marnet={paths['marnet']}",
+    ]
+    argv += [
+        "--corruptions",
+        "gaussian_noise",
+        "occlusion",
+        "--severities",
+        "1",
+        "5",
+        "--output",
+        str(paths["output"]),
+    ]
+    argv += ["--variant", "ddim:sampler=ddim"]
+    assert load_script().main(argv) == 0
+    return paths, json.loads(paths["output"].read_text())
+
+
+def test_scores_are_marnet_evals_on_the_same_corrupted_images(report, capsys):
+    paths, results = report
+    assert results["num_images"] == 9 and results["baseline"] == "vit"
+    for row in ("vit", "marnet"):
+        folder = paths["baseline" if row == "vit" else "marnet"] / "seed-1"
+        argv = [
+            "--model",
+            str(folder),
+            "--dataset",
+            str(paths["dataset"]),
+            "--corruption",
+            "occlusion",
+            "--severity",
+            "5",
+        ]
+        assert evaluate_main(argv) == 0
+        expected = json.loads(capsys.readouterr().out)["top1"]
+        assert results["top1"][row]["1"]["occlusion/5"]["logits"] == pytest.approx(100 * expected)
+
+
+def test_branches_variants_and_paired_differences(report):
+    paths, results = report
+    assert set(results["top1"]) == {"vit", "marnet", "marnet[ddim]"}  # the variant applies to MARNet only
+    assert set(results["top1"]["vit"]["0"]["clean"]) == {"logits"}
+    assert set(results["top1"]["marnet"]["0"]["clean"]) == {"logits", "visual", "reconstruction"}
+    marnet = results["summary"]["marnet"]["logits"]
+    vit = results["summary"]["vit"]["logits"]
+    for seed in ("0", "1"):
+        levels = results["top1"]["marnet"][seed]
+        corrupted = [levels[f"{name}/{s}"]["logits"] for name in ("gaussian_noise", "occlusion") for s in (1, 5)]
+        assert marnet["per_seed"][seed]["corrupted"] == pytest.approx(sum(corrupted) / 4)
+    differences = [marnet["per_seed"][s]["corrupted"] - vit["per_seed"][s]["corrupted"] for s in ("0", "1")]
+    paired = marnet["paired"]["corrupted"]
+    assert paired["mean"] == pytest.approx(sum(differences) / 2) and paired["n"] == 2
+    # Two seeds: the 95 % interval is t(0.975, 1) = 12.706 standard errors wide on each side.
+    assert paired["half_width"] == pytest.approx(12.706 * abs(differences[0] - differences[1]) / 2, rel=1e-3)
+    assert set(results["stability"]["marnet"]) >= {"clean", "corrupted", "family/noise", "family/occlusion"}
+    assert paths["output"].with_suffix(".png").stat().st_size > 10_000
+
+
+def test_rows_on_different_seeds_are_refused(report, tmp_path, capsys):
+    paths, _ = report
+    lonely = tmp_path / "lonely"
+    save_row(lonely, lambda: ViTForImageClassification(ViTConfig(**VIT, **LABELS)))
+    (lonely / "seed-1" / "config.json").unlink()  # seed 1 did not finish
+    argv = ["--dataset", str(paths["dataset"]), "--row", f"vit={paths['baseline']}", "--row", f"other={lonely}"]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([*argv, "--output", str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2 and not (tmp_path / "r.json").exists()
+    assert "must have the same seeds: [0] against the baseline's [0, 1]" in capsys.readouterr().err
