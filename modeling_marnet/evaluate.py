@@ -27,6 +27,7 @@ from .training.data import (
     load_image_dataset,
 )
 from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
+from .training.image_paths import dataset_folders
 from .training.loop import evaluate
 
 
@@ -65,7 +66,7 @@ def check_labels(model, label_names):
 def run(args):
     """Evaluates with the options of `marnet_cli.eval_args.EvalArguments`; returns the metrics."""
     started = time.perf_counter()
-    dataset = load_image_dataset(args.dataset)
+    dataset, folders = load_image_dataset(args.dataset), dataset_folders(args.dataset)
     model, image_processor = load_classifier(args)
     loaders = {}
     preprocessing = ImagePreprocessing(image_processor)
@@ -78,7 +79,9 @@ def run(args):
         check_label_range(split, split_name, args.label_column, len(label_names))
         if args.max_eval_samples is not None:
             split = first_rows(split, args.max_eval_samples)
-        examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing, split=split_name)
+        examples = ImageTextExamples(
+            split, args.image_column, args.label_column, preprocessing, split=split_name, image_folders=folders
+        )
         loaders[split_name] = DataLoader(
             examples, batch_size=args.per_device_eval_batch_size, collate_fn=MARNetCollator()
         )

@@ -226,6 +226,7 @@ def make_dataloaders(args, accelerator, splits, parts):
         text_embeds,
         defer_decoding=args.gpu_decode,
         split=args.train_split,
+        image_folders=splits.image_folders,
     )
     tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
     train_collator = MARNetCollator(tokenizer, encoding)
@@ -242,6 +243,7 @@ def make_dataloaders(args, accelerator, splits, parts):
                 eval_preprocessing,
                 defer_decoding=args.gpu_decode,
                 split=split_name,
+                image_folders=splits.image_folders,
             ),
             MARNetCollator(),
             args.per_device_eval_batch_size,

@@ -2,14 +2,18 @@
 
 import json
 
+import datasets
+import pyarrow.parquet
 import pytest
 import torch
 from transformers import AutoImageProcessor, ViTImageProcessor
 
+from bounded import memory_limit
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 from modeling_marnet.evaluate import main
 from modeling_marnet.training.data import load_image_dataset
-from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, save_dataset, save_vision_tower
+from test_hostile_images import png_declaring
+from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, make_dataset_dict, save_dataset, save_vision_tower
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +104,30 @@ def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, ca
     assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
     assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--batch_size", "0"]) == 2
     assert "marnet-eval: error: --per_device_eval_batch_size must be >= 1, got 0." in capsys.readouterr().err
+
+
+def test_hostile_images_are_refused_naming_split_and_row(saved_model, tmp_path, capsys):
+    """A row naming /dev/zero and a decompression bomb (a 49 KB PNG of 20000 x 20000 pixels): each a clear error,
+    raised before anything large is read or decoded."""
+    model_dir, _ = saved_model
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASS_COLOURS))})
+    fine = make_dataset_dict({"test": 1})["test"].cast_column("image", datasets.Image(decode=False))[0]["image"]
+    hostile = {
+        "validation": {"bytes": png_declaring(20000, 20000), "path": None},
+        "test": {"bytes": None, "path": "/dev/zero"},
+    }
+    (tmp_path / "dataset").mkdir()
+    base = ["--model_name_or_path", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split"]
+    with memory_limit(2**30):
+        for split, image in hostile.items():
+            rows = datasets.Dataset.from_dict({"image": [fine, image], "label": [0, 1]}, features=features)
+            # Written as is: `to_parquet` and `save_to_disk` would embed (read) the file a path names.
+            pyarrow.parquet.write_table(rows.data.table, tmp_path / "dataset" / f"{split}-00000-of-00001.parquet")
+        assert main([*base, "test"]) == 1
+        assert "marnet-eval: error: Split 'test', row 1 (/dev/zero): the image file lies outside" in (
+            capsys.readouterr().err
+        )
+        assert main([*base, "validation"]) == 1
+        assert "error: Split 'validation', row 1: its header declares 20000x20000 = 400,000,000 pixels" in (
+            capsys.readouterr().err
+        )
