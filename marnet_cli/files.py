@@ -11,11 +11,21 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from .errors import UsageError
 
+FILE_KINDS = {
+    stat.S_IFREG: "regular file",
+    stat.S_IFDIR: "folder",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFLNK: "symbolic link",
+}
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = f"{PARTIAL_PREFIX}old-"  # the previous copy of a folder while it is being replaced
 
@@ -90,6 +100,11 @@ def remove_partial_entries(directory):
         else:
             partial.unlink(missing_ok=True)
     return restored
+
+
+def file_kind(mode):
+    """What a file of `os.stat` mode `mode` is, in words ("regular file", "character device", "FIFO", ...)."""
+    return FILE_KINDS.get(stat.S_IFMT(mode), "special file")
 
 
 def refuse_dangling_symlink(path, option):

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from .errors import CLIError, UsageError
-from .files import atomic_files, atomic_write_text
+from .files import atomic_files, atomic_write_text, file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,12 @@ def classification_metrics(per_split, split, **extra):
 def read_json_object(path, produced_by):
     """The JSON object in `path`; `produced_by` says which tool writes the file, for the error message."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CLIError(f"Missing {path}: it is written by {produced_by}.")
+    if not path.is_file():
+        raise CLIError(
+            f"{path} is a {file_kind(path.stat().st_mode)}, not a regular file: it is written by {produced_by}."
+        )
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -16,16 +16,11 @@ from pathlib import Path
 import datasets
 from datasets.utils.file_utils import is_local_path
 
+from marnet_cli.files import file_kind
+
 from .pixel_limit import RefusedImage
 
 MAX_IMAGE_FILE_BYTES = 256 * 2**20  # 256 MiB: far above any image PIL.Image.MAX_IMAGE_PIXELS lets through compressed
-FILE_KINDS = {
-    stat.S_IFCHR: "character device",
-    stat.S_IFBLK: "block device",
-    stat.S_IFIFO: "FIFO",
-    stat.S_IFSOCK: "socket",
-    stat.S_IFDIR: "folder",
-}
 
 
 def dataset_folders(name_or_path):
@@ -77,8 +72,8 @@ class ImageFiles:
             status = os.fstat(descriptor)
             if not stat.S_ISREG(status.st_mode):
                 raise RefusedImage(
-                    f"the image path names a {FILE_KINDS.get(stat.S_IFMT(status.st_mode), 'special file')}, not a "
-                    "regular file. Point it at an image file"
+                    f"the image path names a {file_kind(status.st_mode)}, not a regular file. Point it at an image "
+                    "file"
                 )
             data = b""
             if status.st_size <= self.max_bytes:
