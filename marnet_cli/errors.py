@@ -6,7 +6,9 @@
   disk) made the command fail; a full disk, a read-only or unwritable location is reported as such
   ([`describe_os_error`]);
 - exit status 128 + N: the command was stopped by signal N (SIGINT, SIGTERM, SIGHUP). The signal is turned into an
-  exception, so every `finally` block runs and partial outputs are removed, as on any other error.
+  exception, so every `finally` block runs and partial outputs are removed, as on any other error. Raised while a
+  finaliser runs (a DataLoader iterator's `__del__`), where Python prints and ignores exceptions, it is raised again
+  at the next batch or when the command returns ([`stop_if_signalled`]).
 
 Every message says what was expected, what was found and how to fix it. Any other exception is a bug and keeps its
 traceback.
@@ -92,6 +94,33 @@ def _interrupt_handler(owner_pid):
     return handler
 
 
+# The signal number of a stop raised inside a finaliser and ignored there (see [`_remember_ignored_stop`]).
+_ignored_stop = []
+
+
+def _remember_ignored_stop(previous_hook):
+    """A `sys.unraisablehook` for the command's duration: a stop (Ctrl-C, [`Interrupted`]) raised inside a finaliser
+    (a DataLoader iterator's `__del__`), which Python prints as "Exception ignored in ..." and forgets, is
+    remembered for [`stop_if_signalled`]. Every other ignored exception goes to `previous_hook`."""
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _ignored_stop.append(getattr(unraisable.exc_value, "signal_number", signal.SIGINT))
+        else:
+            previous_hook(unraisable)
+
+    return hook
+
+
+def stop_if_signalled():
+    """Raises the stop that a finaliser ignored, if any: called by the training and evaluation loops at every
+    batch, and by [`command`] when the command returns."""
+    if _ignored_stop:
+        number = _ignored_stop.pop()
+        _ignored_stop.clear()
+        raise Interrupted(number) if number != signal.SIGINT else KeyboardInterrupt()
+
+
 def _worker_message(message):
     """The message of an error raised in a DataLoader worker: torch re-raises it in the main process with the
     worker's traceback in front (`Caught CLIError in DataLoader worker process 0. Original Traceback ...`); its last
@@ -124,8 +153,13 @@ def command(prog):
             in_main_thread = threading.current_thread() is threading.main_thread()
             handler = _interrupt_handler(os.getpid())
             previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS} if in_main_thread else {}
+            previous_unraisablehook = sys.unraisablehook
+            if in_main_thread:
+                sys.unraisablehook = _remember_ignored_stop(previous_unraisablehook)
+            _ignored_stop.clear()
             try:
                 main(argv)
+                stop_if_signalled()
             except CLIError as error:
                 # Dropping the traceback frees what the failed code held first: open progress bars end their line.
                 error.__traceback__ = None
@@ -146,6 +180,7 @@ def command(prog):
             finally:
                 for number, previous_handler in previous.items():
                     signal.signal(number, previous_handler)
+                sys.unraisablehook = previous_unraisablehook
             return 0
 
         return entry_point
