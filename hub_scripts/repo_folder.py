@@ -9,14 +9,14 @@ from marnet_cli.errors import CLIError
 from marnet_cli.files import atomic_directory, file_kind
 
 
-def write_repo_folder(source, card, destination):
+def write_repo_folder(source, card, destination, replace=True):
     """Copy `source.files_to_publish` byte for byte (those in `source.rewritten` written from that text: the
     records without local paths) and write `card` as README.md into `destination`, all at once (replacing an
-    existing `destination`).
+    existing `destination`; with `replace=False`, refusing one that appeared meanwhile).
 
     Returns the relative file names in the folder, sorted.
     """
-    with atomic_directory(destination) as staging:
+    with atomic_directory(destination, replace) as staging:
         for name in source.files_to_publish:
             if name in source.rewritten:
                 (staging / name).write_text(source.rewritten[name], encoding="utf-8")

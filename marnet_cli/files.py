@@ -8,6 +8,7 @@ instant one complete copy exists.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -118,9 +119,25 @@ def refuse_dangling_symlink(path, option):
         )
 
 
+def commit_new_directory(staging, destination):
+    """Rename the finished `staging` folder to `destination`, which must not exist: when another command wrote it
+    since this one checked (two runs on one output), a [`UsageError`] and `destination` stays as that one left
+    it. (A rename never replaces a folder that holds files.)"""
+    try:
+        os.rename(staging, destination)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        raise UsageError(
+            f"{destination} appeared while this command ran (another command writing the same output?): it is left "
+            "as it is, and this command's result is discarded. Choose another path, or remove it and run again."
+        ) from None
+
+
 @contextlib.contextmanager
-def atomic_directory(destination):
-    """Yield an empty staging folder; it becomes `destination` (replacing it) only if the block succeeds.
+def atomic_directory(destination, replace=True):
+    """Yield an empty staging folder; it becomes `destination` only if the block succeeds: replacing it
+    ([`commit_directory`]), or with `replace=False` only if it still does not exist ([`commit_new_directory`]).
 
     For one process. Multi-process writers call [`staging_directory`] and [`commit_directory`] themselves, around
     their own synchronisation.
@@ -128,7 +145,7 @@ def atomic_directory(destination):
     staging = staging_directory(destination)
     try:
         yield staging
-        commit_directory(staging, destination)
+        (commit_directory if replace else commit_new_directory)(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
