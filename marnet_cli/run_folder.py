@@ -39,6 +39,17 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_MODEL_DIR = "best-model"
 HUB_REPO_DIR = "hub_repo"
 LOCK_NAME = ".marnet-train.lock"
+# The files of a run folder that a run writes: its records and the saved model (`save_pretrained`: config, weights,
+# image processor, model code for remote-code users).
+PREVIOUS_RUN_FILES = (
+    METRICS_NAME,
+    TRAINING_ARGS_NAME,
+    "config.json",
+    "preprocessor_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.py",
+)
 # training_args.json keys that the model card states.
 REQUIRED_TRAINING_ARGS = ("dataset", "vision_model", "text_encoder", "ablation")
 # Options naming a dataset or model that is either a Hub id or a local path; training_args.json's `local_sources`
@@ -93,6 +104,17 @@ class RunFolder:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+    def clear_previous_run(self):
+        """Removes what a previous run wrote here (`--overwrite_output_dir`): its checkpoints, logs and Hub folder,
+        its records and its saved model, so that an overwritten folder never mixes two runs, even when the new run
+        fails before it saves anything. Other files are left."""
+        for name in (CHECKPOINTS_DIR, LOGS_DIR, HUB_REPO_DIR):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for pattern in PREVIOUS_RUN_FILES:
+            for path in self.path.glob(pattern):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
 
     def entries(self):
         """What the folder holds, its lock file aside (an empty folder that a run once claimed is still empty)."""

@@ -14,7 +14,6 @@ Options are parsed in `marnet_cli.train_args` (see `marnet-train --help`).
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,10 +30,6 @@ from hub_scripts.publish import check_publish_target, publish
 from marnet_cli.errors import UsageError
 from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
-    CHECKPOINTS_DIR,
-    HUB_REPO_DIR,
-    LOGS_DIR,
-    METRICS_NAME,
     RunFolder,
     classification_metrics,
     local_sources,
@@ -336,13 +331,11 @@ def check_output_dir(args, folder):
 
 def start_output_dir(args, folder):
     """Claims the folder (a second run on it is refused), checks it again under that claim, creates logs/; with
-    --overwrite_output_dir, first removes what the previous run there wrote."""
+    --overwrite_output_dir, first removes what the previous run there wrote (`RunFolder.clear_previous_run`)."""
     folder.claim()
     check_output_dir(args, folder)  # another run may have filled it since the first check
     if args.overwrite_output_dir and not args.resume_from_checkpoint:
-        for stale in (CHECKPOINTS_DIR, LOGS_DIR, HUB_REPO_DIR):
-            shutil.rmtree(folder.path / stale, ignore_errors=True)
-        (folder.path / METRICS_NAME).unlink(missing_ok=True)  # no finished-run marker until this run finishes
+        folder.clear_previous_run()
     folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 
