@@ -66,6 +66,7 @@ from .training.examples import (
 from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import ablation_name, build_model_parts, tower_parameters
 from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
+from .training.run_identity import check_continuation, run_record
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
 
 logger = get_logger(__name__)
@@ -94,6 +95,7 @@ class TrainingRun:
     hyperparameters: dict
     state: TrainerState
     started: float
+    run_record: dict  # what checkpoints record of this run (training.run_identity)
 
 
 def run(args):
@@ -140,7 +142,8 @@ def prepare(args, folder):
 
     hyperparameters = training_record(args, accelerator, splits, parts, config, schedule)
     init_trackers(accelerator, args, hyperparameters)
-    state = resume_or_start(args, accelerator, folder, checkpoint, scheduler)
+    record = run_record(hyperparameters, splits.label_names)
+    state = resume_or_start(args, accelerator, folder, checkpoint, scheduler, record)
     log_start(args, accelerator, splits, parts, schedule, hyperparameters)
     return TrainingRun(
         args,
@@ -161,6 +164,7 @@ def prepare(args, folder):
         hyperparameters,
         state,
         started,
+        record,
     )
 
 
@@ -286,11 +290,13 @@ def training_record(args, accelerator, splits, parts, config, schedule):
     }
 
 
-def resume_or_start(args, accelerator, folder, checkpoint, scheduler):
-    """The state of the checkpoint to resume from (the logs written after it dropped), or a fresh one."""
+def resume_or_start(args, accelerator, folder, checkpoint, scheduler, record):
+    """The state of the checkpoint to resume from (the logs written after it dropped), once `record` shows that this
+    run continues the one that wrote it (`run_identity.check_continuation`); or a fresh one."""
     if checkpoint is None:
         set_seed(args.seed, device_specific=True)  # different diffusion noise on each process
         return TrainerState()
+    check_continuation(checkpoint, record, args.allow_changed_arguments)
     state = load_checkpoint(accelerator, checkpoint, scheduler)
     if accelerator.is_main_process:
         remove_partial_checkpoints(folder.checkpoints_dir)
@@ -444,6 +450,7 @@ def train(training_run):
                     state,
                     training_run.scheduler,
                     args.save_total_limit,
+                    training_run.run_record,
                 )
                 last_checkpointed = state.global_step
             if stop or state.global_step >= schedule.max_steps:
@@ -460,7 +467,12 @@ def train(training_run):
         validate(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
         save_checkpoint(
-            accelerator, training_run.folder.checkpoints_dir, state, training_run.scheduler, args.save_total_limit
+            accelerator,
+            training_run.folder.checkpoints_dir,
+            state,
+            training_run.scheduler,
+            args.save_total_limit,
+            training_run.run_record,
         )
 
 
