@@ -14,6 +14,7 @@ Every message says what was expected, what was found and how to fix it. Any othe
 traceback.
 """
 
+import contextlib
 import errno
 import functools
 import os
@@ -73,11 +74,41 @@ def describe_os_error(error, where=None):
     return None
 
 
-def _free_space(path):
+# What torch's and safetensors' writers raise when a write fails: messages without an errno.
+WRITE_FAILURE_MARKERS = ("inline_container.cc", "file write failed", "No space left on device", "os error 28")
+FULL_DISK_BYTES = 16 * 2**20  # a failed write with less free space than this is taken for a full disk
+
+
+@contextlib.contextmanager
+def writing_to(where):
+    """Within the block, a failed write becomes a one-line [`CLIError`] naming `where` and its free space: an
+    OSError of the environment ([`describe_os_error`]), or the errors of torch's and safetensors' writers, which carry
+    no errno (`RuntimeError: [enforce fail at inline_container.cc:...] ...`); with less than `FULL_DISK_BYTES` free,
+    the disk is said to be full, as an ENOSPC error says it."""
+    try:
+        yield
+    except Exception as error:
+        message = describe_os_error(error, where)
+        if message is None and any(marker in str(error) for marker in WRITE_FAILURE_MARKERS):
+            if shutil.disk_usage(_existing(where)).free < FULL_DISK_BYTES:
+                message = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), where)
+            else:
+                detail = str(error).splitlines()[0].split("] ")[-1].strip(" .")
+                message = f"{where}: writing failed ({type(error).__name__}: {detail}), {_free_space(where)}."
+        if message is None:
+            raise
+        raise CLIError(message) from None
+
+
+def _existing(path):
     path = os.path.abspath(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
-    return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free there"
+    return path
+
+
+def _free_space(path):
+    return f"{shutil.disk_usage(_existing(path)).free / 2**20:.1f} MiB free there"
 
 
 def _interrupt_handler(owner_pid):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import enable_full_determinism
 
 from hub_scripts.publish import check_publish_target, publish
-from marnet_cli.errors import UsageError
+from marnet_cli.errors import UsageError, writing_to
 from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
     RunFolder,
@@ -104,8 +104,9 @@ def run(args):
     folder = RunFolder(args.output_dir)
     try:
         training_run = prepare(args, folder)
-        train(training_run)
-        return finish(training_run)
+        with writing_to(folder.path):  # checkpoints and the saved model: a full disk is one line, not torch's error
+            train(training_run)
+            return finish(training_run)
     finally:
         folder.release()
 

@@ -133,6 +133,7 @@ TRAIN_NEW_MODEL = [
     "4",
     "--save_total_limit",
     "1",
+    "--allow_changed_arguments",
     "--report_to",
     "tensorboard",
     "wandb",

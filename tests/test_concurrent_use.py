@@ -1,18 +1,24 @@
-"""Commands under signals and concurrent use: a stop is never swallowed, two writers of one output never both
-succeed, and a killed command's scratch space does not outlive the next run."""
+"""Commands under signals, concurrent use and a full disk: a stop is never swallowed, two writers of one output
+never both succeed, a killed command's scratch space does not outlive the next run, and a failed write is one
+line."""
 
 import os
+import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 
 import datasets
+import pytest
+import torch
 
 import hub_scripts.publish as publish_module
 from dataset_scripts import cli as data_cli
 from dataset_scripts.cli import main as data_main
 from hub_scripts.publish import main as publish_main
-from marnet_cli.errors import command, stop_if_signalled
+from marnet_cli.errors import CLIError, command, stop_if_signalled, writing_to
 from raw_fixtures import VIREO_SPLITS, write_vireo
 from test_publish import REPO_ID, write_training_output
 from train_fixtures import REPO_ROOT, offline_env
@@ -120,3 +126,26 @@ def test_the_next_build_removes_the_scratch_folder_of_a_killed_one(tmp_path, cap
     assert data_main([*build, str(parent / "b")]) == 0
     assert os.listdir(parent) == ["b"]
     assert f"Removed 1 scratch folder(s) of killed runs in {parent}: {abandoned}" in caplog.text
+
+
+def test_a_write_that_fails_in_torch_is_one_line_with_the_free_space(tmp_path, monkeypatch):
+    """torch's writer (checkpoints) fails without an errno (`inline_container.cc`) when the disk fills up;
+    RLIMIT_FSIZE makes a real write fail the same way. With little space left it is reported as a full disk, as
+    marnet-data reports one."""
+
+    def save_too_much():
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, hard))
+        try:
+            with pytest.raises(CLIError) as failed, writing_to(tmp_path):
+                torch.save(torch.zeros(2**16), tmp_path / "optimizer.bin")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        return str(failed.value)
+
+    where = re.escape(str(tmp_path))
+    assert re.fullmatch(rf"{where}: writing failed \(RuntimeError: .+\), [\d.]+ MiB free there\.", save_too_much())
+    monkeypatch.setattr("marnet_cli.errors.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 4096))
+    assert save_too_much() == (
+        f"{tmp_path}: no space left on device: free some space or write to another disk (0.0 MiB free there)."
+    )
