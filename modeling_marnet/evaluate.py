@@ -12,7 +12,7 @@ import time
 
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from marnet_cli.errors import CLIError, UsageError
 from marnet_cli.files import atomic_write_json
@@ -29,13 +29,16 @@ from .training.data import (
 from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from .training.image_paths import dataset_folders
 from .training.loop import evaluate
+from .training.memory_check import check_model_fits
 
 
 def load_classifier(args):
     """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
     try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        check_model_fits(config, f"--model_name_or_path {args.model_name_or_path}")
         model = AutoModelForImageClassification.from_pretrained(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+            args.model_name_or_path, config=config, trust_remote_code=args.trust_remote_code
         )
         image_processor = AutoImageProcessor.from_pretrained(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
@@ -44,6 +47,14 @@ def load_classifier(args):
         raise CLIError(
             f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its image "
             f"processor ({error})."
+        ) from None
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise CLIError(
+            f"--model_name_or_path {args.model_name_or_path}: its weights do not have the shapes its config.json "
+            "describes (config.json edited, or weights from another model). Save the model again with "
+            "`save_pretrained`, which writes both."
         ) from None
     if args.num_inference_steps is not None:
         if not hasattr(model.config, "num_inference_steps"):
