@@ -146,9 +146,18 @@ class RunFolder:
                 )
         return records
 
-    def truncate_history(self, global_step):
-        """Drop the records a killed run wrote after the checkpoint at `global_step`, which training resumes from."""
-        kept = [record for record in self.history() if record["step"] <= global_step]
+    def truncate_history(self, global_step, evaluated_step):
+        """Drop the records a killed run wrote after the checkpoint at `global_step`, which training resumes from:
+        those of later steps, and an evaluation at `global_step` that the checkpoint does not hold (its
+        `evaluated_step` is older), which the resumed run makes again."""
+
+        def written_before_the_checkpoint(record):
+            evaluation = any(key.startswith("eval_") for key in record)
+            return record["step"] < global_step or (
+                record["step"] == global_step and (not evaluation or evaluated_step == global_step)
+            )
+
+        kept = [record for record in self.history() if written_before_the_checkpoint(record)]
         atomic_write_text(self.history_file, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_outputs(self, model_dir, training_args, metrics):

@@ -301,7 +301,7 @@ def resume_or_start(args, accelerator, folder, checkpoint, scheduler, record):
     state = load_checkpoint(accelerator, checkpoint, scheduler)
     if accelerator.is_main_process:
         remove_partial_checkpoints(folder.checkpoints_dir)
-        folder.truncate_history(state.global_step)
+        folder.truncate_history(state.global_step, state.evaluated_step)
     logger.info(
         f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, {state.batches_in_epoch} "
         f"batches in).",
@@ -517,6 +517,7 @@ def validate(training_run):
         "validation",
         training_run.eval_inputs,
     )
+    state.evaluated_step = state.global_step  # checkpoints from now on reflect this evaluation
     logger.info(f"step {state.global_step}: validation {metrics}", main_process_only=True)
     accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=state.global_step)
     if accelerator.is_main_process:

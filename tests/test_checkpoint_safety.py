@@ -249,3 +249,11 @@ def test_resume_refuses_another_dataset_or_changed_settings(workspace, run_copy,
     error = capsys.readouterr().err
     assert "the checkpoint was trained on the labels ['tomato_soup', 'pea_soup', " in error
     assert "this dataset has ['a', 'b', 'c', 'd'] (4)" in error
+
+
+def test_a_run_killed_right_after_its_final_checkpoint_resumes_without_a_second_evaluation(workspace, run_copy):
+    (run_copy / "metrics.json").unlink()  # killed before the outputs were written
+    assert main(train_args(workspace, run_copy, "--max-steps", "4", "--resume-from-checkpoint", "latest")) == 0
+    history = [json.loads(line) for line in (run_copy / "logs" / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history if "eval_top1" in record] == [4]
+    assert (run_copy / "metrics.json").is_file()

@@ -68,6 +68,7 @@ class TrainerState:
     train_images: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0  # optimizer steps left out for a non-finite loss (--skip_nonfinite_loss)
+    evaluated_step: int = -1  # the step of the last evaluation whose outcome this state holds (-1: none)
 
     def save(self, directory):
         (Path(directory) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2))
