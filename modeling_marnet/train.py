@@ -54,7 +54,7 @@ from .training.checkpointing import (
     unwrap_classifier,
 )
 from .training.data import load_splits, processor_image_size
-from .training.data_checks import check_text_features, warn_if_one_class
+from .training.data_checks import check_text_features, warn_about_missing_classes
 from .training.device_decoding import check_gpu_decode
 from .training.examples import (
     ImagePreprocessing,
@@ -119,7 +119,7 @@ def prepare(args, folder):
     PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     checkpoint = check_before_loading(args, folder)
     splits = load_splits(args)
-    warn_if_one_class(splits.train, args.train_split, args.label_column, splits.label_names)
+    warn_about_missing_classes(splits.train, args.train_split, args.label_column, splits.label_names)
     # The same fresh heads on every process.
     if args.full_determinism:
         enable_full_determinism(args.seed)

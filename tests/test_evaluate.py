@@ -104,6 +104,11 @@ def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, ca
     assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
     assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--batch_size", "0"]) == 2
     assert "marnet-eval: error: --per_device_eval_batch_size must be >= 1, got 0." in capsys.readouterr().err
+    # A directory as the metrics file is refused before the evaluation, not after it.
+    assert (
+        main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--output", str(tmp_path)]) == 2
+    )
+    assert f"marnet-eval: error: --metrics_file {tmp_path} is a directory" in capsys.readouterr().err
 
 
 def test_hostile_images_are_refused_naming_split_and_row(saved_model, tmp_path, capsys):

@@ -57,8 +57,9 @@ def check_text_features(text_embeds, split, text_encoder):
         )
 
 
-def warn_if_one_class(dataset, split, label_column, label_names):
-    """Warns when `split` holds a single class: every prediction is then that class and top-1 says nothing."""
+def warn_about_missing_classes(dataset, split, label_column, label_names):
+    """Warns when `split` (the training split) lacks classes: with a single one, every prediction is that class and
+    top-1 says nothing; with some absent, the model cannot learn those."""
     present = sorted(set(dataset.with_format("numpy")[label_column][:].tolist()))
     if len(present) < 2:
         names = [label_names[label] for label in present]
@@ -67,6 +68,14 @@ def warn_if_one_class(dataset, split, label_column, label_names):
             f"{len(label_names)}): the model can only learn to predict it, and top-1/top-5 accuracy will say nothing. "
             + ("With one class name the model is a regression (num_labels=1). " if len(label_names) == 1 else "")
             + "Check --label_column and the dataset.",
+            main_process_only=True,
+        )
+    elif len(present) < len(label_names):
+        absent = [name for label, name in enumerate(label_names) if label not in set(present)]
+        logger.warning(
+            f"Split {split!r} has no example of {len(absent)} of the {len(label_names)} classes "
+            f"({', '.join(map(repr, absent[:5]))}{', ...' if len(absent) > 5 else ''}): the model cannot learn them. "
+            "Check --label_column and the dataset.",
             main_process_only=True,
         )
 
