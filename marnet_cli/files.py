@@ -108,6 +108,20 @@ def file_kind(mode):
     return FILE_KINDS.get(stat.S_IFMT(mode), "special file")
 
 
+def looks_like_local_path(value):
+    """Whether `value` (a model or dataset option) can only be a local path, not a Hub id: absolute, home- or
+    dot-relative, or with more than one `/`."""
+    value = str(value)
+    return value.startswith(("/", "~", "./", "../")) or value.count("/") > 1 or value in (".", "..")
+
+
+def refuse_missing_local_path(value, option):
+    """A [`UsageError`] when `value` can only be a local path (see [`looks_like_local_path`]) and nothing is there:
+    reported as such, rather than as a failure to reach the Hub."""
+    if value is not None and looks_like_local_path(value) and not Path(value).expanduser().exists():
+        raise UsageError(f"{option} {value}: no such file or folder.")
+
+
 def refuse_dangling_symlink(path, option):
     """A [`UsageError`] when the output path `path` (given as `option`) is a symbolic link to nothing: writing
     there would fail only after all the work."""

@@ -205,7 +205,7 @@ def read_json_object(path, produced_by):
             f"{path} is a {file_kind(path.stat().st_mode)}, not a regular file: it is written by {produced_by}."
         )
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is no error
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CLIError(f"{path} is not valid JSON ({error}); re-create it with {produced_by}.") from None
     if not isinstance(value, dict):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from marnet_cli.errors import CLIError, UsageError
-from marnet_cli.files import atomic_write_json
+from marnet_cli.files import atomic_write_json, refuse_missing_local_path
 from marnet_cli.run_folder import classification_metrics
 
 from .training.data import (
@@ -34,6 +34,7 @@ from .training.memory_check import check_model_fits
 
 def load_classifier(args):
     """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
+    refuse_missing_local_path(args.model_name_or_path, "--model_name_or_path")
     try:
         config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
         check_model_fits(config, f"--model_name_or_path {args.model_name_or_path}")

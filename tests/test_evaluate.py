@@ -136,3 +136,13 @@ def test_hostile_images_are_refused_naming_split_and_row(saved_model, tmp_path, 
         assert "error: Split 'validation', row 1: its header declares 20000x20000 = 400,000,000 pixels" in (
             capsys.readouterr().err
         )
+
+
+def test_a_missing_local_model_folder_is_named_as_such(saved_model, tmp_path, capsys):
+    _, dataset_dir = saved_model
+    missing = tmp_path / "runs" / "never-trained"
+    assert main(["--model_name_or_path", str(missing), "--dataset", str(dataset_dir)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"marnet-eval: error: --model_name_or_path {missing}: no such file or folder."
+    )

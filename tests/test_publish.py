@@ -228,6 +228,12 @@ def _shard_linked_outside(run):
     (run / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
+def _auto_map_without_module(run):
+    config = json.loads((run / "config.json").read_text())
+    config["auto_map"]["AutoConfig"] = "MARNetConfig"
+    (run / "config.json").write_text(json.dumps(config))
+
+
 def _code_outside(run):
     config = json.loads((run / "config.json").read_text())
     config["auto_map"]["AutoConfig"] = "/tmp/evil.Config"
@@ -267,6 +273,7 @@ def _code_outside(run):
         (_shard_outside, "names '../outside.safetensors', which is not a file of"),
         (_shard_linked_outside, "model-00001-of-00001.safetensors is a link to"),
         (_code_outside, "names '/tmp/evil.py', which is not a file of"),
+        (_auto_map_without_module, "auto_map['AutoConfig'] is 'MARNetConfig', expected 'module.Class'"),
     ],
     ids=[
         "missing-weights",
@@ -279,6 +286,7 @@ def _code_outside(run):
         "shard-path-outside",
         "shard-link-outside",
         "code-path-outside",
+        "auto-map-without-module",
     ],
 )
 def test_broken_sources_are_refused_before_anything_is_sent(

@@ -10,6 +10,7 @@ from accelerate.logging import get_logger
 from transformers import AutoConfig, AutoImageProcessor
 
 from marnet_cli.errors import CLIError, UsageError
+from marnet_cli.files import refuse_missing_local_path
 
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
@@ -54,6 +55,8 @@ def build_model_parts(args, splits):
     (`--gradient_checkpointing`, `--channels_last` applied) and loads the image processor, in that order, so that
     every error comes before the expensive steps that follow it."""
     _config_overrides(args)  # unknown --marnet_config fields fail before anything loads
+    for option in ("model_name_or_path", "vision_model", "text_encoder"):
+        refuse_missing_local_path(getattr(args, option), f"--{option}")
     checkpoint_config = load_checkpoint_config(args, splits.label_names) if args.model_name_or_path else None
     text_encoder, tokenizer = load_text_source(args, splits.train, checkpoint_config)
     config = checkpoint_config or new_model_config(args, splits.label_names, text_encoder and text_encoder.hidden_size)
