@@ -241,6 +241,12 @@ def test_resume_refuses_another_dataset_or_changed_settings(workspace, run_copy,
     assert "this run's settings differ from the run that wrote the checkpoint (" in error
     assert "per_device_train_batch_size: 4 then, 2 now" in error and "pass --allow_changed_arguments" in error
 
+    assert main(train_args(workspace, run_copy, *same_run, "--max-train-samples", "20")) == 1
+    assert "the checkpoint's run trained on 24 rows, this one has 20" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        assert resume(workspace, run_copy, "latest") == 0  # --allow-changed-arguments: continues, with a warning
+    assert "Resuming with changed settings (max_steps: 4 then, 6 now" in caplog.text
+
     renamed = make_dataset_dict()
     renamed = renamed.cast_column("label", datasets.ClassLabel(names=["a", "b", "c", "d"]))
     other = train_args(workspace, run_copy, *same_run)

@@ -113,6 +113,13 @@ def test_dataset_paths_to_anything_but_the_datasets_own_image_files_are_refused(
     assert words in str(refused.value)
 
 
+def test_files_that_datasets_downloaded_or_extracted_are_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", tmp_path / "extracted")
+    (tmp_path / "extracted" / "archive").mkdir(parents=True)
+    (tmp_path / "extracted" / "archive" / "dish.png").write_bytes(SMALL_PNG)
+    assert ImageFiles().read(str(tmp_path / "extracted" / "archive" / "dish.png")) == SMALL_PNG
+
+
 def test_devices_are_refused_even_in_an_allowed_folder():
     with memory_limit(), pytest.raises(RefusedImage, match="names a character device, not a regular file"):
         ImageFiles(folders=["/dev"]).read("/dev/zero")
