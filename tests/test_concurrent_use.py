@@ -13,6 +13,8 @@ import sys
 import datasets
 import pytest
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 import hub_scripts.publish as publish_module
 from dataset_scripts import cli as data_cli
@@ -42,6 +44,31 @@ def test_a_sigterm_arriving_inside_a_finaliser_still_stops_the_command(capsys):
     assert main() == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines()[-1] == "marnet-test: error: stopped by SIGTERM."
     assert ran_on == []
+
+
+def test_a_sigterm_while_a_dataloader_iterator_is_finalised_stops_the_next_epoch(monkeypatch, capsys):
+    """The case seen in training: a worker-backed DataLoader iterator dropped at the end of an epoch, SIGTERM
+    landing in its `__del__`."""
+    original = _MultiProcessingDataLoaderIter.__del__
+
+    def terminated_while_finalised(self):
+        original(self)  # the workers are shut down
+        os.kill(os.getpid(), signal.SIGTERM)  # still inside __del__
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "__del__", terminated_while_finalised)
+    loader, batches = DataLoader(range(8), batch_size=2, num_workers=1), []
+
+    @command("marnet-test")
+    def main(argv=None):
+        for _ in range(3):  # epochs
+            for batch in loader:
+                stop_if_signalled()  # as the training loop does at every batch
+                batches.append(batch)
+                break  # the epoch's iterator is dropped here, finalised with its workers
+
+    assert main() == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert len(batches) == 1
 
 
 def test_a_stop_ignored_at_the_very_end_still_sets_the_exit_status(capsys):
