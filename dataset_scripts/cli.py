@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from marnet_cli.errors import CLIError, UsageError, command, describe_os_error
 from marnet_cli.files import atomic_directory, refuse_dangling_symlink
 from marnet_cli.options import HelpFormatter, MARNetArgumentParser
+from marnet_cli.scratch import ScratchDirectory
 
 from . import BUILDER_CLASSES, builder_class
 
@@ -163,14 +164,15 @@ def check_options(args: BuildArguments) -> None:
             raise UsageError(f"--output_dir {args.output_dir} already exists; remove it or choose another path.")
 
 
-def make_scratch(args: BuildArguments) -> Path:
+def make_scratch(args: BuildArguments) -> ScratchDirectory:
     """The scratch folder of the build: next to --output_dir (same filesystem, so the result is moved, not copied),
-    else in the system's temporary folder. An unwritable location fails here, before any work."""
+    else in the system's temporary folder; those of killed builds there are removed first. An unwritable location
+    fails here, before any work."""
     scratch_parent = args.output_dir.parent if args.output_dir else None
     try:
         if scratch_parent is not None:
             scratch_parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".marnet-data-", dir=scratch_parent))
+        return ScratchDirectory(scratch_parent, ".marnet-data-")
     except OSError as error:
         where = scratch_parent or Path(tempfile.gettempdir())
         option = f"--output_dir {args.output_dir}: " if args.output_dir else ""
@@ -179,16 +181,17 @@ def make_scratch(args: BuildArguments) -> Path:
 
 def run_build(args: BuildArguments) -> None:
     """Build in a scratch folder next to the output, then move the finished result into place all at once. The
-    scratch folder is removed on every way out: success, error, full disk, SIGINT, SIGTERM or SIGHUP."""
+    scratch folder is removed on every way out: success, error, full disk, SIGINT, SIGTERM or SIGHUP (after a
+    SIGKILL, by the next build beside the same output)."""
     scratch = make_scratch(args)
     try:
-        build_into(args, scratch)
+        build_into(args, scratch.path)
     except Exception as error:
         if describe_os_error(error) is None:
             raise
-        raise CLIError(f"Building {args.dataset} failed: {describe_os_error(error, scratch.parent)}") from None
+        raise CLIError(f"Building {args.dataset} failed: {describe_os_error(error, scratch.path.parent)}") from None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
 
 
 def build_into(args: BuildArguments, scratch: Path) -> None:
@@ -208,7 +211,8 @@ def build_into(args: BuildArguments, scratch: Path) -> None:
         output_parent=scratch.parent,
         **config_kwargs,
     )
-    with atomic_directory(args.output_dir or scratch / "result") as result:
+    # Only if --output_dir still does not exist: two builds on one output never both succeed.
+    with atomic_directory(args.output_dir or scratch / "result", replace=False) as result:
         if args.push_to_hub is None:
             dataset_dict.save_to_disk(str(result))
         else:

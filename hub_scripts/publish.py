@@ -126,14 +126,16 @@ def publish(
     license=None,
     dataset_repo=None,
     base_model=None,
+    replace_repo_folder=True,
 ):
     """Assemble the Hub repo folder of `source_dir` (a run folder or a converted vision tower) and upload it.
 
     Args:
         source_dir (`str` or `os.PathLike`): what to publish, checked before anything is written or sent.
         repo_id (`str`): the Hub model repo, owner/name.
-        repo_folder (`str` or `os.PathLike`, *optional*): where to assemble the repo folder (replaced if it exists);
-            default: a temporary folder, removed afterwards. Required with `dry_run`.
+        repo_folder (`str` or `os.PathLike`, *optional*): where to assemble the repo folder (replaced if it exists,
+            unless `replace_repo_folder=False`: then one that appears meanwhile is an error); default: a temporary
+            folder, removed afterwards. Required with `dry_run`.
         dry_run (`bool`): only write `repo_folder` and list what would be sent.
         private, revision, commit_message, create_pr: how to upload (see `HfApi.upload_folder`).
         license, dataset_repo, base_model: model card fields of a MARNet model (defaults from the run).
@@ -152,7 +154,7 @@ def publish(
     keep_folder = repo_folder is not None
     folder = Path(repo_folder) if keep_folder else Path(tempfile.mkdtemp(prefix="marnet-publish-")) / "repo"
     try:
-        files = write_repo_folder(source, card, folder)
+        files = write_repo_folder(source, card, folder, replace_repo_folder)
         target = f"{repo_id} ({'private' if private else 'public'}, revision {revision or 'main'}"
         target += ", as a pull request)" if create_pr else ")"
         if dry_run:
@@ -193,6 +195,7 @@ def main(argv=None):
         license=args.license,
         dataset_repo=args.dataset_repo,
         base_model=args.base_model,
+        replace_repo_folder=False,  # --output_dir must not exist: two runs on it never both succeed
     )
 
 

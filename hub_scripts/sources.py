@@ -4,7 +4,9 @@ Everything is checked before any file is written or sent, so a broken folder is 
 the file, what was expected and how to fix it. A published folder never holds:
 
 - a file from outside the source folder: every name (weight shards listed by an index, model code named by
-  `auto_map`) must be a plain file name there, not a path (`../outside.safetensors`) or a link leading out of it;
+  `auto_map`) must be a plain file name there, not a path (`../outside.safetensors`), and every file published or
+  read for publishing must really lie there (no link leading out of it) and be a regular file (no device, FIFO or
+  socket; see [`check_publishable_file`]);
 - NaN or infinite weights, metrics or settings (a diverged run);
 - local paths: in training_args.json and config.json (`_name_or_path`) a local dataset, tower, checkpoint, output or
   cache folder becomes its base name; Hub ids stay (see [`public_training_args`]).
@@ -13,6 +15,7 @@ the file, what was expected and how to fix it. A published folder never holds:
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
 from marnet_cli.errors import CLIError
+from marnet_cli.files import file_kind
 from marnet_cli.run_folder import (
     METRICS_NAME,
     SOURCE_OPTIONS,
@@ -33,6 +37,16 @@ PROCESSOR_NAME = "preprocessor_config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 CONVERSION_RECORD_NAME = "conversion.json"
+# The files read to validate a source folder, whichever its kind.
+RECORD_NAMES = (
+    CONFIG_NAME,
+    PROCESSOR_NAME,
+    SAFETENSORS_NAME,
+    SAFETENSORS_INDEX_NAME,
+    CONVERSION_RECORD_NAME,
+    METRICS_NAME,
+    TRAINING_ARGS_NAME,
+)
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageClassification")
 # training_args.json options that always name a local file or folder.
 LOCAL_PATH_OPTIONS = ("output_dir", "text_cache_dir", "config_file", "resume_from_checkpoint")
@@ -71,18 +85,33 @@ class ConvertedVisionTower:
 
 
 def check_file_name(folder, name, listed_in):
-    """`name` if it is a plain file name in `folder` (not a path, not a link leading out of it), else a
-    [`CLIError`] naming `listed_in`, the file that gave the name."""
-    inside = isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
-    inside = inside and "\\" not in name
-    if inside:
-        resolved, root = (Path(folder) / name).resolve(), Path(folder).resolve()
-        inside = resolved.parent == root
-    if not inside:
+    """`name` if it is a plain file name (not a path), else a [`CLIError`] naming `listed_in`, the file that gave
+    the name. Where the file really lies is [`check_publishable_file`]'s job."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
+    if not plain or "\\" in name:
         raise CLIError(
             f"{listed_in} names {name!r}, which is not a file of {folder}: published files must lie in the source "
-            "folder itself (no paths, no links leading out of it). Re-save the model with `save_pretrained`."
+            "folder itself (no paths). Re-save the model with `save_pretrained`."
         )
+    return name
+
+
+def check_publishable_file(folder, name):
+    """`name` if `folder/name` is a regular file whose real path (links followed) lies in `folder` itself, else a
+    [`CLIError`] saying what it is. Applied to every file that is read for publishing or published."""
+    path, root = Path(folder) / name, os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != root:
+        raise CLIError(
+            f"{path} is a link to {real}, outside {folder}: only the folder's own files are published. Replace the "
+            "link by a copy of the file, or remove it."
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as error:
+        raise CLIError(f"{path} cannot be read ({error.strerror}).") from None
+    if not stat.S_ISREG(mode):
+        raise CLIError(f"{path} is not a regular file (it is a {file_kind(mode)}): only regular files are published.")
     return name
 
 
@@ -97,10 +126,10 @@ def find_weight_files(folder):
         if not isinstance(weight_map, dict):
             raise CLIError(f"{index_file}: 'weight_map' must map tensor names to shard files, got {weight_map!r}.")
         shards = sorted({check_file_name(folder, name, index_file) for name in weight_map.values()})
-        missing = [name for name in shards if not (folder / name).is_file()]
+        missing = [name for name in shards if not os.path.lexists(folder / name)]
         if not shards or missing:
             raise CLIError(f"{index_file} lists missing or no shards: {missing or shards}.")
-        return [SAFETENSORS_INDEX_NAME, *shards]
+        return [SAFETENSORS_INDEX_NAME, *(check_publishable_file(folder, name) for name in shards)]
     others = sorted(name for name in os.listdir(folder) if name.endswith((".bin", ".pt", ".pth", ".ckpt")))
     found = f" Found only {others}: weights are published as safetensors only." if others else ""
     raise CLIError(
@@ -147,24 +176,33 @@ def check_id2label(config, path):
 
 
 def find_remote_code_files(folder, auto_map, config_path):
-    """The .py files `trust_remote_code` users need: the `auto_map` modules and their relative imports."""
-    from transformers.dynamic_module_utils import get_relative_import_files
+    """The .py files `trust_remote_code` users need: the `auto_map` modules and, transitively, their relative
+    imports (as transformers finds them), each checked ([`check_publishable_file`]) before it is read."""
+    from transformers.dynamic_module_utils import get_relative_imports
 
-    files = set()
-    for reference in auto_map.values():
-        module_file = folder / check_file_name(folder, f"{str(reference).split('.')[0]}.py", config_path)
-        if not module_file.is_file():
+    pending = []
+    for key, reference in auto_map.items():
+        module = str(reference).rpartition(".")[0]
+        if not module or "--" in module:
             raise CLIError(
-                f"{config_path} auto_map points to {module_file.name}, which is missing from {folder}: "
-                "save the model with `save_pretrained` after `import modeling_marnet` (it copies the model files)."
+                f"{config_path}: auto_map[{key!r}] is {reference!r}, expected 'module.Class' naming a .py file of "
+                f"{folder}. Re-save the model with `save_pretrained` from an installed modeling_marnet."
             )
-        files.add(module_file.name)
-        try:
-            files.update(Path(name).name for name in get_relative_import_files(str(module_file)))
-        except OSError as error:
+        pending.append((f"{module.split('.')[0]}.py", f"{config_path} auto_map[{key!r}] ({reference!r})"))
+    files = set()
+    while pending:
+        name, needed_by = pending.pop()
+        if name in files:
+            continue
+        check_file_name(folder, name, needed_by)
+        if not os.path.lexists(folder / name):
             raise CLIError(
-                f"{module_file.name} imports a sibling file that is missing from {folder}: {error}"
-            ) from None
+                f"{needed_by} needs {name}, which is missing from {folder}: save the model with `save_pretrained` "
+                "after `import modeling_marnet` (it copies the model files)."
+            )
+        check_publishable_file(folder, name)
+        files.add(name)
+        pending += [(f"{module}.py", name) for module in get_relative_imports(folder / name)]
     return sorted(files)
 
 
@@ -222,12 +260,16 @@ def load_source(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise CLIError(f"{folder} is not a folder: pass a `marnet-train --output_dir` or a converted vision tower.")
+    for name in RECORD_NAMES:  # before any of them is read
+        if os.path.lexists(folder / name):
+            check_publishable_file(folder, name)
     config = read_json_object(folder / CONFIG_NAME, "`save_pretrained`")
     model_type = config.get("model_type")
-    if model_type == "marnet":
-        return load_training_run(folder, config)
-    if model_type == "timm_wrapper":
-        return load_vision_tower(folder, config)
+    if model_type in ("marnet", "timm_wrapper"):
+        source = (load_training_run if model_type == "marnet" else load_vision_tower)(folder, config)
+        for name in source.files_to_publish:
+            check_publishable_file(folder, name)
+        return source
     raise CLIError(
         f"{folder / CONFIG_NAME} has model_type {model_type!r}: expected 'marnet' (a marnet-train output folder) "
         "or 'timm_wrapper' (a marnet-convert-efficientnet output folder)."

@@ -6,12 +6,15 @@
   disk) made the command fail; a full disk, a read-only or unwritable location is reported as such
   ([`describe_os_error`]);
 - exit status 128 + N: the command was stopped by signal N (SIGINT, SIGTERM, SIGHUP). The signal is turned into an
-  exception, so every `finally` block runs and partial outputs are removed, as on any other error.
+  exception, so every `finally` block runs and partial outputs are removed, as on any other error. Raised while a
+  finaliser runs (a DataLoader iterator's `__del__`), where Python prints and ignores exceptions, it is raised again
+  at the next batch or when the command returns ([`stop_if_signalled`]).
 
 Every message says what was expected, what was found and how to fix it. Any other exception is a bug and keeps its
 traceback.
 """
 
+import contextlib
 import errno
 import functools
 import os
@@ -71,11 +74,41 @@ def describe_os_error(error, where=None):
     return None
 
 
-def _free_space(path):
+# What torch's and safetensors' writers raise when a write fails: messages without an errno.
+WRITE_FAILURE_MARKERS = ("inline_container.cc", "file write failed", "No space left on device", "os error 28")
+FULL_DISK_BYTES = 16 * 2**20  # a failed write with less free space than this is taken for a full disk
+
+
+@contextlib.contextmanager
+def writing_to(where):
+    """Within the block, a failed write becomes a one-line [`CLIError`] naming `where` and its free space: an
+    OSError of the environment ([`describe_os_error`]), or the errors of torch's and safetensors' writers, which carry
+    no errno (`RuntimeError: [enforce fail at inline_container.cc:...] ...`); with less than `FULL_DISK_BYTES` free,
+    the disk is said to be full, as an ENOSPC error says it."""
+    try:
+        yield
+    except Exception as error:
+        message = describe_os_error(error, where)
+        if message is None and any(marker in str(error) for marker in WRITE_FAILURE_MARKERS):
+            if shutil.disk_usage(_existing(where)).free < FULL_DISK_BYTES:
+                message = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), where)
+            else:
+                detail = str(error).splitlines()[0].split("] ")[-1].strip(" .")
+                message = f"{where}: writing failed ({type(error).__name__}: {detail}), {_free_space(where)}."
+        if message is None:
+            raise
+        raise CLIError(message) from None
+
+
+def _existing(path):
     path = os.path.abspath(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
-    return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free there"
+    return path
+
+
+def _free_space(path):
+    return f"{shutil.disk_usage(_existing(path)).free / 2**20:.1f} MiB free there"
 
 
 def _interrupt_handler(owner_pid):
@@ -90,6 +123,33 @@ def _interrupt_handler(owner_pid):
         raise Interrupted(signal_number)
 
     return handler
+
+
+# The signal number of a stop raised inside a finaliser and ignored there (see [`_remember_ignored_stop`]).
+_ignored_stop = []
+
+
+def _remember_ignored_stop(previous_hook):
+    """A `sys.unraisablehook` for the command's duration: a stop (Ctrl-C, [`Interrupted`]) raised inside a finaliser
+    (a DataLoader iterator's `__del__`), which Python prints as "Exception ignored in ..." and forgets, is
+    remembered for [`stop_if_signalled`]. Every other ignored exception goes to `previous_hook`."""
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _ignored_stop.append(getattr(unraisable.exc_value, "signal_number", signal.SIGINT))
+        else:
+            previous_hook(unraisable)
+
+    return hook
+
+
+def stop_if_signalled():
+    """Raises the stop that a finaliser ignored, if any: called by the training and evaluation loops at every
+    batch, and by [`command`] when the command returns."""
+    if _ignored_stop:
+        number = _ignored_stop.pop()
+        _ignored_stop.clear()
+        raise Interrupted(number) if number != signal.SIGINT else KeyboardInterrupt()
 
 
 def _worker_message(message):
@@ -124,8 +184,13 @@ def command(prog):
             in_main_thread = threading.current_thread() is threading.main_thread()
             handler = _interrupt_handler(os.getpid())
             previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS} if in_main_thread else {}
+            previous_unraisablehook = sys.unraisablehook
+            if in_main_thread:
+                sys.unraisablehook = _remember_ignored_stop(previous_unraisablehook)
+            _ignored_stop.clear()
             try:
                 main(argv)
+                stop_if_signalled()
             except CLIError as error:
                 # Dropping the traceback frees what the failed code held first: open progress bars end their line.
                 error.__traceback__ = None
@@ -146,6 +211,7 @@ def command(prog):
             finally:
                 for number, previous_handler in previous.items():
                     signal.signal(number, previous_handler)
+                sys.unraisablehook = previous_unraisablehook
             return 0
 
         return entry_point

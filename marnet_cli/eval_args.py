@@ -1,6 +1,7 @@
 """Options of `marnet-eval`, with the names `marnet-train` uses for the same things."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from modeling_marnet.corruptions import CORRUPTIONS, SEVERITIES
@@ -73,6 +74,11 @@ class EvalArguments:
             if not getattr(self, name):
                 raise UsageError(f"--{name} is required (on the command line or in --config).")
         self.split = self.split or ["test"]
+        if self.metrics_file is not None and Path(self.metrics_file).is_dir():
+            raise UsageError(
+                f"--metrics_file {self.metrics_file} is a directory: give the path of a file to write (e.g. "
+                f"{Path(self.metrics_file) / 'metrics.json'})."
+            )
         for name in ("per_device_eval_batch_size", "max_eval_samples", "num_inference_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -8,14 +8,25 @@ instant one complete copy exists.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from .errors import UsageError
 
+FILE_KINDS = {
+    stat.S_IFREG: "regular file",
+    stat.S_IFDIR: "folder",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFLNK: "symbolic link",
+}
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = f"{PARTIAL_PREFIX}old-"  # the previous copy of a folder while it is being replaced
 
@@ -92,6 +103,25 @@ def remove_partial_entries(directory):
     return restored
 
 
+def file_kind(mode):
+    """What a file of `os.stat` mode `mode` is, in words ("regular file", "character device", "FIFO", ...)."""
+    return FILE_KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def looks_like_local_path(value):
+    """Whether `value` (a model or dataset option) can only be a local path, not a Hub id: absolute, home- or
+    dot-relative, or with more than one `/`."""
+    value = str(value)
+    return value.startswith(("/", "~", "./", "../")) or value.count("/") > 1 or value in (".", "..")
+
+
+def refuse_missing_local_path(value, option):
+    """A [`UsageError`] when `value` can only be a local path (see [`looks_like_local_path`]) and nothing is there:
+    reported as such, rather than as a failure to reach the Hub."""
+    if value is not None and looks_like_local_path(value) and not Path(value).expanduser().exists():
+        raise UsageError(f"{option} {value}: no such file or folder.")
+
+
 def refuse_dangling_symlink(path, option):
     """A [`UsageError`] when the output path `path` (given as `option`) is a symbolic link to nothing: writing
     there would fail only after all the work."""
@@ -103,9 +133,25 @@ def refuse_dangling_symlink(path, option):
         )
 
 
+def commit_new_directory(staging, destination):
+    """Rename the finished `staging` folder to `destination`, which must not exist: when another command wrote it
+    since this one checked (two runs on one output), a [`UsageError`] and `destination` stays as that one left
+    it. (A rename never replaces a folder that holds files.)"""
+    try:
+        os.rename(staging, destination)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        raise UsageError(
+            f"{destination} appeared while this command ran (another command writing the same output?): it is left "
+            "as it is, and this command's result is discarded. Choose another path, or remove it and run again."
+        ) from None
+
+
 @contextlib.contextmanager
-def atomic_directory(destination):
-    """Yield an empty staging folder; it becomes `destination` (replacing it) only if the block succeeds.
+def atomic_directory(destination, replace=True):
+    """Yield an empty staging folder; it becomes `destination` only if the block succeeds: replacing it
+    ([`commit_directory`]), or with `replace=False` only if it still does not exist ([`commit_new_directory`]).
 
     For one process. Multi-process writers call [`staging_directory`] and [`commit_directory`] themselves, around
     their own synchronisation.
@@ -113,7 +159,7 @@ def atomic_directory(destination):
     staging = staging_directory(destination)
     try:
         yield staging
-        commit_directory(staging, destination)
+        (commit_directory if replace else commit_new_directory)(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

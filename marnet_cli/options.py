@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from .errors import UsageError
+from .files import file_kind
 
 CONFIG_FIELD = "config"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -122,9 +123,11 @@ class MARNetArgumentParser(HfArgumentParser):
         value, or a mapping (`{field: value}` becomes the `field=value` entries of a KEY=VALUE option).
         """
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise UsageError(f"--config {path}: no such file.")
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise UsageError(f"--config {path} is a {file_kind(path.stat().st_mode)}, not a regular file.")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
         kind = "JSON" if path.suffix == ".json" else "YAML"
         try:
             values = json.loads(text) if kind == "JSON" else yaml.safe_load(text)

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from .errors import CLIError, UsageError
-from .files import atomic_files, atomic_write_text
+from .files import atomic_files, atomic_write_text, file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_MODEL_DIR = "best-model"
 HUB_REPO_DIR = "hub_repo"
 LOCK_NAME = ".marnet-train.lock"
+# The files of a run folder that a run writes: its records and the saved model (`save_pretrained`: config, weights,
+# image processor, model code for remote-code users).
+PREVIOUS_RUN_FILES = (
+    METRICS_NAME,
+    TRAINING_ARGS_NAME,
+    "config.json",
+    "preprocessor_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.py",
+)
 # training_args.json keys that the model card states.
 REQUIRED_TRAINING_ARGS = ("dataset", "vision_model", "text_encoder", "ablation")
 # Options naming a dataset or model that is either a Hub id or a local path; training_args.json's `local_sources`
@@ -94,6 +105,17 @@ class RunFolder:
             os.close(self._lock)
             self._lock = None
 
+    def clear_previous_run(self):
+        """Removes what a previous run wrote here (`--overwrite_output_dir`): its checkpoints, logs and Hub folder,
+        its records and its saved model, so that an overwritten folder never mixes two runs, even when the new run
+        fails before it saves anything. Other files are left."""
+        for name in (CHECKPOINTS_DIR, LOGS_DIR, HUB_REPO_DIR):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for pattern in PREVIOUS_RUN_FILES:
+            for path in self.path.glob(pattern):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+
     def entries(self):
         """What the folder holds, its lock file aside (an empty folder that a run once claimed is still empty)."""
         return sorted(path.name for path in self.path.iterdir() if path.name != LOCK_NAME)
@@ -124,9 +146,18 @@ class RunFolder:
                 )
         return records
 
-    def truncate_history(self, global_step):
-        """Drop the records a killed run wrote after the checkpoint at `global_step`, which training resumes from."""
-        kept = [record for record in self.history() if record["step"] <= global_step]
+    def truncate_history(self, global_step, evaluated_step):
+        """Drop the records a killed run wrote after the checkpoint at `global_step`, which training resumes from:
+        those of later steps, and an evaluation at `global_step` that the checkpoint does not hold (its
+        `evaluated_step` is older), which the resumed run makes again."""
+
+        def written_before_the_checkpoint(record):
+            evaluation = any(key.startswith("eval_") for key in record)
+            return record["step"] < global_step or (
+                record["step"] == global_step and (not evaluation or evaluated_step == global_step)
+            )
+
+        kept = [record for record in self.history() if written_before_the_checkpoint(record)]
         atomic_write_text(self.history_file, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_outputs(self, model_dir, training_args, metrics):
@@ -167,10 +198,14 @@ def classification_metrics(per_split, split, **extra):
 def read_json_object(path, produced_by):
     """The JSON object in `path`; `produced_by` says which tool writes the file, for the error message."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CLIError(f"Missing {path}: it is written by {produced_by}.")
+    if not path.is_file():
+        raise CLIError(
+            f"{path} is a {file_kind(path.stat().st_mode)}, not a regular file: it is written by {produced_by}."
+        )
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is no error
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CLIError(f"{path} is not valid JSON ({error}); re-create it with {produced_by}.") from None
     if not isinstance(value, dict):

@@ -259,6 +259,11 @@ class TrainArguments:
     resume_from_checkpoint: str | None = _option(
         group="evaluation and checkpoints", help="`latest` or a checkpoint directory."
     )
+    allow_changed_arguments: bool = _option(
+        False,
+        group="evaluation and checkpoints",
+        help="Resume even when settings differ from the checkpoint's run (it then continues, not exactly).",
+    )
 
     # logging
     report_to: list[str] = _option(

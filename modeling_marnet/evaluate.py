@@ -13,10 +13,10 @@ import time
 
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from marnet_cli.errors import CLIError, UsageError
-from marnet_cli.files import atomic_write_json
+from marnet_cli.files import atomic_write_json, refuse_missing_local_path
 from marnet_cli.run_folder import classification_metrics
 
 from .corruptions import ImageCorruption
@@ -29,14 +29,19 @@ from .training.data import (
     load_image_dataset,
 )
 from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
+from .training.image_paths import dataset_folders
 from .training.loop import evaluate
+from .training.memory_check import check_model_fits
 
 
 def load_classifier(args):
     """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
+    refuse_missing_local_path(args.model_name_or_path, "--model_name_or_path")
     try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        check_model_fits(config, f"--model_name_or_path {args.model_name_or_path}")
         model = AutoModelForImageClassification.from_pretrained(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+            args.model_name_or_path, config=config, trust_remote_code=args.trust_remote_code
         )
         image_processor = AutoImageProcessor.from_pretrained(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
@@ -45,6 +50,14 @@ def load_classifier(args):
         raise CLIError(
             f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its image "
             f"processor ({error})."
+        ) from None
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise CLIError(
+            f"--model_name_or_path {args.model_name_or_path}: its weights do not have the shapes its config.json "
+            "describes (config.json edited, or weights from another model). Save the model again with "
+            "`save_pretrained`, which writes both."
         ) from None
     if args.num_inference_steps is not None:
         if not hasattr(model.config, "num_inference_steps"):
@@ -67,7 +80,7 @@ def check_labels(model, label_names):
 def run(args):
     """Evaluates with the options of `marnet_cli.eval_args.EvalArguments`; returns the metrics."""
     started = time.perf_counter()
-    dataset = load_image_dataset(args.dataset)
+    dataset, folders = load_image_dataset(args.dataset), dataset_folders(args.dataset)
     model, image_processor = load_classifier(args)
     loaders = {}
     corruption = ImageCorruption(args.corruption, args.severity) if args.corruption is not None else None
@@ -81,7 +94,9 @@ def run(args):
         check_label_range(split, split_name, args.label_column, len(label_names))
         if args.max_eval_samples is not None:
             split = first_rows(split, args.max_eval_samples)
-        examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing, split=split_name)
+        examples = ImageTextExamples(
+            split, args.image_column, args.label_column, preprocessing, split=split_name, image_folders=folders
+        )
         loaders[split_name] = DataLoader(
             examples, batch_size=args.per_device_eval_batch_size, collate_fn=MARNetCollator()
         )

@@ -323,6 +323,12 @@ class MARNetPreTrainedModel(PreTrainedModel):
                 f"`pixel_values` must have {num_channels} channels (vision_config.num_channels), got shape "
                 f"{tuple(pixel_values.shape)}. Convert images to RGB (the image processor does) or change the config."
             )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"`pixel_values` must be floating point, as the image processor gives them (rescaled and normalised), "
+                f"got dtype {pixel_values.dtype}: raw pixels would run unnormalised. Pass the images through the "
+                "image processor."
+            )
 
     def _check_text_embeds(self, text_embeds, batch_size):
         expected = (batch_size, self.config.text_hidden_size)
@@ -608,6 +614,10 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
 
     def _prepare_labels(self, labels, batch_size, problem_type):
         """Checks `labels` for `problem_type`; returns them as the losses take them: (B,) class ids, or (B, L)."""
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(
+                f"`labels` must be a torch.Tensor, got {type(labels).__name__}. Convert it with torch.tensor(labels)."
+            )
         num_labels = self.config.num_labels
         if problem_type == "single_label_classification":
             if labels.dim() != 1 or labels.shape[0] != batch_size:

@@ -14,7 +14,6 @@ Options are parsed in `marnet_cli.train_args` (see `marnet-train --help`).
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,13 +27,9 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import enable_full_determinism
 
 from hub_scripts.publish import check_publish_target, publish
-from marnet_cli.errors import UsageError
+from marnet_cli.errors import UsageError, writing_to
 from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
-    CHECKPOINTS_DIR,
-    HUB_REPO_DIR,
-    LOGS_DIR,
-    METRICS_NAME,
     RunFolder,
     classification_metrics,
     local_sources,
@@ -59,7 +54,7 @@ from .training.checkpointing import (
     unwrap_classifier,
 )
 from .training.data import load_splits, processor_image_size
-from .training.data_checks import check_text_features, warn_if_one_class
+from .training.data_checks import check_text_features, warn_about_missing_classes
 from .training.device_decoding import check_gpu_decode
 from .training.examples import (
     ImagePreprocessing,
@@ -71,6 +66,7 @@ from .training.examples import (
 from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import ablation_name, build_model_parts, tower_parameters
 from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
+from .training.run_identity import check_continuation, run_record
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
 
 logger = get_logger(__name__)
@@ -99,6 +95,7 @@ class TrainingRun:
     hyperparameters: dict
     state: TrainerState
     started: float
+    run_record: dict  # what checkpoints record of this run (training.run_identity)
 
 
 def run(args):
@@ -107,8 +104,9 @@ def run(args):
     folder = RunFolder(args.output_dir)
     try:
         training_run = prepare(args, folder)
-        train(training_run)
-        return finish(training_run)
+        with writing_to(folder.path):  # checkpoints and the saved model: a full disk is one line, not torch's error
+            train(training_run)
+            return finish(training_run)
     finally:
         folder.release()
 
@@ -121,7 +119,7 @@ def prepare(args, folder):
     PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     checkpoint = check_before_loading(args, folder)
     splits = load_splits(args)
-    warn_if_one_class(splits.train, args.train_split, args.label_column, splits.label_names)
+    warn_about_missing_classes(splits.train, args.train_split, args.label_column, splits.label_names)
     # The same fresh heads on every process.
     if args.full_determinism:
         enable_full_determinism(args.seed)
@@ -145,7 +143,8 @@ def prepare(args, folder):
 
     hyperparameters = training_record(args, accelerator, splits, parts, config, schedule)
     init_trackers(accelerator, args, hyperparameters)
-    state = resume_or_start(args, accelerator, folder, checkpoint, scheduler)
+    record = run_record(hyperparameters, splits.label_names)
+    state = resume_or_start(args, accelerator, folder, checkpoint, scheduler, record)
     log_start(args, accelerator, splits, parts, schedule, hyperparameters)
     return TrainingRun(
         args,
@@ -166,6 +165,7 @@ def prepare(args, folder):
         hyperparameters,
         state,
         started,
+        record,
     )
 
 
@@ -226,6 +226,7 @@ def make_dataloaders(args, accelerator, splits, parts):
         text_embeds,
         defer_decoding=args.gpu_decode,
         split=args.train_split,
+        image_folders=splits.image_folders,
     )
     tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
     train_collator = MARNetCollator(tokenizer, encoding)
@@ -242,6 +243,7 @@ def make_dataloaders(args, accelerator, splits, parts):
                 eval_preprocessing,
                 defer_decoding=args.gpu_decode,
                 split=split_name,
+                image_folders=splits.image_folders,
             ),
             MARNetCollator(),
             args.per_device_eval_batch_size,
@@ -289,15 +291,17 @@ def training_record(args, accelerator, splits, parts, config, schedule):
     }
 
 
-def resume_or_start(args, accelerator, folder, checkpoint, scheduler):
-    """The state of the checkpoint to resume from (the logs written after it dropped), or a fresh one."""
+def resume_or_start(args, accelerator, folder, checkpoint, scheduler, record):
+    """The state of the checkpoint to resume from (the logs written after it dropped), once `record` shows that this
+    run continues the one that wrote it (`run_identity.check_continuation`); or a fresh one."""
     if checkpoint is None:
         set_seed(args.seed, device_specific=True)  # different diffusion noise on each process
         return TrainerState()
+    check_continuation(checkpoint, record, args.allow_changed_arguments)
     state = load_checkpoint(accelerator, checkpoint, scheduler)
     if accelerator.is_main_process:
         remove_partial_checkpoints(folder.checkpoints_dir)
-        folder.truncate_history(state.global_step)
+        folder.truncate_history(state.global_step, state.evaluated_step)
     logger.info(
         f"Resuming from {checkpoint} at step {state.global_step} (epoch {state.epoch}, {state.batches_in_epoch} "
         f"batches in).",
@@ -334,13 +338,11 @@ def check_output_dir(args, folder):
 
 def start_output_dir(args, folder):
     """Claims the folder (a second run on it is refused), checks it again under that claim, creates logs/; with
-    --overwrite_output_dir, first removes what the previous run there wrote."""
+    --overwrite_output_dir, first removes what the previous run there wrote (`RunFolder.clear_previous_run`)."""
     folder.claim()
     check_output_dir(args, folder)  # another run may have filled it since the first check
     if args.overwrite_output_dir and not args.resume_from_checkpoint:
-        for stale in (CHECKPOINTS_DIR, LOGS_DIR, HUB_REPO_DIR):
-            shutil.rmtree(folder.path / stale, ignore_errors=True)
-        (folder.path / METRICS_NAME).unlink(missing_ok=True)  # no finished-run marker until this run finishes
+        folder.clear_previous_run()
     folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -449,6 +451,7 @@ def train(training_run):
                     state,
                     training_run.scheduler,
                     args.save_total_limit,
+                    training_run.run_record,
                 )
                 last_checkpointed = state.global_step
             if stop or state.global_step >= schedule.max_steps:
@@ -465,7 +468,12 @@ def train(training_run):
         validate(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
         save_checkpoint(
-            accelerator, training_run.folder.checkpoints_dir, state, training_run.scheduler, args.save_total_limit
+            accelerator,
+            training_run.folder.checkpoints_dir,
+            state,
+            training_run.scheduler,
+            args.save_total_limit,
+            training_run.run_record,
         )
 
 
@@ -509,6 +517,7 @@ def validate(training_run):
         "validation",
         training_run.eval_inputs,
     )
+    state.evaluated_step = state.global_step  # checkpoints from now on reflect this evaluation
     logger.info(f"step {state.global_step}: validation {metrics}", main_process_only=True)
     accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=state.global_step)
     if accelerator.is_main_process:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from marnet_cli.run_folder import RunFolder
 from modeling_marnet.training.checkpointing import remove_partial_checkpoints, write_manifest
 from train_fixtures import (
     REPO_ROOT,
+    make_dataset_dict,
     offline_env,
     save_dataset,
     save_text_encoder,
@@ -68,7 +70,18 @@ def train_args(workspace, output_dir, *extra):
 
 
 def resume(workspace, output_dir, *extra, max_steps=6):
-    return main(train_args(workspace, output_dir, "--max-steps", max_steps, "--resume-from-checkpoint", *extra))
+    """Resumes the 4-step run to `max_steps`: a changed setting (the schedule's length), so allowed explicitly."""
+    return main(
+        train_args(
+            workspace,
+            output_dir,
+            "--max-steps",
+            max_steps,
+            "--allow-changed-arguments",
+            "--resume-from-checkpoint",
+            *extra,
+        )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -219,3 +232,34 @@ def test_missing_random_states_resume_with_a_clear_warning(workspace, run_copy, 
         assert resume(workspace, run_copy, "latest") == 0
     assert "checkpoint-4: it has no random_states_0.pkl, so process 0 resumes with fresh random" in caplog.text
     assert "NOT an exact continuation" in caplog.text
+
+
+def test_resume_refuses_another_dataset_or_changed_settings(workspace, run_copy, tmp_path, capsys, caplog):
+    same_run = ["--max-steps", "4", "--resume-from-checkpoint", "latest"]
+    assert main([*train_args(workspace, run_copy, *same_run), "--per-device-train-batch-size", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "this run's settings differ from the run that wrote the checkpoint (" in error
+    assert "per_device_train_batch_size: 4 then, 2 now" in error and "pass --allow_changed_arguments" in error
+
+    assert main(train_args(workspace, run_copy, *same_run, "--max-train-samples", "20")) == 1
+    assert "the checkpoint's run trained on 24 rows, this one has 20" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        assert resume(workspace, run_copy, "latest") == 0  # --allow-changed-arguments: continues, with a warning
+    assert "Resuming with changed settings (max_steps: 4 then, 6 now" in caplog.text
+
+    renamed = make_dataset_dict()
+    renamed = renamed.cast_column("label", datasets.ClassLabel(names=["a", "b", "c", "d"]))
+    other = train_args(workspace, run_copy, *same_run)
+    other[other.index(str(workspace["dataset"]))] = str(save_dataset(tmp_path / "renamed", renamed))
+    assert main(other) == 1
+    error = capsys.readouterr().err
+    assert "the checkpoint was trained on the labels ['tomato_soup', 'pea_soup', " in error
+    assert "this dataset has ['a', 'b', 'c', 'd'] (4)" in error
+
+
+def test_a_run_killed_right_after_its_final_checkpoint_resumes_without_a_second_evaluation(workspace, run_copy):
+    (run_copy / "metrics.json").unlink()  # killed before the outputs were written
+    assert main(train_args(workspace, run_copy, "--max-steps", "4", "--resume-from-checkpoint", "latest")) == 0
+    history = [json.loads(line) for line in (run_copy / "logs" / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history if "eval_top1" in record] == [4]
+    assert (run_copy / "metrics.json").is_file()

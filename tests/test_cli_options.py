@@ -133,6 +133,7 @@ TRAIN_NEW_MODEL = [
     "4",
     "--save_total_limit",
     "1",
+    "--allow_changed_arguments",
     "--report_to",
     "tensorboard",
     "wandb",
@@ -490,3 +491,18 @@ def test_malformed_command_line_is_argparse_usage_error(capsys):
     assert evaluate(["--model_name_or_path", "m", "--dataset", "d", "--per_device_eval_batch_size", "many"]) == 2
     error = capsys.readouterr().err
     assert "marnet-eval: error: argument --per_device_eval_batch_size" in error and "invalid int value" in error
+
+
+def test_config_files_are_named_for_what_they_are(tmp_path, capsys):
+    """A JSON file with a byte-order mark is valid JSON; a link to a device is not a missing file."""
+    from marnet_cli.commands import train
+
+    with_bom = tmp_path / "run.json"
+    with_bom.write_text('{"augment": "cutout"}', encoding="utf-8-sig")
+    device = tmp_path / "device.yaml"
+    device.symlink_to("/dev/zero")
+    argv = ["--dataset", "d", "--vision_model", "v", "--output_dir", "o", "--config"]
+    assert train([*argv, str(with_bom)]) == 2
+    assert "`augment` must be one of none, crop_flip" in capsys.readouterr().err  # read, then checked
+    assert train([*argv, str(device)]) == 2
+    assert f"error: --config {device} is a character device, not a regular file." in capsys.readouterr().err

@@ -6,9 +6,18 @@ import logging
 
 import datasets
 import pytest
+from accelerate import PartialState
 
 from marnet_cli.commands import train as main
-from train_fixtures import make_dataset_dict, save_dataset, save_text_encoder, save_vision_tower, tiny_model_args
+from modeling_marnet.training.data_checks import warn_about_missing_classes
+from train_fixtures import (
+    CLASS_COLOURS,
+    make_dataset_dict,
+    save_dataset,
+    save_text_encoder,
+    save_vision_tower,
+    tiny_model_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +128,13 @@ def test_a_one_class_training_split_is_announced(workspace, tmp_path, caplog):
         assert main(train_args(workspace, dataset, tmp_path / "out", "--ablation", "baseline")) == 0
     assert "Split 'train' holds a single class ('pea_soup'; the ClassLabel has 4)" in caplog.text
     assert "top-1/top-5 accuracy will say nothing" in caplog.text
+
+
+def test_classes_absent_from_the_training_split_are_announced(caplog):
+    PartialState(cpu=True)
+    train = make_dataset_dict({"train": 12})["train"].filter(lambda row: row["label"] != 2)
+    with caplog.at_level(logging.WARNING):
+        warn_about_missing_classes(train, "train", "label", list(CLASS_COLOURS))
+    assert "Split 'train' has no example of 1 of the 4 classes ('blueberry_pie'): the model cannot learn them" in (
+        caplog.text
+    )

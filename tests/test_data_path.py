@@ -39,6 +39,7 @@ from modeling_marnet.training.examples import (
     model_inputs,
 )
 from modeling_marnet.training.image_decoding import decode_rgb
+from modeling_marnet.training.image_paths import ImageFiles
 from tiny_marnet import IMAGE_SIZE, tiny_config
 from train_fixtures import (
     module_command,
@@ -135,7 +136,7 @@ def test_decoded_pixels_are_those_pil_gives(name, encoded):
 def test_images_stored_as_paths_are_read_from_disk(encoded, tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(encoded["jpeg EXIF-rotated"])
-    decoded = decode_rgb({"bytes": None, "path": str(path)})
+    decoded = decode_rgb(ImageFiles([tmp_path]).embedded({"bytes": None, "path": str(path)}))
     assert torch.equal(decoded, decode_rgb({"bytes": encoded["jpeg EXIF-rotated"], "path": None}))
     assert decoded.shape == (3, 96, 72)  # rotated: 72 wide, 96 high
 

@@ -2,16 +2,20 @@
 
 import json
 
+import datasets
+import pyarrow.parquet
 import pytest
 import torch
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from transformers import AutoImageProcessor, ViTImageProcessor
 
+from bounded import memory_limit
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 from modeling_marnet.corruptions import corrupt
 from modeling_marnet.evaluate import main
 from modeling_marnet.training.data import load_image_dataset
-from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, save_dataset, save_vision_tower
+from test_hostile_images import png_declaring
+from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, make_dataset_dict, save_dataset, save_vision_tower
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,49 @@ def test_bad_split_and_label_mismatch_are_clear_errors(saved_model, tmp_path, ca
     assert "differ from the dataset's ClassLabel names" in capsys.readouterr().err
     assert main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--batch_size", "0"]) == 2
     assert "marnet-eval: error: --per_device_eval_batch_size must be >= 1, got 0." in capsys.readouterr().err
+
+    # A directory as the metrics file is refused before the evaluation, not after it.
+    assert (
+        main(["--model_name_or_path", str(model_dir), "--dataset", str(dataset_dir), "--output", str(tmp_path)]) == 2
+    )
+    assert f"marnet-eval: error: --metrics_file {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_hostile_images_are_refused_naming_split_and_row(saved_model, tmp_path, capsys):
+    """A row naming /dev/zero and a decompression bomb (a 49 KB PNG of 20000 x 20000 pixels): each a clear error,
+    raised before anything large is read or decoded."""
+    model_dir, _ = saved_model
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASS_COLOURS))})
+    fine = make_dataset_dict({"test": 1})["test"].cast_column("image", datasets.Image(decode=False))[0]["image"]
+    hostile = {
+        "validation": {"bytes": png_declaring(20000, 20000), "path": None},
+        "test": {"bytes": None, "path": "/dev/zero"},
+    }
+    (tmp_path / "dataset").mkdir()
+    base = ["--model_name_or_path", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split"]
+    with memory_limit(2**30):
+        for split, image in hostile.items():
+            rows = datasets.Dataset.from_dict({"image": [fine, image], "label": [0, 1]}, features=features)
+            # Written as is: `to_parquet` and `save_to_disk` would embed (read) the file a path names.
+            pyarrow.parquet.write_table(rows.data.table, tmp_path / "dataset" / f"{split}-00000-of-00001.parquet")
+        assert main([*base, "test"]) == 1
+        assert "marnet-eval: error: Split 'test', row 1 (/dev/zero): the image file lies outside" in (
+            capsys.readouterr().err
+        )
+        assert main([*base, "validation"]) == 1
+        assert "error: Split 'validation', row 1: its header declares 20000x20000 = 400,000,000 pixels" in (
+            capsys.readouterr().err
+        )
+
+
+def test_a_missing_local_model_folder_is_named_as_such(saved_model, tmp_path, capsys):
+    _, dataset_dir = saved_model
+    missing = tmp_path / "runs" / "never-trained"
+    assert main(["--model_name_or_path", str(missing), "--dataset", str(dataset_dir)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"marnet-eval: error: --model_name_or_path {missing}: no such file or folder."
+    )
 
 
 def test_corrupted_split_matches_corrupting_each_image_before_the_processor(saved_model, capsys):

@@ -171,3 +171,12 @@ def test_an_empty_list_fails_in_the_pipeline_as_documented(classifier):
     assert any(name.endswith("transformers/pipelines/base.py") for name in raised_in(error.value))
     assert "an empty list" in README
     assert classifier([Image.fromarray(np.zeros((8, 8, 3), np.uint8))])  # one image in a list works
+
+
+def test_uint8_pixel_values_and_list_labels_are_clear_errors(model):
+    pixel_values, _, labels = tiny_batch()
+    raw = (pixel_values.clamp(0, 1) * 255).to(torch.uint8)  # pixels that skipped the image processor
+    with pytest.raises(ValueError, match=r"`pixel_values` must be floating point, .* got dtype torch.uint8"):
+        model.eval()(raw)
+    with pytest.raises(ValueError, match=r"`labels` must be a torch.Tensor, got list\. Convert it with torch.tensor"):
+        model.eval()(pixel_values, labels=labels.tolist())

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import ViTImageProcessor
 
+from bounded import memory_limit, time_limit
 from hub_scripts.convert_efficientnet_lite0 import main as convert_main
 from hub_scripts.publish import main
 from modeling_marnet import MARNetForImageClassification
@@ -227,6 +228,12 @@ def _shard_linked_outside(run):
     (run / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
+def _auto_map_without_module(run):
+    config = json.loads((run / "config.json").read_text())
+    config["auto_map"]["AutoConfig"] = "MARNetConfig"
+    (run / "config.json").write_text(json.dumps(config))
+
+
 def _code_outside(run):
     config = json.loads((run / "config.json").read_text())
     config["auto_map"]["AutoConfig"] = "/tmp/evil.Config"
@@ -264,8 +271,9 @@ def _code_outside(run):
             "non-finite numbers (NaN or infinity) at per_split.test.top1",
         ),
         (_shard_outside, "names '../outside.safetensors', which is not a file of"),
-        (_shard_linked_outside, "names 'model-00001-of-00001.safetensors', which is not a file of"),
+        (_shard_linked_outside, "model-00001-of-00001.safetensors is a link to"),
         (_code_outside, "names '/tmp/evil.py', which is not a file of"),
+        (_auto_map_without_module, "auto_map['AutoConfig'] is 'MARNetConfig', expected 'module.Class'"),
     ],
     ids=[
         "missing-weights",
@@ -278,6 +286,7 @@ def _code_outside(run):
         "shard-path-outside",
         "shard-link-outside",
         "code-path-outside",
+        "auto-map-without-module",
     ],
 )
 def test_broken_sources_are_refused_before_anything_is_sent(
@@ -396,3 +405,61 @@ def test_vision_tower_card_states_provenance_license_and_check(converted_tower, 
         == 2
     )
     assert "--license apply to MARNet models" in capsys.readouterr().err
+
+
+def _moved_out_and_linked(name):
+    """`name` moved next to the run folder and replaced by a link to it: content that would pass every check."""
+
+    def break_it(run):
+        os.replace(run / name, run.parent / f"private-{name}")
+        (run / name).symlink_to(run.parent / f"private-{name}")
+
+    return break_it
+
+
+def _replaced_by_fifo(name):
+    def break_it(run):
+        (run / name).unlink()
+        os.mkfifo(run / name)
+
+    return break_it
+
+
+def _linked_to_dev_zero(name):
+    def break_it(run):
+        (run / name).unlink()
+        (run / name).symlink_to("/dev/zero")
+
+    return break_it
+
+
+FILE_ATTACKS = {
+    "model code linked out": (_moved_out_and_linked("fusion.py"), "fusion.py is a link to"),
+    "config linked out": (_moved_out_and_linked("config.json"), "config.json is a link to"),
+    "metrics linked out": (_moved_out_and_linked("metrics.json"), "metrics.json is a link to"),
+    "processor linked out": (_moved_out_and_linked("preprocessor_config.json"), "preprocessor_config.json is a link"),
+    "weights linked to /dev/zero": (
+        _linked_to_dev_zero("model.safetensors"),
+        "model.safetensors is a link to /dev/zero",
+    ),
+    "records as a FIFO": (
+        _replaced_by_fifo("training_args.json"),
+        "training_args.json is not a regular file (it is a FIFO)",
+    ),
+    "model code as a FIFO": (_replaced_by_fifo("diffusion.py"), "diffusion.py is not a regular file (it is a FIFO)"),
+}
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "upload"])
+@pytest.mark.parametrize("attack", FILE_ATTACKS)
+def test_files_that_are_not_the_folders_own_regular_files_are_never_published(
+    run_dir, tmp_path, capsys, recording_api, attack, dry_run
+):
+    break_it, message = FILE_ATTACKS[attack]
+    break_it(run_dir)
+    repo = tmp_path / "repo"
+    with memory_limit(), time_limit():
+        status = main([str(run_dir), "--repo-id", REPO_ID, "--output-dir", str(repo), *(["--dry_run"] * dry_run)])
+    error = capsys.readouterr().err
+    assert status == 1 and message in error and "Traceback" not in error
+    assert recording_api == [] and not repo.exists()

@@ -39,6 +39,7 @@ from marnet_cli.files import (
     staging_directory,
 )
 
+from .run_identity import save_run_record
 from .text_features import MARNetWithTextEncoder
 
 logger = get_logger(__name__)
@@ -67,6 +68,7 @@ class TrainerState:
     train_images: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0  # optimizer steps left out for a non-finite loss (--skip_nonfinite_loss)
+    evaluated_step: int = -1  # the step of the last evaluation whose outcome this state holds (-1: none)
 
     def save(self, directory):
         (Path(directory) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -149,8 +151,9 @@ def checkpoint_problems(path):
     return problems
 
 
-def save_checkpoint(accelerator, checkpoints_dir, state, scheduler, keep_last):
-    """Saves the full training state as `checkpoint-<global_step>` and deletes all but the last `keep_last`."""
+def save_checkpoint(accelerator, checkpoints_dir, state, scheduler, keep_last, run_record):
+    """Saves the full training state as `checkpoint-<global_step>`, with the `run_record` of the run that wrote it
+    (`run_identity.py`), and deletes all but the last `keep_last`."""
     final = Path(checkpoints_dir) / f"checkpoint-{state.global_step}"
     partial = final.with_name(f"{PARTIAL_PREFIX}{final.name}")
     if accelerator.is_main_process:
@@ -163,6 +166,7 @@ def save_checkpoint(accelerator, checkpoints_dir, state, scheduler, keep_last):
     if accelerator.is_main_process:
         state.save(partial)
         (partial / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), indent=2))
+        save_run_record(partial, run_record)
         write_manifest(partial)
         commit_directory(partial, final)
         for old in completed_checkpoints(checkpoints_dir)[:-keep_last]:

@@ -16,6 +16,8 @@ from transformers.image_utils import PILImageResampling
 
 from marnet_cli.errors import CLIError
 
+from .image_paths import dataset_folders
+
 
 def load_image_dataset(name_or_path):
     """A `DatasetDict` from a `save_to_disk` directory, a Parquet file, a directory of Parquet files (split names in
@@ -90,12 +92,14 @@ def check_label_range(dataset, split, label_column, num_labels):
 
 @dataclass
 class Splits:
-    """The splits of a run (`validation` and `test` may be None) and the ClassLabel names, in id order."""
+    """The splits of a run (`validation` and `test` may be None), the ClassLabel names, in id order, and the folders
+    the images stored as paths may be read from (`image_paths.dataset_folders`)."""
 
     train: datasets.Dataset
     validation: datasets.Dataset | None
     test: datasets.Dataset | None
     label_names: list
+    image_folders: tuple = ()
 
 
 def hold_out_validation(train, fraction, seed, label_column):
@@ -150,7 +154,7 @@ def load_splits(args):
         train = first_rows(train, args.max_train_samples)
     if args.max_eval_samples is not None:
         validation, test = (first_rows(split, args.max_eval_samples) for split in (validation, test))
-    return Splits(train, validation, test, label_names)
+    return Splits(train, validation, test, label_names, dataset_folders(args.dataset))
 
 
 def first_rows(split, count):

@@ -8,6 +8,8 @@ from accelerate.logging import get_logger
 
 from marnet_cli.errors import CLIError
 
+from .pixel_limit import RefusedImage
+
 logger = get_logger(__name__)
 
 # What torchvision's and PIL's decoders raise on truncated, corrupt or hostile image bytes.
@@ -55,8 +57,9 @@ def check_text_features(text_embeds, split, text_encoder):
         )
 
 
-def warn_if_one_class(dataset, split, label_column, label_names):
-    """Warns when `split` holds a single class: every prediction is then that class and top-1 says nothing."""
+def warn_about_missing_classes(dataset, split, label_column, label_names):
+    """Warns when `split` (the training split) lacks classes: with a single one, every prediction is that class and
+    top-1 says nothing; with some absent, the model cannot learn those."""
     present = sorted(set(dataset.with_format("numpy")[label_column][:].tolist()))
     if len(present) < 2:
         names = [label_names[label] for label in present]
@@ -67,27 +70,47 @@ def warn_if_one_class(dataset, split, label_column, label_names):
             + "Check --label_column and the dataset.",
             main_process_only=True,
         )
+    elif len(present) < len(label_names):
+        absent = [name for label, name in enumerate(label_names) if label not in set(present)]
+        logger.warning(
+            f"Split {split!r} has no example of {len(absent)} of the {len(label_names)} classes "
+            f"({', '.join(map(repr, absent[:5]))}{', ...' if len(absent) > 5 else ''}): the model cannot learn them. "
+            "Check --label_column and the dataset.",
+            main_process_only=True,
+        )
 
 
-def decoded(decode, value, split, row):
-    """`decode(value)`, the uint8 image (3, H, W) of `row` of `split`; a [`CLIError`] naming them when the image
-    cannot be decoded or has no pixels. Raised in a DataLoader worker, it reaches the user as the same one line."""
+def read_image(read, value, split, row):
+    """`read(value)`, a step of reading or decoding the image of `row` of `split`; a [`CLIError`] naming them when
+    the image is refused (`pixel_limit.RefusedImage`) or cannot be decoded. Raised in a DataLoader worker, it
+    reaches the user as the same one line."""
     try:
-        image = decode(value)
+        return read(value)
+    except RefusedImage as error:
+        raise bad_image(split, row, value, str(error), fix=None) from None
     except DECODE_ERRORS as error:
         first_line = (str(error).splitlines() or [""])[0]
         raise bad_image(
             split, row, value, f"the image cannot be decoded ({type(error).__name__}: {first_line})"
         ) from None
+
+
+def decoded(decode, value, split, row):
+    """`decode(value)`, the uint8 image (3, H, W) of `row` of `split`; a [`CLIError`] naming them as
+    [`read_image`] does, or when the image has no pixels."""
+    image = read_image(decode, value, split, row)
     if image.shape[-1] == 0 or image.shape[-2] == 0:
         raise bad_image(split, row, value, f"the image is empty ({image.shape[-1]}x{image.shape[-2]} pixels)")
     return image
 
 
-def bad_image(split, row, value, reason):
+BAD_IMAGE_FIX = (
+    "Remove that row (e.g. `dataset.filter`), or rebuild the dataset with `marnet-data build --skip_bad_images`"
+)
+
+
+def bad_image(split, row, value, reason, fix=BAD_IMAGE_FIX):
+    """The [`CLIError`] for the image of `row` of `split`: `reason`, then `fix` (None: the reason says it)."""
     path = value.get("path") if isinstance(value, dict) else None
     where = f"Split {split!r}, row {row}" if split is not None else f"Row {row}"
-    return CLIError(
-        f"{where}{f' ({path})' if path else ''}: {reason}. Remove that row (e.g. `dataset.filter`), or rebuild the "
-        "dataset with `marnet-data build --skip_bad_images`."
-    )
+    return CLIError(f"{where}{f' ({path})' if path else ''}: {reason}.{f' {fix}.' if fix else ''}")

@@ -21,6 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from marnet_cli.errors import CLIError
 
 from .image_decoding import JPEG_SIGNATURE, image_bytes
+from .pixel_limit import header_checked
 from .pixels import splits_into_steps
 
 EXIF_ORIENTATION = 0x0112
@@ -54,9 +55,10 @@ def gpu_decodable(data):
 def deferred_image(value, decode):
     """In a worker: the encoded JPEG as a uint8 array (N,) when the GPU can decode it, else `decode(value)`, the
     image decoded on CPU as a uint8 tensor (3, H, W). Arrays stay on the CPU when Accelerate moves the batch to the
-    device, as `decode_jpeg` wants its input."""
+    device, as `decode_jpeg` wants its input. An image above the pixel limit is refused here, before any decoder
+    sees it (`pixel_limit.RefusedImage`)."""
     data = image_bytes(value)
-    if data is not None and gpu_decodable(data):
+    if data is not None and header_checked(data) and gpu_decodable(data):
         return np.frombuffer(bytearray(data), dtype=np.uint8)
     return decode(value)
 

@@ -9,9 +9,10 @@ import os
 import datasets
 import torch
 
-from .data_checks import decoded
+from .data_checks import decoded, read_image
 from .device_decoding import DeviceDecoding, deferred_image
 from .image_decoding import decode_rgb
+from .image_paths import ImageFiles
 from .pixels import PixelNormalization, per_image_transform
 from .text_features import tokenize_texts
 
@@ -45,8 +46,10 @@ class ImageTextExamples(torch.utils.data.Dataset):
     """Rows of one split as dicts of `pixel_values` (the image decoded by torchvision, or PIL where it must, then
     `preprocessing`), `labels` and the privileged text: row `i` of `text_embeds` (N, D) when given, else the raw
     `text` string (for a text encoder trained jointly), else nothing. With `defer_decoding` (`--gpu_decode`) the
-    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`. An
-    image that cannot be decoded is an error naming `split` and the row (`data_checks.decoded`)."""
+    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`.
+    Images stored as paths are read from `image_folders` only (`image_paths.ImageFiles`, with
+    `image_paths.dataset_folders(--dataset)`). An image that is refused or cannot be decoded is an error naming
+    `split` and the row (`data_checks.read_image`)."""
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class ImageTextExamples(torch.utils.data.Dataset):
         text_embeds=None,
         defer_decoding=False,
         split=None,
+        image_folders=(),
     ):
         columns = [image_column, label_column] + ([text_column] if text_column is not None else [])
         self.dataset = undecoded_images(dataset.select_columns(columns), image_column)
@@ -68,6 +72,7 @@ class ImageTextExamples(torch.utils.data.Dataset):
         self.preprocessing = preprocessing
         self.defer_decoding = defer_decoding
         self.split = split
+        self.image_files = ImageFiles(image_folders)
 
     def __len__(self):
         return len(self.dataset)
@@ -78,12 +83,13 @@ class ImageTextExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         row = self.dataset[index]
-        image = row[self.image_column]
+        value = read_image(self.image_files.embedded, row[self.image_column], self.split, index)
+        decode = lambda value: decoded(self.preprocessing.decode, value, self.split, index)
         if self.defer_decoding:
-            example = {"image": deferred_image(image, self.preprocessing.decode), "row": index}
+            image = read_image(lambda value: deferred_image(value, decode), value, self.split, index)
+            example = {"image": image, "row": index}
         else:
-            image = decoded(self.preprocessing.decode, image, self.split, index)
-            example = {"pixel_values": self.preprocessing(image, index)}
+            example = {"pixel_values": self.preprocessing(decode(value), index)}
         example["labels"] = row[self.label_column]
         if self.text_embeds is not None:
             example["text_embeds"] = self.text_embeds[index]

@@ -17,39 +17,32 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 from transformers.image_transforms import convert_to_rgb
 
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from .pixel_limit import JPEG_SIGNATURE, PNG_SIGNATURE, RefusedImage, header_checked, pil_pixel_limit
+
 PNG_BIT_DEPTH_OFFSET = 24  # in the IHDR chunk, which always comes first
 
 
 def image_bytes(value):
-    """The encoded bytes of a `datasets.Image(decode=False)` value ({"bytes", "path"}), or None when only PIL can
-    read it (an already decoded image, a remote path)."""
-    if not isinstance(value, dict):
-        return None
-    if value.get("bytes") is not None:
-        return value["bytes"]
-    path = value.get("path")
-    if path is not None and "://" not in path:
-        with open(path, "rb") as file:
-            return file.read()
-    return None
+    """The encoded bytes of a `datasets.Image(decode=False)` value ({"bytes", "path"}), or None for an image already
+    decoded. A value that names a path only is read by `image_paths.ImageFiles` first."""
+    return value.get("bytes") if isinstance(value, dict) else None
 
 
 def decode_rgb(value, flatten_transparency=False):
     """A dataset image (a `datasets.Image(decode=False)` value, or a PIL image) as a uint8 tensor (3, H, W) with the
     pixels of `datasets.Image().decode_example(value).convert("RGB")`, EXIF orientation applied; with
     `flatten_transparency`, transparent palette or colour-key pixels white, as a processor with `do_convert_rgb`
-    makes them."""
+    makes them. Raises [`RefusedImage`] for an image above the pixel limit."""
     data = image_bytes(value)
-    if data is not None and data.startswith(JPEG_SIGNATURE):
+    checked = data is not None and header_checked(data)  # torchvision decodes only sizes checked in the header
+    if checked and data.startswith(JPEG_SIGNATURE):
         image = decode_jpeg(_byte_tensor(data), ImageReadMode.UNCHANGED, apply_exif_orientation=True)  # (C, H, W)
         if image.shape[0] == 3:
             return image
         if image.shape[0] == 1:
             return image.expand(3, -1, -1)
         # CMYK: PIL's conversion to RGB is the contract.
-    elif data is not None and is_plain_png(data):
+    elif checked and is_plain_png(data):
         return decode_png(_byte_tensor(data), ImageReadMode.RGB, apply_exif_orientation=True)
     return decode_with_pil(value, flatten_transparency)
 
@@ -66,7 +59,11 @@ def is_plain_png(data):
 
 def decode_with_pil(value, flatten_transparency=False):
     """`decode_rgb` through PIL: any format PIL reads, 16-bit images converted as PIL converts them."""
-    image = value if isinstance(value, PIL.Image.Image) else datasets.Image().decode_example(value)
+    if isinstance(value, dict) and value.get("bytes") is None:
+        path = value.get("path")
+        raise RefusedImage(f"the image value holds no bytes{'' if path is None else ' (read its path first)'}")
+    with pil_pixel_limit():
+        image = value if isinstance(value, PIL.Image.Image) else datasets.Image().decode_example(value)
     image = image.convert("RGB")
     # transformers' own conversion: white under the pixels that image.info["transparency"] names.
     pixels = convert_to_rgb(image, return_numpy=True) if flatten_transparency else np.array(image)  # (H, W, 3)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from marnet_cli.errors import CLIError
+from marnet_cli.errors import CLIError, stop_if_signalled
 
 from ..modeling_marnet import LOSS_WEIGHT_FIELDS, weighted_loss
 from .metrics import ClassificationMetrics
@@ -109,6 +109,7 @@ def optimizer_steps(
     step = first_step
     losses, terms, images, gradient_norms, grad_norm, finite = [], {}, 0, None, None, True
     for batch in dataloader:
+        stop_if_signalled()  # a SIGTERM that a finished epoch's DataLoader iterator ignored while finalised
         if model_inputs is not None:
             batch = model_inputs(batch)
         model.train()  # again after every mid-epoch evaluation
@@ -162,6 +163,7 @@ def evaluate(model, dataloader, accelerator, description="evaluation", model_inp
     model.eval()
     metrics = ClassificationMetrics()
     for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
+        stop_if_signalled()
         if model_inputs is not None:
             batch = model_inputs(batch)
         with accelerator.autocast():

@@ -10,11 +10,13 @@ from accelerate.logging import get_logger
 from transformers import AutoConfig, AutoImageProcessor
 
 from marnet_cli.errors import CLIError, UsageError
+from marnet_cli.files import refuse_missing_local_path
 
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
 from .data import processor_image_size, set_processor_image_size, standard_image_processor
 from .data_checks import check_text_column
+from .memory_check import check_model_fits
 from .text_features import load_text_encoder
 
 logger = get_logger(__name__)
@@ -53,6 +55,8 @@ def build_model_parts(args, splits):
     (`--gradient_checkpointing`, `--channels_last` applied) and loads the image processor, in that order, so that
     every error comes before the expensive steps that follow it."""
     _config_overrides(args)  # unknown --marnet_config fields fail before anything loads
+    for option in ("model_name_or_path", "vision_model", "text_encoder"):
+        refuse_missing_local_path(getattr(args, option), f"--{option}")
     checkpoint_config = load_checkpoint_config(args, splits.label_names) if args.model_name_or_path else None
     text_encoder, tokenizer = load_text_source(args, splits.train, checkpoint_config)
     config = checkpoint_config or new_model_config(args, splits.label_names, text_encoder and text_encoder.hidden_size)
@@ -204,8 +208,10 @@ def new_model_config(args, label_names, text_hidden_size):
 
 
 def build_model(args, config):
-    """The MARNet model: loaded from `--model_name_or_path`, or built on the `--vision_model` tower."""
+    """The MARNet model: loaded from `--model_name_or_path`, or built on the `--vision_model` tower; refused first
+    when its config describes a model that cannot fit in memory (`memory_check.check_model_fits`)."""
     if args.model_name_or_path:
+        check_model_fits(config, f"--model_name_or_path {args.model_name_or_path}")
         return _validated(
             lambda: MARNetForImageClassification.from_pretrained(
                 args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes
@@ -214,6 +220,9 @@ def build_model(args, config):
             CLIError,
         )
     try:
+        fields = {key: value for key, value in config.to_dict().items() if key in CONFIG_FIELDS | {"id2label"}}
+        tower_config = AutoConfig.from_pretrained(args.vision_model, trust_remote_code=args.trust_remote_code)
+        check_model_fits(MARNetConfig(**fields, vision_config=tower_config), f"--vision_model {args.vision_model}")
         return MARNetForImageClassification.from_vision_pretrained(args.vision_model, config=config)
     except (OSError, ValueError) as error:
         raise CLIError(f"--vision_model {args.vision_model}: cannot build MARNet on it ({error}).") from None
