@@ -81,7 +81,9 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            With `labels`: the config-weighted sum of the terms below that exist.
+            With `labels`, in training mode: the config-weighted sum of the terms below that exist, the objective. In
+            eval mode: the loss of `logits` alone (cross entropy for single-label), comparable with any classifier's
+            evaluation loss; the terms stay under their own keys.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Logits of `config.classifier_input` (fused, visual or reconstruction).
         visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
@@ -718,7 +720,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
                 terms["distillation_loss"] = distillation_loss(
                     logits, text_logits, config.distillation_temperature, problem_type
                 )
-            loss = weighted_loss(terms, config)
+            # Training optimises the weighted objective; evaluation reports the loss of the logits it returns.
+            loss = weighted_loss(terms, config) if self.training else classification_loss(logits, labels, problem_type)
 
         output = MARNetImageClassifierOutput(
             loss=loss,

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -112,6 +113,7 @@ def test_trainer_trains_and_evaluates_with_the_example_compute_metrics(recipe):
         logits = model(pixel_values=batch["pixel_values"]).logits
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)
+    assert metrics["eval_loss"] == pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-4)
     assert metrics["eval_accuracy"] > 0.25  # four colours: better than chance after 12 steps
 
     predictions = trainer.predict(dataset["validation"])
