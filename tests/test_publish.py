@@ -237,7 +237,7 @@ def _code_outside(run):
     "break_it, message",
     [
         (lambda run: (run / "model.safetensors").unlink(), "No weights in"),
-        (lambda run: (run / "metrics.json").unlink(), "Missing"),
+        (lambda run: (run / "metrics.json").unlink(), "lacks metrics.json, which marnet-train writes"),
         (
             lambda run: (run / "config.json").write_text(
                 json.dumps(
