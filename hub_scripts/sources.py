@@ -36,7 +36,14 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 CONVERSION_RECORD_NAME = "conversion.json"
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageClassification")
 # training_args.json options that always name a local file or folder.
-LOCAL_PATH_OPTIONS = ("output_dir", "text_cache_dir", "config_file", "resume_from_checkpoint")
+LOCAL_PATH_OPTIONS = (
+    "output_dir",
+    "text_cache_dir",
+    "config_file",
+    "resume_from_checkpoint",
+    "train_dir",
+    "validation_dir",
+)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import enable_full_determinism
 
 from hub_scripts.publish import check_publish_target, publish
+from hub_scripts.upload import full_repo_id
 from marnet_cli.errors import UsageError
 from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
@@ -176,6 +177,7 @@ def check_before_loading(args, folder):
     check_trackers(args.report_to)
     check_scheduler_type(args.lr_scheduler_type)
     if args.push_to_hub:
+        args.hub_model_id = full_repo_id(args.hub_model_id)
         check_publish_target(args.hub_model_id, args.hub_dry_run)
     return (
         resolve_checkpoint(args.resume_from_checkpoint, folder.checkpoints_dir)
@@ -442,7 +444,8 @@ def train(training_run):
             if args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0:
                 stop = validate(training_run)
                 last_evaluated = state.global_step
-            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+            every = args.checkpointing_steps  # 0 (never), N or "epoch" (after the epoch, below)
+            if every not in (0, "epoch") and state.global_step % every == 0:
                 save_checkpoint(
                     accelerator,
                     training_run.folder.checkpoints_dir,
@@ -460,6 +463,15 @@ def train(training_run):
             if args.eval_strategy == "epoch":
                 stop = validate(training_run)
                 last_evaluated = state.global_step
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(
+                    accelerator,
+                    training_run.folder.checkpoints_dir,
+                    state,
+                    training_run.scheduler,
+                    args.save_total_limit,
+                )
+                last_checkpointed = state.global_step
     progress.close()
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
         validate(training_run)  # the last weights compete for best model too
