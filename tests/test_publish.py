@@ -188,14 +188,20 @@ def test_local_paths_never_reach_the_published_folder(tmp_path):
 def test_relative_local_paths_are_not_taken_for_hub_ids(tmp_path):
     # marnet-train ran elsewhere, on `datasets/vireo-food172` (a relative path) and a Hub tower; it recorded which
     # sources were local. Here the path does not exist, and it looks like a Hub id.
-    write_training_output(tmp_path / "run", dataset="datasets/vireo-food172", local_sources=["dataset"])
+    write_training_output(
+        tmp_path / "run",
+        dataset="datasets/vireo-food172",
+        local_sources=["dataset"],
+        validation_dir="images/validation",  # marnet-train --train_dir/--validation_dir folders: always local
+    )
     repo = tmp_path / "repo"
     assert main([str(tmp_path / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
     card = ModelCard.load(repo / "README.md")
     assert card.data.datasets is None and card.data.base_model == TRAINING_ARGS["vision_model"]
     assert "`vireo-food172` (a local copy, not on the Hub)" in card.text
     assert "huggingface.co/datasets/vireo-food172" not in card.text
-    assert json.loads((repo / "training_args.json").read_text())["dataset"] == "vireo-food172"
+    published_args = json.loads((repo / "training_args.json").read_text())
+    assert (published_args["dataset"], published_args["validation_dir"]) == ("vireo-food172", "validation")
 
 
 def _nan_in_weights(run):
