@@ -48,6 +48,7 @@ from .training.accelerate_setup import (
     check_trackers,
     init_trackers,
     make_accelerator,
+    single_process_warning,
 )
 from .training.augmentation import RandomAugmentation
 from .training.checkpointing import (
@@ -190,6 +191,9 @@ def start_accelerator(args, folder, parts):
     """The Accelerator (see `training.accelerate_setup`), once every process has checked the output folder; then the
     folder is prepared and checked to be shared by all processes."""
     accelerator = make_accelerator(args, find_unused_parameters=parts.joint)  # a joint encoder's pooler is unused
+    warning = single_process_warning(os.environ, accelerator.num_processes)
+    if warning:
+        logger.warning(warning, main_process_only=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         start_output_dir(args, folder)
