@@ -284,7 +284,7 @@ def test_missing_heads_are_initialised_when_loading_a_base_model(tmp_path):
     base = MARNetModel(tiny_config("full"))
     base.save_pretrained(tmp_path)
     model = MARNetForImageClassification.from_pretrained(tmp_path)
-    for name in ("visual_classifier", "reconstruction_classifier", "fusion.classifier"):
+    for name in ("visual_classifier", "reconstruction_classifier", "fusion_classifier"):
         layer = model.get_submodule(name)
         assert torch.isfinite(layer.weight).all()
         assert 0 < layer.weight.std() < 0.05  # normal(0, initializer_range=0.02), not empty memory
