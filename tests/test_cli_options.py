@@ -421,7 +421,7 @@ def test_config_file_errors_name_the_file_and_key(tmp_path, capsys, content, mes
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--vision_model", "v", "--output_dir", "o"], "Give exactly one dataset: --dataset_name (Hub id, save_to_disk folder or Parquet) or --train_dir"),
+        (["--vision_model", "v", "--output_dir", "o"], "Give exactly one dataset: --dataset_name"),
         (
             ["--dataset", "d", "--vision_model", "v", "--output_dir", "o", "--learning_rate", "0"],
             "--learning_rate must be a finite number > 0, got 0.0.",
