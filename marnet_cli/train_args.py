@@ -20,6 +20,15 @@ from .options import MARNetArgumentParser
 ABLATION_NAMES = ("baseline", "ema", "mlp", "cdr", "full")
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 ALIGNMENT_METHODS = ("ita", "sdm", "swd", "cdd", "ssan", "team")
+# The names transformers' image-classification example (and Trainer's `eval_` prefix) give our metrics.
+TRAINER_METRIC_NAMES = {
+    "accuracy": "top1",
+    "eval_accuracy": "top1",
+    "eval_top1": "top1",
+    "eval_top5": "top5",
+    "eval_loss": "loss",
+}
+BEST_MODEL_METRICS = ("top1", "top5", "loss", *TRAINER_METRIC_NAMES)
 AUGMENTATIONS = ("none", "crop_flip", "randaugment", "trivialaugment", "autoaugment")
 
 DESCRIPTION = """\
@@ -261,7 +270,11 @@ class TrainArguments:
         "epoch", group="evaluation and checkpoints", aliases=["--evaluation_strategy"]
     )
     eval_steps: int = _option(500, group="evaluation and checkpoints", help="With --eval_strategy steps.")
-    metric_for_best_model: Literal["top1", "top5", "loss"] = _option("top1", group="evaluation and checkpoints")
+    metric_for_best_model: Literal[BEST_MODEL_METRICS] = _option(
+        "top1",
+        group="evaluation and checkpoints",
+        help="top1, top5 or loss; Trainer's names for them (accuracy, eval_accuracy, eval_loss) are taken too.",
+    )
     early_stopping_patience: int | None = _option(
         group="evaluation and checkpoints",
         help="Stop after this many evaluations without improvement of --metric_for_best_model.",
@@ -325,6 +338,7 @@ class TrainArguments:
 
     def __post_init__(self):
         self.report_to = _trackers(self.report_to)
+        self.metric_for_best_model = TRAINER_METRIC_NAMES.get(self.metric_for_best_model, self.metric_for_best_model)
         if isinstance(self.lr_scheduler_kwargs, str):
             self.lr_scheduler_kwargs = _json_object(self.lr_scheduler_kwargs, "--lr_scheduler_kwargs")
         self.marnet_config = parse_marnet_config(self.marnet_config)

@@ -167,6 +167,8 @@ REQUIRED = ["--dataset_name", "d", "--vision_model", "v", "--output_dir", "o"]
         (["--fp16", "True"], {"mixed_precision": "fp16"}),
         (["--push_to_hub", "--hub_model_id", "my-model"], {"hub_model_id": "my-model"}),
         (["--dataset_config_name", "full"], {"dataset_config_name": "full"}),
+        (["--metric_for_best_model", "accuracy"], {"metric_for_best_model": "top1"}),
+        (["--metric_for_best_model", "eval_loss"], {"metric_for_best_model": "loss"}),
     ],
 )
 def test_example_flags_map_to_marnet_train_options(flags, expected):
