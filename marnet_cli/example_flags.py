@@ -148,4 +148,6 @@ def handle_example_flags(argv):
         notes.append(f"--{flag.name} {value} has no effect here: {note}.")
     if given.fp16 and given.bf16:
         raise UsageError("--fp16 and --bf16 both set: choose one (marnet-train's --mixed_precision fp16 or bf16).")
+    if extra and any(arg.split("=")[0] in option_spellings("--mixed_precision") for arg in rest):
+        raise UsageError("--fp16/--bf16 and --mixed_precision both set: keep one.")
     return rest + extra, notes

@@ -188,6 +188,7 @@ def test_example_flags_map_to_marnet_train_options(flags, expected):
         (["--load_best_model_at_end", "False"], "newest checkpoints/checkpoint-<step>"),
         (["--logging_strategy", "epoch"], "every --logging_steps optimizer steps"),
         (["--fp16", "--bf16"], "--fp16 and --bf16 both set"),
+        (["--bf16", "--mixed-precision=fp16"], "--fp16/--bf16 and --mixed_precision both set"),
         (["--checkpointing_steps", "often"], "must be an integer >= 0 or 'epoch', got 'often'"),
     ],
 )
