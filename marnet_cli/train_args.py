@@ -377,17 +377,19 @@ def _checkpointing_steps(value, save_strategy):
 
 
 def _check_dataset_source(args):
-    """Exactly one of --dataset_name and --train_dir; --validation_dir and --dataset_config_name go with one each."""
-    if bool(args.dataset) == bool(args.train_dir):
+    """Exactly one of --dataset_name and --train_dir; --validation_dir and --dataset_config_name go with one each.
+    With --train_dir, `dataset` becomes that folder (what training_args.json and the model card name)."""
+    sources = {args.dataset, args.train_dir} - {None, ""}  # equal once `dataset` names the --train_dir folder
+    if len(sources) != 1:
         raise UsageError(
             "Give exactly one dataset: --dataset_name (Hub id, save_to_disk folder or Parquet) or --train_dir (a "
-            f"folder of class sub-folders), got {'both' if args.dataset else 'neither'}."
+            f"folder of class sub-folders), got {'both' if sources else 'neither'}."
         )
     if args.validation_dir and not args.train_dir:
         raise UsageError("--validation_dir goes with --train_dir; a --dataset_name dataset names --validation_split.")
-    if args.dataset_config_name and not args.dataset:
+    if args.dataset_config_name and args.train_dir:
         raise UsageError("--dataset_config_name selects a configuration of a --dataset_name Hub dataset.")
-    args.dataset = args.dataset or args.train_dir  # what training_args.json and the model card name
+    args.dataset = args.dataset or args.train_dir
 
 
 def _trackers(values):

@@ -190,6 +190,7 @@ def test_example_flags_map_to_marnet_train_options(flags, expected):
         (["--fp16", "--bf16"], "--fp16 and --bf16 both set"),
         (["--bf16", "--mixed-precision=fp16"], "--fp16/--bf16 and --mixed_precision both set"),
         (["--checkpointing_steps", "often"], "must be an integer >= 0 or 'epoch', got 'often'"),
+        (["--train_dir", "images"], "Give exactly one dataset: --dataset_name (Hub id, save_to_disk folder or"),
     ],
 )
 def test_example_flags_without_a_meaning_here_are_refused_with_our_equivalent(flags, message, capsys):
