@@ -176,7 +176,8 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
 
     def _prepare_split_single(self, gen_kwargs, **kwargs):
         # `datasets` wraps generator errors in a generic DatasetGenerationError, and worker processes
-        # lose the cause when the error is pickled back; re-raise our own message instead.
+        # lose the cause when the error is pickled back; re-raise our own message instead. A private method of
+        # `datasets`: setup.cfg pins datasets < 6, and test_unreadable_image_fails_with_file_and_split_line checks it.
         try:
             yield from super()._prepare_split_single(gen_kwargs=gen_kwargs, **kwargs)
         except DatasetGenerationError as error:

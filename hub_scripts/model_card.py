@@ -160,7 +160,7 @@ def marnet_training_section(run):
 
 def marnet_usage_section(run, repo_id):
     needs_timm = run.config.get("vision_config", {}).get("model_type") == "timm_wrapper"
-    requirement = "`torch`, `transformers` and `timm`" if needs_timm else "`torch` and `transformers`"
+    requirement = "`torch`, `transformers>=5` and `timm`" if needs_timm else "`torch` and `transformers>=5`"
     return f"""## Usage
 
 With the MARNet package installed (it registers MARNet with the transformers Auto classes):

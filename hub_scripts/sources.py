@@ -26,6 +26,7 @@ from marnet_cli.errors import CLIError
 from marnet_cli.files import file_kind
 from marnet_cli.run_folder import (
     METRICS_NAME,
+    REQUIRED_TRAINING_ARGS,
     SOURCE_OPTIONS,
     TRAINING_ARGS_NAME,
     RunFolder,
@@ -49,7 +50,14 @@ RECORD_NAMES = (
 )
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageClassification")
 # training_args.json options that always name a local file or folder.
-LOCAL_PATH_OPTIONS = ("output_dir", "text_cache_dir", "config_file", "resume_from_checkpoint")
+LOCAL_PATH_OPTIONS = (
+    "output_dir",
+    "text_cache_dir",
+    "config_file",
+    "resume_from_checkpoint",
+    "train_dir",
+    "validation_dir",
+)
 
 
 @dataclass
@@ -206,6 +214,32 @@ def find_remote_code_files(folder, auto_map, config_path):
     return sorted(files)
 
 
+def check_run_records(folder):
+    """Refuses a MARNet folder without the run records the card is built from (metrics.json, training_args.json),
+    such as `transformers.Trainer.save_model` output, with the commands and keys that complete it."""
+    missing = [name for name in (METRICS_NAME, TRAINING_ARGS_NAME) if not (folder / name).is_file()]
+    if not missing:
+        return
+    steps = []
+    if METRICS_NAME in missing:
+        steps.append(
+            f"{METRICS_NAME}: measure the model with `marnet-eval --model_name_or_path {folder} --dataset_name "
+            f"DATASET --split test --metrics_file {folder / METRICS_NAME}` (the card reports measured top-1/top-5)"
+        )
+    if TRAINING_ARGS_NAME in missing:
+        example = {name: "..." for name in REQUIRED_TRAINING_ARGS}
+        steps.append(
+            f"{TRAINING_ARGS_NAME}: a JSON object of the run's settings with at least the keys the card states, "
+            f"{json.dumps(example)} (dataset and towers as Hub ids or paths, ablation a MARNetConfig.from_ablation "
+            "name; other keys, e.g. learning_rate, are listed in the card too)"
+        )
+    trainer_files = [name for name in ("trainer_state.json", "training_args.bin") if (folder / name).is_file()]
+    origin = f" (it has {', '.join(trainer_files)}: a transformers.Trainer folder)" if trainer_files else ""
+    raise CLIError(
+        f"{folder} lacks {' and '.join(missing)}, which marnet-train writes{origin}. Add:\n  - " + "\n  - ".join(steps)
+    )
+
+
 def load_training_run(folder, config):
     """Validate a MARNet training output folder whose config.json is already parsed."""
     config_path = folder / CONFIG_NAME
@@ -219,6 +253,7 @@ def load_training_run(folder, config):
         )
     weight_files = find_weight_files(folder)
     read_json_object(folder / PROCESSOR_NAME, "the image processor's `save_pretrained` (the pipeline needs it)")
+    check_run_records(folder)
     run = RunFolder(folder)
     metrics, recorded = run.read_metrics(), run.read_training_args()
     training_args = public_training_args(recorded)

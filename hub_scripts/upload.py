@@ -19,6 +19,21 @@ def check_can_upload():
         )
 
 
+def full_repo_id(repo_id):
+    """`repo_id`, or for a bare name (as Trainer's `--hub_model_id` takes) `owner/name`, the owner being the user
+    the token belongs to, asked of the Hub."""
+    if "/" in repo_id:
+        return repo_id
+    try:
+        owner = HfApi().whoami()["name"]
+    except Exception as error:  # offline, no token, network or server failure: each says why
+        raise CLIError(
+            f"--hub_model_id {repo_id!r} names no owner, and the Hub could not say whose token this is "
+            f"({type(error).__name__}: {error}). Give owner/name."
+        ) from None
+    return f"{owner}/{repo_id}"
+
+
 def upload_repo_folder(folder, repo_id, *, private, revision, commit_message, create_pr):
     """Create `repo_id` if needed (and the `revision` branch) and upload `folder` as one commit; returns its URL.
 

@@ -7,10 +7,12 @@ to the text encoder's own sentence-transformers files.
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import UsageError
+from .example_flags import handle_example_flags
 from .options import MARNetArgumentParser
 
 # The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
@@ -18,13 +20,24 @@ from .options import MARNetArgumentParser
 ABLATION_NAMES = ("baseline", "ema", "mlp", "cdr", "full")
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 ALIGNMENT_METHODS = ("ita", "sdm", "swd", "cdd", "ssan", "team")
+# The names transformers' image-classification example (and Trainer's `eval_` prefix) give our metrics.
+TRAINER_METRIC_NAMES = {
+    "accuracy": "top1",
+    "eval_accuracy": "top1",
+    "eval_top1": "top1",
+    "eval_top5": "top5",
+    "eval_loss": "loss",
+}
+BEST_MODEL_METRICS = ("top1", "top5", "loss", *TRAINER_METRIC_NAMES)
 AUGMENTATIONS = ("none", "crop_flip", "randaugment", "trivialaugment", "autoaugment")
 
 DESCRIPTION = """\
 Train MARNet (text as privileged information) with Accelerate: plainly on one process, or with
 `accelerate launch -m modeling_marnet.train ...` on several GPUs or nodes. Options may come from a YAML/JSON file
 (`--config run.yaml`, or the file as the only argument); the command line overrides it. Every option is also
-accepted with dashes (`--output-dir`).
+accepted with dashes (`--output-dir`). Commands of transformers' image-classification examples run as written:
+their flags that are not options here are translated (--fp16, --bf16), accepted with a note saying why they change
+nothing (--do_train, --remove_unused_columns, ...) or refused with our equivalent (docs/training.md).
 
 example:
   marnet-train --dataset_name datasets/vireo-food172 --vision_model google/vit-base-patch16-224-in21k \\
@@ -53,6 +66,15 @@ class TrainArguments:
         help="Hub dataset id, a `save_to_disk` directory, a Parquet file or a directory of Parquet files named by "
         "split.",
     )
+    dataset_config_name: str | None = _option(
+        group="data", help="The configuration of a Hub dataset that has several (load_dataset's `name`)."
+    )
+    train_dir: str | None = _option(
+        group="data",
+        help="Instead of --dataset_name: a folder of class sub-folders (root/<class>/<image>), read by datasets' "
+        "imagefolder. It has no text column: train it with --ablation baseline.",
+    )
+    validation_dir: str | None = _option(group="data", help="With --train_dir: the validation images, laid out alike.")
     train_split: str = _option("train", group="data")
     validation_split: str = _option("validation", group="data")
     test_split: str = _option("test", group="data", help="Used for the final metrics when the dataset has it.")
@@ -154,7 +176,9 @@ class TrainArguments:
 
     # optimization
     num_train_epochs: float = _option(3.0, group="optimization")
-    max_steps: int | None = _option(group="optimization", help="Optimizer steps; overrides --num_train_epochs.")
+    max_steps: int | None = _option(
+        group="optimization", aliases=["--max_train_steps"], help="Optimizer steps; overrides --num_train_epochs."
+    )
     learning_rate: float = _option(5e-5, group="optimization", help="Peak learning rate of the MARNet heads.")
     tower_lr_multiplier: float = _option(
         1.0,
@@ -179,7 +203,9 @@ class TrainArguments:
         group="optimization", help="Extra arguments of the scheduler, as a JSON object, e.g. '{\"min_lr_rate\": 0.1}'."
     )
     warmup_ratio: float = _option(0.1, group="optimization", help="Fraction of the steps of linear warmup.")
-    warmup_steps: int | None = _option(group="optimization", help="Warmup steps; overrides --warmup_ratio.")
+    warmup_steps: int | None = _option(
+        group="optimization", aliases=["--num_warmup_steps"], help="Warmup steps; overrides --warmup_ratio."
+    )
     max_grad_norm: float = _option(1.0, group="optimization", help="Clip the gradient norm to this (0: no clipping).")
     label_smoothing_factor: float = _option(
         0.0,
@@ -244,16 +270,25 @@ class TrainArguments:
         "epoch", group="evaluation and checkpoints", aliases=["--evaluation_strategy"]
     )
     eval_steps: int = _option(500, group="evaluation and checkpoints", help="With --eval_strategy steps.")
-    metric_for_best_model: Literal["top1", "top5", "loss"] = _option("top1", group="evaluation and checkpoints")
+    metric_for_best_model: Literal[BEST_MODEL_METRICS] = _option(
+        "top1",
+        group="evaluation and checkpoints",
+        help="top1, top5 or loss; Trainer's names for them (accuracy, eval_accuracy, eval_loss) are taken too.",
+    )
     early_stopping_patience: int | None = _option(
         group="evaluation and checkpoints",
         help="Stop after this many evaluations without improvement of --metric_for_best_model.",
     )
-    checkpointing_steps: int = _option(
-        500,
+    checkpointing_steps: str = _option(
+        "500",
         group="evaluation and checkpoints",
         aliases=["--save_steps"],
-        help="Save resumable state every N optimizer steps (0: never).",
+        help="Save resumable state every N optimizer steps, or `epoch` at the end of every epoch (0: never).",
+    )
+    save_strategy: Literal["steps", "epoch", "no"] | None = _option(
+        group="evaluation and checkpoints",
+        help="As Trainer's: `steps` saves every --save_steps, `epoch` sets --checkpointing_steps epoch, `no` sets it "
+        "to 0.",
     )
     save_total_limit: int = _option(2, group="evaluation and checkpoints", help="Keep the last K checkpoints.")
     resume_from_checkpoint: str | None = _option(
@@ -295,7 +330,11 @@ class TrainArguments:
         group="publishing",
         help="Publish the best model at the end, as marnet-publish does (model card from the measured metrics).",
     )
-    hub_model_id: str | None = _option(group="publishing", help="The Hub repo, owner/name.")
+    hub_model_id: str | None = _option(
+        group="publishing",
+        aliases=["--push_to_hub_model_id"],
+        help="The Hub repo, owner/name; a bare name takes the token owner's user name (asked of the Hub at start).",
+    )
     hub_private_repo: bool = _option(False, group="publishing", help="Create the repo as private.")
     hub_revision: str | None = _option(group="publishing", help="Branch to commit to (created if missing).")
     hub_dry_run: bool = _option(
@@ -304,12 +343,14 @@ class TrainArguments:
 
     def __post_init__(self):
         self.report_to = _trackers(self.report_to)
+        self.metric_for_best_model = TRAINER_METRIC_NAMES.get(self.metric_for_best_model, self.metric_for_best_model)
         if isinstance(self.lr_scheduler_kwargs, str):
             self.lr_scheduler_kwargs = _json_object(self.lr_scheduler_kwargs, "--lr_scheduler_kwargs")
         self.marnet_config = parse_marnet_config(self.marnet_config)
-        for name in ("dataset", "output_dir"):
-            if not getattr(self, name):
-                raise UsageError(f"--{name} is required (on the command line or in --config).")
+        self.checkpointing_steps = _checkpointing_steps(self.checkpointing_steps, self.save_strategy)
+        _check_dataset_source(self)
+        if not self.output_dir:
+            raise UsageError("--output_dir is required (on the command line or in --config).")
         if bool(self.model_name_or_path) == bool(self.vision_model):
             raise UsageError(
                 "Give exactly one model source: --vision_model (a pretrained vision tower to build a new MARNet on) "
@@ -323,6 +364,37 @@ class TrainArguments:
             )
         _check_ranges(self)
         _check_publishing(self)
+
+
+def _checkpointing_steps(value, save_strategy):
+    """--checkpointing_steps as the loop takes it: an int >= 0 or "epoch"; Trainer's --save_strategy decides first."""
+    if save_strategy in ("epoch", "no"):
+        return {"epoch": "epoch", "no": 0}[save_strategy]
+    if value == "epoch":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise UsageError(f"--checkpointing_steps must be an integer >= 0 or 'epoch', got {value!r}.")
+    return steps
+
+
+def _check_dataset_source(args):
+    """Exactly one of --dataset_name and --train_dir; --validation_dir and --dataset_config_name go with one each.
+    With --train_dir, `dataset` becomes that folder (what training_args.json and the model card name)."""
+    sources = {args.dataset, args.train_dir} - {None, ""}  # equal once `dataset` names the --train_dir folder
+    if len(sources) != 1:
+        raise UsageError(
+            "Give exactly one dataset: --dataset_name (Hub id, save_to_disk folder or Parquet) or --train_dir (a "
+            f"folder of class sub-folders), got {'both' if sources else 'neither'}."
+        )
+    if args.validation_dir and not args.train_dir:
+        raise UsageError("--validation_dir goes with --train_dir; a --dataset_name dataset names --validation_split.")
+    if args.dataset_config_name and args.train_dir:
+        raise UsageError("--dataset_config_name selects a configuration of a --dataset_name Hub dataset.")
+    args.dataset = args.dataset or args.train_dir
 
 
 def _trackers(values):
@@ -379,7 +451,6 @@ def _check_ranges(args):
             raise UsageError(f"--{name} must be >= 1, got {value}.")
     at_least_zero = (
         "gradient_norm_steps",
-        "checkpointing_steps",
         "dataloader_num_workers",
         "weight_decay",
         "max_grad_norm",
@@ -406,10 +477,10 @@ def _check_ranges(args):
 
 def _check_publishing(args):
     if args.push_to_hub:
-        if not args.hub_model_id or args.hub_model_id.count("/") != 1:
+        if not args.hub_model_id or args.hub_model_id.count("/") > 1:
             raise UsageError(
-                f"--push_to_hub needs --hub_model_id owner/name (the model card's usage code names the repo), got "
-                f"{args.hub_model_id!r}."
+                f"--push_to_hub needs --hub_model_id owner/name, or a bare name for your own namespace (the model "
+                f"card's usage code names the repo), got {args.hub_model_id!r}."
             )
         return
     given = [f"--{name}" for name in ("hub_model_id", "hub_revision") if getattr(args, name)]
@@ -419,5 +490,11 @@ def _check_publishing(args):
 
 
 def parse_train_args(argv=None):
-    """The [`TrainArguments`] of `argv` (default: the command line), over its config file's values."""
-    return MARNetArgumentParser(TrainArguments, prog="marnet-train", description=DESCRIPTION).parse(argv)
+    """The [`TrainArguments`] of `argv` (default: the command line), over its config file's values. Flags of
+    transformers' image-classification examples that are not options here are translated, noted or refused first
+    (`example_flags`)."""
+    argv, notes = handle_example_flags(sys.argv[1:] if argv is None else [str(arg) for arg in argv])
+    args = MARNetArgumentParser(TrainArguments, prog="marnet-train", description=DESCRIPTION).parse(argv)
+    for note in notes:
+        print(f"marnet-train: note: {note}", file=sys.stderr)
+    return args

@@ -27,34 +27,29 @@ def fuse_logits(visual_logits, reconstruction_logits, mode, problem_type="single
 
 
 class MARNetFusion(nn.Module):
-    """Fused classifier over the visual (EMA) and reconstructed (CDR) features.
+    """The fused feature of the visual (EMA) and reconstructed (CDR) features, for the feature fusions; the classifier
+    over it is `MARNetForImageClassification.fusion_classifier`, beside the branch classifiers.
 
-    `concat` classifies `[x_EMA, x_CDR]`; `add` / `mul` first project both to `projection_dim` (their widths differ in
-    general), then combine element-wise; `sum` / `hm` combine the two branch classifiers' logits and have no weights.
+    `concat` gives `[x_EMA, x_CDR]`; `add` / `mul` first project both to `projection_dim` (their widths differ in
+    general), then combine element-wise. The logit fusions (`sum`, `hm`) have no weights: see [`fuse_logits`].
     """
 
     def __init__(self, config, visual_dim, reconstruction_dim):
         super().__init__()
         self.mode = config.fusion_mode
-        if self.mode in LOGIT_FUSIONS:
-            return
+        if self.mode not in FEATURE_FUSIONS:
+            raise ValueError(f"MARNetFusion fuses features ({FEATURE_FUSIONS}), got fusion_mode {self.mode!r}.")
         if self.mode == "concat":
-            fused_dim = visual_dim + reconstruction_dim
+            self.fused_dim = visual_dim + reconstruction_dim
         else:
-            fused_dim = config.projection_dim
-            self.visual_projection = nn.Linear(visual_dim, fused_dim)
-            self.reconstruction_projection = nn.Linear(reconstruction_dim, fused_dim)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(fused_dim, config.num_labels)
+            self.fused_dim = config.projection_dim
+            self.visual_projection = nn.Linear(visual_dim, self.fused_dim)
+            self.reconstruction_projection = nn.Linear(reconstruction_dim, self.fused_dim)
 
-    def forward(self, visual_embeds, reconstruction_embeds, visual_logits, reconstruction_logits, problem_type):
-        """(B, D_EMA), (B, D_s) features and their (B, L) branch logits -> (B, L) fused logits."""
-        if self.mode in LOGIT_FUSIONS:
-            return fuse_logits(visual_logits, reconstruction_logits, self.mode, problem_type)
+    def forward(self, visual_embeds, reconstruction_embeds):
+        """(B, D_EMA), (B, D_s) features -> (B, fused_dim) fused feature."""
         if self.mode == "concat":
-            fused = torch.cat([visual_embeds, reconstruction_embeds], dim=-1)  # (B, D_EMA + D_s)
-        elif self.mode == "add":
-            fused = self.visual_projection(visual_embeds) + self.reconstruction_projection(reconstruction_embeds)
-        else:
-            fused = self.visual_projection(visual_embeds) * self.reconstruction_projection(reconstruction_embeds)
-        return self.classifier(self.dropout(fused))
+            return torch.cat([visual_embeds, reconstruction_embeds], dim=-1)  # (B, D_EMA + D_s)
+        if self.mode == "add":
+            return self.visual_projection(visual_embeds) + self.reconstruction_projection(reconstruction_embeds)
+        return self.visual_projection(visual_embeds) * self.reconstruction_projection(reconstruction_embeds)

@@ -2,6 +2,7 @@
 
 import inspect
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from .alignment import MARNetEmbeddingAlignment
 from .alignment_losses import ALIGNMENTS_WITH_TEMPERATURE
 from .configuration_marnet import MARNetConfig
 from .diffusion import MARNetCrossModalReconstruction
-from .fusion import MARNetFusion
+from .fusion import FEATURE_FUSIONS, MARNetFusion, fuse_logits
 
 AUTO_MAP = {
     "AutoConfig": "configuration_marnet.MARNetConfig",
@@ -81,7 +82,9 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            With `labels`: the config-weighted sum of the terms below that exist.
+            With `labels`, in training mode: the config-weighted sum of the terms below that exist, the objective. In
+            eval mode: the loss of `logits` alone (cross entropy for single-label), comparable with any classifier's
+            evaluation loss; the terms stay under their own keys.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Logits of `config.classifier_input` (fused, visual or reconstruction).
         visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
@@ -239,6 +242,18 @@ def _infer_vision_hidden_size(vision_model, vision_config):
     )
 
 
+def _rename_checkpoint_keys(module, state_dict, prefix, *args):
+    """`load_state_dict` pre-hook: the keys of `state_dict` renamed by `module._checkpoint_key_mapping`, in place."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        renamed = key[len(prefix) :]
+        for pattern, replacement in module._checkpoint_key_mapping.items():
+            renamed = re.sub(pattern, replacement, renamed)
+        if prefix + renamed != key:
+            state_dict[prefix + renamed] = state_dict.pop(key)
+
+
 class MARNetPreTrainedModel(PreTrainedModel):
     """Weight initialisation, input checks and loading plumbing shared by the MARNet models."""
 
@@ -255,12 +270,18 @@ class MARNetPreTrainedModel(PreTrainedModel):
 
     def post_init(self):
         super().post_init()
+        if self._checkpoint_key_mapping:  # `load_state_dict` too (Accelerate's resume), not only from_pretrained
+            self.register_load_state_dict_pre_hook(_rename_checkpoint_keys)
         # Whichever MARNet class is saved, `trust_remote_code=True` users get every Auto class from the folder.
         self.config.auto_map = dict(AUTO_MAP)
         self._freeze_fixed_parameters()
 
+    # Checkpoint key renamings (regex -> replacement), applied when loading, for weights that have moved.
+    _checkpoint_key_mapping = {}
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        kwargs["key_mapping"] = {**cls._checkpoint_key_mapping, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
         # transformers' loading makes every loaded parameter trainable again.
@@ -557,6 +578,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
     re-initialises the visual, reconstruction and fusion classifiers and keeps every other weight.
     """
 
+    # Checkpoints saved before the fused classifier became a top-level head held it inside the fusion module.
+    _checkpoint_key_mapping = {r"^fusion\.classifier\.": "fusion_classifier."}
     # The loss is a mean over the batch: Trainer must scale it for gradient accumulation itself rather than pass
     # `num_items_in_batch` (which would go to the vision tower through `**kwargs`).
     accepts_loss_kwargs = False
@@ -577,9 +600,11 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         self.reconstruction_classifier = (
             nn.Linear(config.text_hidden_size, config.num_labels) if reads_reconstruction(config) else None
         )
-        self.fusion = (
-            MARNetFusion(config, visual_dim, config.text_hidden_size) if config.classifier_input == "fusion" else None
-        )
+        fuses_features = config.classifier_input == "fusion" and config.fusion_mode in FEATURE_FUSIONS
+        self.fusion = MARNetFusion(config, visual_dim, config.text_hidden_size) if fuses_features else None
+        # Every `num_labels` head is a top-level Linear, as transformers' classifiers have them (older checkpoints
+        # hold this one as `fusion.classifier`: `_checkpoint_key_mapping` renames it on loading).
+        self.fusion_classifier = nn.Linear(self.fusion.fused_dim, config.num_labels) if fuses_features else None
         self.post_init()
 
     @classmethod
@@ -700,14 +725,12 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             visual_logits = self.visual_classifier(self.dropout(outputs.visual_embeds))  # (B, L)
         if self.reconstruction_classifier is not None:
             reconstruction_logits = self.reconstruction_classifier(self.dropout(outputs.reconstructed_text_embeds))
+        fuses = config.classifier_input == "fusion"
         if self.fusion is not None:
-            logits = self.fusion(
-                outputs.visual_embeds,
-                outputs.reconstructed_text_embeds,
-                visual_logits,
-                reconstruction_logits,
-                problem_type,
-            )
+            fused = self.fusion(outputs.visual_embeds, outputs.reconstructed_text_embeds)  # (B, D_fused)
+            logits = self.fusion_classifier(self.dropout(fused))
+        elif fuses:  # sum / hm: a fusion of the branch logits
+            logits = fuse_logits(visual_logits, reconstruction_logits, config.fusion_mode, problem_type)
         else:
             logits = visual_logits if visual_logits is not None else reconstruction_logits
 
@@ -716,7 +739,7 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         if labels is not None:
             if outputs.text_embeds is not None and config.text_classification_weight > 0:
                 text_logits = self.reconstruction_classifier(self.dropout(outputs.text_embeds))  # (B, L)
-            fused_logits = logits if self.fusion is not None else None
+            fused_logits = logits if fuses else None
             for name, term_logits in (
                 ("visual_classification_loss", visual_logits),
                 ("reconstruction_classification_loss", reconstruction_logits),
@@ -728,7 +751,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
                 terms["distillation_loss"] = distillation_loss(
                     logits, text_logits, config.distillation_temperature, problem_type
                 )
-            loss = weighted_loss(terms, config)
+            # Training optimises the weighted objective; evaluation reports the loss of the logits it returns.
+            loss = weighted_loss(terms, config) if self.training else classification_loss(logits, labels, problem_type)
 
         output = MARNetImageClassifierOutput(
             loss=loss,

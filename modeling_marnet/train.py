@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import enable_full_determinism
 
 from hub_scripts.publish import check_publish_target, publish
+from hub_scripts.upload import full_repo_id
 from marnet_cli.errors import UsageError, writing_to
 from marnet_cli.files import refuse_dangling_symlink
 from marnet_cli.run_folder import (
@@ -42,6 +43,7 @@ from .training.accelerate_setup import (
     check_trackers,
     init_trackers,
     make_accelerator,
+    single_process_warning,
 )
 from .training.augmentation import RandomAugmentation
 from .training.checkpointing import (
@@ -176,6 +178,7 @@ def check_before_loading(args, folder):
     check_trackers(args.report_to)
     check_scheduler_type(args.lr_scheduler_type)
     if args.push_to_hub:
+        args.hub_model_id = full_repo_id(args.hub_model_id)
         check_publish_target(args.hub_model_id, args.hub_dry_run)
     return (
         resolve_checkpoint(args.resume_from_checkpoint, folder.checkpoints_dir)
@@ -188,6 +191,9 @@ def start_accelerator(args, folder, parts):
     """The Accelerator (see `training.accelerate_setup`), once every process has checked the output folder; then the
     folder is prepared and checked to be shared by all processes."""
     accelerator = make_accelerator(args, find_unused_parameters=parts.joint)  # a joint encoder's pooler is unused
+    warning = single_process_warning(os.environ, accelerator.num_processes)
+    if warning:
+        logger.warning(warning, main_process_only=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         start_output_dir(args, folder)
@@ -444,7 +450,8 @@ def train(training_run):
             if args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0:
                 stop = validate(training_run)
                 last_evaluated = state.global_step
-            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+            every = args.checkpointing_steps  # 0 (never), N or "epoch" (after the epoch, below)
+            if every not in (0, "epoch") and state.global_step % every == 0:
                 save_checkpoint(
                     accelerator,
                     training_run.folder.checkpoints_dir,
@@ -463,6 +470,15 @@ def train(training_run):
             if args.eval_strategy == "epoch":
                 stop = validate(training_run)
                 last_evaluated = state.global_step
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(
+                    accelerator,
+                    training_run.folder.checkpoints_dir,
+                    state,
+                    training_run.scheduler,
+                    args.save_total_limit,
+                )
+                last_checkpointed = state.global_step
     progress.close()
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
         validate(training_run)  # the last weights compete for best model too

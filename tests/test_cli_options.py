@@ -57,6 +57,8 @@ TRAIN_NEW_MODEL = [
     "tower",
     "--ablation",
     "ema",
+    "--dataset_config_name",
+    "simplified",
     "--fusion_mode",
     "hm",
     "--alignment",
@@ -154,8 +156,12 @@ TRAIN_NEW_MODEL = [
     "--hub_dry_run",
 ]
 TRAIN_CHECKPOINT = [
-    "--dataset",
-    "d",
+    "--train_dir",
+    "images/train",
+    "--validation_dir",
+    "images/validation",
+    "--save_strategy",
+    "epoch",
     "--model_name_or_path",
     "run",
     "--ignore_mismatched_sizes",
@@ -416,7 +422,7 @@ def test_config_file_errors_name_the_file_and_key(tmp_path, capsys, content, mes
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--vision_model", "v", "--output_dir", "o"], "--dataset is required (on the command line or in --config)."),
+        (["--vision_model", "v", "--output_dir", "o"], "Give exactly one dataset: --dataset_name"),
         (
             ["--dataset", "d", "--vision_model", "v", "--output_dir", "o", "--learning_rate", "0"],
             "--learning_rate must be a finite number > 0, got 0.0.",

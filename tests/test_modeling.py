@@ -61,6 +61,17 @@ def test_each_row_computes_its_documented_terms_and_trains_every_parameter(ablat
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("ablation", ["full", "cdr"])
+def test_eval_mode_loss_is_the_loss_of_the_returned_logits(ablation):
+    """Trainer's eval_loss compares with any classifier's: the objective's terms stay under their own keys."""
+    model = make_model(ablation).eval()
+    pixel_values, text_embeds, labels = tiny_batch()
+    with torch.no_grad():
+        output = model(pixel_values, labels=labels, text_embeds=text_embeds)
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, labels))
+    assert present_terms(output) == EXPECTED_TERMS[ablation]
+
+
 @pytest.mark.parametrize("ablation, fusion_mode", ROWS)
 def test_without_text_only_classification_terms_and_without_labels_no_loss(ablation, fusion_mode):
     model = make_model(ablation, fusion_mode=fusion_mode)
@@ -273,7 +284,7 @@ def test_missing_heads_are_initialised_when_loading_a_base_model(tmp_path):
     base = MARNetModel(tiny_config("full"))
     base.save_pretrained(tmp_path)
     model = MARNetForImageClassification.from_pretrained(tmp_path)
-    for name in ("visual_classifier", "reconstruction_classifier", "fusion.classifier"):
+    for name in ("visual_classifier", "reconstruction_classifier", "fusion_classifier"):
         layer = model.get_submodule(name)
         assert torch.isfinite(layer.weight).all()
         assert 0 < layer.weight.std() < 0.05  # normal(0, initializer_range=0.02), not empty memory

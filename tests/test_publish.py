@@ -144,6 +144,7 @@ def test_card_metadata_validates_and_reports_the_measured_metrics(run_dir, tmp_p
         assert f"| `{key}` | `{json.dumps(value)}` |" in card.text
     assert "| validation | 50.00% | 100.00% | 1.5200 | 12 |" in card.text
     assert "trust_remote_code=True" in card.text and "import modeling_marnet" in card.text
+    assert "it needs only `torch` and `transformers>=5`" in card.text  # PreTrainedConfig, transformers.initialization
     assert "Text is privileged information" in card.text and "Limitations" in card.text
     assert "Unifying Visual and Semantic Feature Spaces with Diffusion Models" in card.text
 
@@ -189,14 +190,20 @@ def test_local_paths_never_reach_the_published_folder(tmp_path):
 def test_relative_local_paths_are_not_taken_for_hub_ids(tmp_path):
     # marnet-train ran elsewhere, on `datasets/vireo-food172` (a relative path) and a Hub tower; it recorded which
     # sources were local. Here the path does not exist, and it looks like a Hub id.
-    write_training_output(tmp_path / "run", dataset="datasets/vireo-food172", local_sources=["dataset"])
+    write_training_output(
+        tmp_path / "run",
+        dataset="datasets/vireo-food172",
+        local_sources=["dataset"],
+        validation_dir="images/validation",  # marnet-train --train_dir/--validation_dir folders: always local
+    )
     repo = tmp_path / "repo"
     assert main([str(tmp_path / "run"), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
     card = ModelCard.load(repo / "README.md")
     assert card.data.datasets is None and card.data.base_model == TRAINING_ARGS["vision_model"]
     assert "`vireo-food172` (a local copy, not on the Hub)" in card.text
     assert "huggingface.co/datasets/vireo-food172" not in card.text
-    assert json.loads((repo / "training_args.json").read_text())["dataset"] == "vireo-food172"
+    published_args = json.loads((repo / "training_args.json").read_text())
+    assert (published_args["dataset"], published_args["validation_dir"]) == ("vireo-food172", "validation")
 
 
 def _nan_in_weights(run):
@@ -244,7 +251,7 @@ def _code_outside(run):
     "break_it, message",
     [
         (lambda run: (run / "model.safetensors").unlink(), "No weights in"),
-        (lambda run: (run / "metrics.json").unlink(), "Missing"),
+        (lambda run: (run / "metrics.json").unlink(), "lacks metrics.json, which marnet-train writes"),
         (
             lambda run: (run / "config.json").write_text(
                 json.dumps(

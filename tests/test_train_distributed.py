@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modeling_marnet.training.accelerate_setup import single_process_warning
 from train_fixtures import (
     module_command,
     offline_env,
@@ -123,3 +124,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     weights_two = load_file(two / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "model.safetensors")
     largest_difference = max((weights_one[name] - weights_two[name]).abs().max().item() for name in weights_one)
     assert largest_difference <= LEARNING_RATE * MAX_STEPS / 2
+
+
+def simple_launcher_environment(*launch_args):
+    """The environment `accelerate launch LAUNCH_ARGS train.py` gives the run when its simple launcher (one process)
+    starts it, computed by accelerate's own launch code without starting anything."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    args, *_ = _validate_launch_command(launch_command_parser().parse_args([*launch_args, "train.py"]))
+    return prepare_simple_launcher_cmd_env(args)[1]
+
+
+@pytest.mark.parametrize("launch_args, warned", [(["--num_processes", "2"], True), ([], False)])
+def test_a_launch_asked_for_several_processes_that_started_one_warns(launch_args, warned):
+    environment = simple_launcher_environment(*launch_args)
+    assert (single_process_warning(environment, num_processes=1) is not None) == warned
+    assert single_process_warning(environment, num_processes=2) is None
+    assert single_process_warning({}, num_processes=1) is None  # marnet-train without accelerate launch

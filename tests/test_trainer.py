@@ -3,22 +3,27 @@
 `examples/pytorch/image-classification/run_image_classification.py` gets the logits alone."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoTokenizer,
     Trainer,
     TrainingArguments,
+    ViTImageProcessor,
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from hub_scripts.publish import main as publish_main
+from marnet_cli.commands import evaluate as evaluate_command
 from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetImageClassifierOutput
 from tiny_marnet import tiny_config
-from train_fixtures import make_dataset_dict, save_text_encoder, save_vision_tower
+from train_fixtures import make_dataset_dict, save_dataset, save_text_encoder, save_vision_tower
 
 TINY_HEADS = {
     "projection_dim": 8,
@@ -112,6 +117,7 @@ def test_trainer_trains_and_evaluates_with_the_example_compute_metrics(recipe):
         logits = model(pixel_values=batch["pixel_values"]).logits
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)
+    assert metrics["eval_loss"] == pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-4)
     assert metrics["eval_accuracy"] > 0.25  # four colours: better than chance after 12 steps
 
     predictions = trainer.predict(dataset["validation"])
@@ -163,3 +169,31 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
         return model.visual_classifier.weight.detach()
 
     torch.testing.assert_close(one_update(2, 2), one_update(4, 1))
+
+
+def test_a_trainer_folder_is_published_once_measured_and_described(recipe, tmp_path, capsys):
+    """`Trainer.save_model` output lacks the run records the card is built from: the refusal names the command and
+    keys that complete it, and once they are added the folder publishes."""
+    trainer, dataset, _ = recipe
+    folder, repo = tmp_path / "trainer-model", tmp_path / "repo"
+    trainer.save_model(folder)
+    trainer.state.save_to_json(folder / "trainer_state.json")
+    ViTImageProcessor(size={"height": 30, "width": 30}).save_pretrained(folder)
+    publish = [str(folder), "--hub_model_id", "org/marnet-trainer", "--dry_run", "--output_dir", str(repo)]
+
+    assert publish_main(publish) == 1
+    error = capsys.readouterr().err
+    assert "lacks metrics.json and training_args.json, which marnet-train writes" in error
+    assert "trainer_state.json, training_args.bin: a transformers.Trainer folder" in error
+    assert f"marnet-eval --model_name_or_path {folder} --dataset_name DATASET --split test" in error
+    assert '{"dataset": "...", "vision_model": "...", "text_encoder": "...", "ablation": "..."}' in error
+
+    data = save_dataset(tmp_path / "data", dataset)
+    measure = ["--model_name_or_path", str(folder), "--dataset_name", str(data), "--split", "test"]
+    assert evaluate_command([*measure, "--metrics_file", str(folder / "metrics.json")]) == 0
+    settings = {"dataset": "org/tiny-colours", "vision_model": "org/tiny-vit", "text_encoder": "org/tiny-bert"}
+    (folder / "training_args.json").write_text(json.dumps({**settings, "ablation": "full"}))
+    assert publish_main(publish) == 0
+    card = (repo / "README.md").read_text()
+    top1 = json.loads((folder / "metrics.json").read_text())["top1"]
+    assert f"top-1 {100 * top1:.2f}" in card.replace("**", "") and (repo / "model.safetensors").is_file()

@@ -10,10 +10,12 @@ mismatched-size and training checks without a word.
 """
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTImageProcessor, pipeline
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
@@ -160,7 +162,7 @@ def test_every_classification_term_follows_the_problem_type_as_transformers_comp
     checked = 0
     for term, logits_name in CLASSIFICATION_TERMS.items():
         logits = getattr(output, logits_name)
-        if term == "fusion_classification_loss" and model.fusion is None:
+        if term == "fusion_classification_loss" and config.classifier_input != "fusion":
             logits = None
         if logits is None:
             assert getattr(output, term) is None
@@ -271,13 +273,11 @@ def test_re_heading_reinitialises_every_label_head_and_keeps_every_other_weight(
     reheaded = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=7, ignore_mismatched_sizes=True)
     old, new = model.state_dict(), reheaded.state_dict()
     assert old.keys() == new.keys()
-    modules = dict(reheaded.named_modules())
-    heads = [
-        name for name in ("visual_classifier", "reconstruction_classifier", "fusion.classifier") if name in modules
-    ]
+    # Where the mixin looks for the label heads: the model's top-level nn.Linear children.
+    heads = {name: module for name, module in reheaded.named_children() if isinstance(module, nn.Linear)}
     label_heads = {f"{name}.{kind}" for name in heads for kind in ("weight", "bias")}
     assert label_heads == {name for name in new if new[name].shape != old[name].shape}
-    assert all(modules[name].out_features == 7 for name in heads)
+    assert all(module.out_features == 7 for module in heads.values())
     for name, tensor in old.items():
         if name not in label_heads:
             assert torch.equal(new[name], tensor), f"{name} changed when re-heading"
@@ -289,6 +289,35 @@ def test_re_heading_reinitialises_every_label_head_and_keeps_every_other_weight(
     assert reheaded.config.num_labels == len(reheaded.config.id2label) == 7
     pixel_values, _, _ = tiny_batch()
     assert reheaded(pixel_values).logits.shape == (4, 7)
+
+
+FUSION_CLASSIFIER_IN_FUSION = Path(__file__).parent / "fixtures" / "marnet-fusion-classifier-in-fusion"
+
+
+def test_a_checkpoint_with_the_fused_classifier_inside_the_fusion_loads_bit_identically():
+    """The fixture was saved by the code before `fusion_classifier` became a top-level head (commit 10bb97f:
+    `MARNetForImageClassification(tiny_config("full", fusion_mode="add"))`, seed 0), holding it as
+    `fusion.classifier`; the expected logits are that code's, on `tiny_batch()`."""
+    saved = load_file(FUSION_CLASSIFIER_IN_FUSION / "model.safetensors")
+    assert "fusion.classifier.weight" in saved and "fusion_classifier.weight" not in saved
+    model, info = AutoModelForImageClassification.from_pretrained(
+        FUSION_CLASSIFIER_IN_FUSION, output_loading_info=True
+    )
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    assert torch.equal(model.fusion_classifier.weight, saved["fusion.classifier.weight"])
+    with torch.no_grad():
+        logits = model.eval()(tiny_batch()[0]).logits
+    assert torch.equal(logits, load_file(FUSION_CLASSIFIER_IN_FUSION / "expected_logits.safetensors")["logits"])
+    # Accelerate's resume checkpoints hold `state_dict()` names; the old code's differ from today's in this key only.
+    old_names = {name.replace("fusion_classifier.", "fusion.classifier."): v for name, v in model.state_dict().items()}
+    resumed = MARNetForImageClassification(model.config)
+    resumed.load_state_dict(old_names)
+    assert torch.equal(resumed.fusion_classifier.bias, saved["fusion.classifier.bias"])
+    reheaded = MARNetForImageClassification.from_pretrained(
+        FUSION_CLASSIFIER_IN_FUSION, num_labels=7, ignore_mismatched_sizes=True
+    )
+    assert reheaded.fusion_classifier.out_features == 7
+    assert torch.equal(reheaded.fusion.visual_projection.weight, saved["fusion.visual_projection.weight"])
 
 
 # -- test_training_gradient_checkpointing (image-only fine-tuning) -------------------------------------------------

@@ -66,6 +66,23 @@ def make_accelerator(args, find_unused_parameters=False):
     )
 
 
+def single_process_warning(environ, num_processes):
+    """A warning when `accelerate launch --num_processes N` (N > 1) started this run as one process, else None.
+
+    Without `--multi_gpu` (or a config saying so) on a machine without GPUs, accelerate's simple launcher starts a
+    single process; it then sets MASTER_ADDR, as for several processes, but no WORLD_SIZE.
+    """
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # set by every `accelerate launch`
+    asked_for_several = "MASTER_ADDR" in environ and "WORLD_SIZE" not in environ
+    if num_processes != 1 or not (launched and asked_for_several):
+        return None
+    return (
+        "accelerate launch was asked for several processes but started this one alone, which trains on its own. "
+        "Without GPUs, several processes need --multi_gpu: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+        "--num_processes N -m modeling_marnet.train ..."
+    )
+
+
 def init_trackers(accelerator, args, hyperparameters):
     """Starts the trackers under project `--project` and run name `--run_name` (default: the output folder's name),
     with the scalar hyperparameters (TensorBoard's hparams refuse lists and None)."""

@@ -19,9 +19,21 @@ from marnet_cli.errors import CLIError
 from .image_paths import dataset_folders
 
 
-def load_image_dataset(name_or_path):
+def load_image_folders(train_dir, validation_dir=None):
+    """A `DatasetDict` with `train` (and `validation`) read by datasets' `imagefolder` from folders of class
+    sub-folders (`root/<class>/<image>`): an `image` column and a ClassLabel `label` named after the sub-folders."""
+    for option, folder in (("--train_dir", train_dir), ("--validation_dir", validation_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CLIError(f"{option} {folder}: not a folder; expected class sub-folders (root/<class>/<image>).")
+    data_files = {"train": str(Path(train_dir) / "**")}
+    if validation_dir is not None:
+        data_files["validation"] = str(Path(validation_dir) / "**")
+    return datasets.load_dataset("imagefolder", data_files=data_files)
+
+
+def load_image_dataset(name_or_path, config_name=None):
     """A `DatasetDict` from a `save_to_disk` directory, a Parquet file, a directory of Parquet files (split names in
-    the file names, as `push_to_hub` writes them) or a Hub id."""
+    the file names, as `push_to_hub` writes them) or a Hub id (of configuration `config_name`, if given)."""
     path = Path(name_or_path)
     try:
         if (path / "dataset_dict.json").is_file():
@@ -38,7 +50,7 @@ def load_image_dataset(name_or_path):
                     f"{path.suffix or 'suffix-less'} file."
                 )
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
-        return datasets.load_dataset(str(name_or_path))
+        return datasets.load_dataset(str(name_or_path), config_name)
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
         raise CLIError(
             f"--dataset {name_or_path}: cannot load it ({error}). Give a `save_to_disk` directory, Parquet files, "
@@ -121,7 +133,10 @@ def load_splits(args):
     validation split is required unless nothing is evaluated during training and the test split exists.
     `--max_train_samples` / `--max_eval_samples` then keep the first rows.
     """
-    dataset = load_image_dataset(args.dataset)
+    if args.train_dir:
+        dataset = load_image_folders(args.train_dir, args.validation_dir)
+    else:
+        dataset = load_image_dataset(args.dataset, args.dataset_config_name)
     train = check_split(dataset, args.train_split, "--train_split")
     label_names = class_names(train, args.label_column)
     validation = test = None
