@@ -2,12 +2,15 @@
 preprocessor config, gives PyTorch's logits at batch sizes other than the export's."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor, ViTImageProcessor
 
+from hub_scripts.model_card import marnet_onnx_section
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet import export_onnx as export_module
 from modeling_marnet.export_onnx import EXPORT_BATCH_SIZE, main
@@ -31,8 +34,8 @@ def photos(count, seed):
     return [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def test_onnx_runtime_logits_match_pytorch_at_other_batch_sizes(run_folder, tmp_path, capsys):
-    output = tmp_path / "onnx"
+def test_onnx_runtime_logits_match_pytorch_at_other_batch_sizes(run_folder, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "marnet-food-onnx"  # the folder the model card of org/marnet-food names
     assert main(["--model_name_or_path", str(run_folder), "--output_dir", str(output)]) == 0
     assert "ONNX Runtime's logits are within" in capsys.readouterr().out
     assert sorted(path.name for path in output.iterdir()) == ["config.json", "model.onnx", "preprocessor_config.json"]
@@ -51,6 +54,15 @@ def test_onnx_runtime_logits_match_pytorch_at_other_batch_sizes(run_folder, tmp_
         assert logits.shape == (batch_size, model.config.num_labels)
         np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
     assert id2label == {str(i): label for i, label in model.config.id2label.items()}
+
+    # The model card's snippet, run as written next to the exported folder.
+    section = marnet_onnx_section("org/marnet-food")
+    assert "marnet-export --model_name_or_path org/marnet-food --output_dir marnet-food-onnx" in section
+    snippet = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(photos(1, seed=7)[0]).save("dish.jpg")
+    exec(snippet, {})
+    assert capsys.readouterr().out.strip() in id2label.values()
 
 
 def test_a_failed_check_writes_nothing(run_folder, tmp_path, monkeypatch, capsys):
