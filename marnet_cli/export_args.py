@@ -8,8 +8,9 @@ from .files import refuse_dangling_symlink
 from .options import MARNetArgumentParser
 
 ONNX_NAME = "model.onnx"
+PROCESSOR_NAME = "preprocessor_config.json"
 # What an export folder holds; a folder with anything else (a run folder, say) is never replaced.
-EXPORT_FILES = (ONNX_NAME, "config.json", "preprocessor_config.json")
+EXPORT_FILES = (ONNX_NAME, "config.json", PROCESSOR_NAME)
 
 DESCRIPTION = """\
 Export the image-only graph of an image classifier (a MARNet run folder, one of its checkpoints, or a Hub id) to

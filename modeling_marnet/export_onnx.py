@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from marnet_cli.errors import CLIError, UsageError
-from marnet_cli.export_args import ONNX_NAME
+from marnet_cli.export_args import ONNX_NAME, PROCESSOR_NAME
 from marnet_cli.files import atomic_directory
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -103,6 +103,12 @@ def export_onnx(classifier, image_processor, output_dir, atol=1e-4):
             )
         classifier.config.to_json_file(staging / "config.json")
         image_processor.save_pretrained(staging)
+        if not (staging / PROCESSOR_NAME).is_file():  # TimmWrapperImageProcessor's save_pretrained writes nothing
+            raise CLIError(
+                f"The model's {type(image_processor).__name__} cannot save a {PROCESSOR_NAME}, which the exported "
+                "file needs to be fed; nothing was written. Export a marnet-train run folder (it saves a standard "
+                "transformers processor for timm towers) or save such a processor next to the model."
+            )
     return difference
 
 

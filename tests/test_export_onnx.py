@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, ViTImageProcessor
 
 from hub_scripts.model_card import marnet_onnx_section
+from marnet_cli.errors import CLIError
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet import export_onnx as export_module
 from modeling_marnet.export_onnx import EXPORT_BATCH_SIZE, main
@@ -65,11 +66,12 @@ def test_onnx_runtime_logits_match_pytorch_at_other_batch_sizes(run_folder, tmp_
     assert capsys.readouterr().out.strip() in id2label.values()
 
 
-def test_a_failed_check_writes_nothing(run_folder, tmp_path, monkeypatch, capsys):
-    def export_garbage(graph, args, path, **kwargs):
-        with open(path, "wb") as onnx_file:
-            onnx_file.write(b"not a graph")
+def export_garbage(graph, args, path, **kwargs):
+    with open(path, "wb") as onnx_file:
+        onnx_file.write(b"not a graph")
 
+
+def test_a_failed_check_writes_nothing(run_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.onnx, "export", export_garbage)
     monkeypatch.setattr(export_module, "onnx_runtime_logits", lambda path, pixel_values: np.full((3, 5), 1e3))
     output = tmp_path / "onnx"
@@ -84,3 +86,19 @@ def test_a_folder_holding_other_files_is_never_replaced(run_folder, capsys):
     assert f"marnet-export: error: --output_dir {run_folder} holds [" in error and "'alignment.py'" in error
     assert "which no export writes: marnet-export replaces the whole folder" in error
     assert (run_folder / "model.safetensors").is_file()
+
+
+def test_a_processor_that_cannot_save_itself_writes_nothing(run_folder, tmp_path, monkeypatch):
+    """timm's TimmWrapperImageProcessor.save_pretrained writes nothing: the folder would have no way to be fed."""
+    model = MARNetForImageClassification.from_pretrained(run_folder).eval()
+    processor = AutoImageProcessor.from_pretrained(run_folder)
+    monkeypatch.setattr(torch.onnx, "export", export_garbage)
+    monkeypatch.setattr(
+        export_module,
+        "onnx_runtime_logits",
+        lambda path, pixel_values: model(pixel_values=pixel_values).logits.detach().numpy(),
+    )
+    monkeypatch.setattr(type(processor), "save_pretrained", lambda self, folder: None)
+    with pytest.raises(CLIError, match="cannot save a preprocessor_config.json"):
+        export_module.export_onnx(model, processor, tmp_path / "onnx")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
