@@ -108,8 +108,9 @@ def largest_fitting_batch(model, optimizer, image_size, num_labels, max_batch_si
         finally:
             inputs = None
             optimizer.zero_grad(set_to_none=True)
-            gc.collect()
-            torch.cuda.empty_cache()
+            if device.type == "cuda":  # hand back what a failed step left allocated
+                gc.collect()
+                torch.cuda.empty_cache()
         fitting, batch_size = batch_size, batch_size * 2
     if fitting is None:
         raise SystemExit("Not even a batch of 8 trains on this GPU: pass a smaller --batch-size.")
