@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-labels", type=int, default=172, help="Vireo-Food172's classes.")
     parser.add_argument("--steps", type=int, default=5, help="Timed optimizer steps per call.")
     parser.add_argument("--repeats", type=int, default=5, help="Interleaved calls per model.")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend.")
+    parser.add_argument("--compile-backend", help="torch.compile backend (default: inductor; eager with --tiny).")
     parser.add_argument("--decode-images", type=int, default=512, help="512x384 JPEGs of the data-path check.")
     parser.add_argument("--peak-tflops", type=float, help="Dense bf16 peak for the MFU; default: by GPU name.")
     parser.add_argument("--output", type=Path, default=RESULTS / "gpu_check.json")
@@ -67,8 +67,11 @@ def parse_args(argv=None):
     if args.tiny:
         args.batch_size = args.batch_size or 2
         args.steps, args.repeats, args.decode_images = 1, 1, 2
+        # Dynamo still traces the whole step; inductor would spend minutes generating CPU code.
+        args.compile_backend = args.compile_backend or "eager"
     elif args.batch_size is None and not args.device.startswith("cuda"):
         parser.error("--batch-size is needed off CUDA (the search for the largest batch is for GPUs).")
+    args.compile_backend = args.compile_backend or "inductor"
     return args
 
 

@@ -68,7 +68,8 @@ def export_onnx(classifier, image_processor, output_dir, atol=1e-4):
     """Writes `output_dir` all at once: model.onnx, config.json and preprocessor_config.json.
 
     The exported file is first run in ONNX Runtime on a batch of another size than the export's; logits further than
-    `atol` from PyTorch's are a [`CLIError`], and then nothing is written. The classifier is exported in float32.
+    `atol` from PyTorch's are a [`CLIError`], and then nothing is written. The classifier is exported in float32
+    (converted in place).
 
     Returns:
         `float`: the largest |ONNX Runtime - PyTorch| logit difference of that check.
@@ -136,7 +137,7 @@ def load_classifier(args):
 
 def run(args):
     """Exports with the options of `marnet_cli.export_args.ExportArguments`; returns the check's logit difference."""
-    check_onnx_packages()
+    check_onnx_packages()  # before a model is downloaded
     classifier, image_processor = load_classifier(args)
     difference = export_onnx(classifier, image_processor, args.output_dir, args.atol)
     print(

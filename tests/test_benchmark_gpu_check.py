@@ -14,7 +14,7 @@ def test_tiny_cpu_run_reports_every_section(tmp_path, monkeypatch, capsys):
     import gpu_check
 
     output = tmp_path / "gpu_check.json"
-    argv = ["--tiny", "--device", "cpu", "--compile-backend", "eager", "--peak-tflops", "1", "--output", str(output)]
+    argv = ["--tiny", "--device", "cpu", "--peak-tflops", "1", "--output", str(output)]
     report = gpu_check.main(argv)
     assert json.loads(output.read_text()) == report
 
