@@ -102,3 +102,11 @@ def test_a_processor_that_cannot_save_itself_writes_nothing(run_folder, tmp_path
     with pytest.raises(CLIError, match="cannot save a preprocessor_config.json"):
         export_module.export_onnx(model, processor, tmp_path / "onnx")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["--model_name_or_path", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "onnx")]) == 1
+    assert f"marnet-export: error: --model_name_or_path {tmp_path / 'nothing'}: cannot load an image classifier" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "onnx").exists()
