@@ -48,6 +48,9 @@ TEXT_HIDDEN_SIZE = 384  # all-MiniLM-L6-v2's width, the demo's text features
 # Dense bf16 peak of each GPU, TFLOP/s, by the first name that its `torch.cuda.get_device_name()` contains.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 MODELS = ("backbone", "marnet")
+# The batch search keeps a step's peak memory below this share of the GPU's: the rest is room for the compiled
+# step's buffers and the allocator's fragmentation.
+MEMORY_FRACTION = 0.8
 
 
 def parse_args(argv=None):
@@ -100,12 +103,19 @@ def batch_inputs(image_size, batch_size, num_labels, device):
 
 
 def largest_fitting_batch(model, optimizer, image_size, num_labels, max_batch_size, device):
-    """The largest power of two <= `max_batch_size` for which one bf16 training step of `model` fits in memory."""
+    """The largest power of two <= `max_batch_size` for which one bf16 training step of `model` runs, and on CUDA
+    peaks below `MEMORY_FRACTION` of the GPU's memory."""
     fitting, batch_size = None, 8
     while batch_size <= max_batch_size:
         try:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             inputs = batch_inputs(image_size, batch_size, num_labels, device)["marnet"]
             time_steps(model, optimizer, lambda inputs=inputs: inputs, 1, device, bf16=True)
+            if device.type == "cuda" and torch.cuda.max_memory_allocated(device) > MEMORY_FRACTION * (
+                torch.cuda.get_device_properties(device).total_memory
+            ):
+                break
         except torch.OutOfMemoryError:
             break
         finally:
@@ -202,7 +212,9 @@ def peak_tflops(args, device):
 
 def print_report(report):
     training, inference = report["training"], report["inference"]
-    print(f"{report['device']}: {report['tower']}, batch {report['batch_size']}, bf16 autocast")
+    memory = report["cuda_memory"]
+    filled = "" if memory is None else f" ({memory['training_peak_gib']:.1f} of {memory['total_gib']:.1f} GiB)"
+    print(f"{report['device']}: {report['tower']}, batch {report['batch_size']}{filled}, bf16 autocast")
     print(f"{'':<28}{'backbone':>12}{'MARNet':>12}{'MARNet/backbone':>18}")
     rows = [
         ("train s/step", training["seconds_per_step"], "{:.4f}", training["step_time_ratio"]),
@@ -247,7 +259,17 @@ def main(argv=None):
         )
     inputs = batch_inputs(image_size, args.batch_size, args.num_labels, device)
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     step_seconds = training_step_times(models, optimizers, inputs, args, device)
+    cuda_memory = (
+        {
+            "training_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "total_gib": torch.cuda.get_device_properties(device).total_memory / 2**30,
+        }
+        if device.type == "cuda"
+        else None
+    )
     flops = {name: training_flops(models[name], inputs[name], device) for name in MODELS}
     peak = peak_tflops(args, device)
     inference = inference_seconds(models, inputs["backbone"]["pixel_values"], args.repeats, device)
@@ -262,6 +284,7 @@ def main(argv=None):
         "steps_per_call": args.steps,
         "repeats": args.repeats,
         "peak_bf16_tflops": peak,
+        "cuda_memory": cuda_memory,
         "training": {
             "seconds_per_step": step_seconds,
             "images_per_second": {name: args.batch_size / seconds for name, seconds in step_seconds.items()},
