@@ -22,8 +22,8 @@ Four measurements:
    `--dataloader_num_workers 0`, runs interleaved; medians.
 4. `pipeline`: `pipeline("image-classification")` images/s on 512x384 JPEG files, a MARNet on the same tower saved
    with its processor, the processor loaded with `backend="pil"` and with `use_fast=True` (torchvision).
-5. `gpu_decode_check` (CUDA only, not in the default steps): `--gpu_decode`'s path against the CPU path, the
-   evaluation pixel values' largest difference in 8-bit levels and the images/s of each.
+5. `gpu_decode_check` (CUDA, not in the default steps; also in `benchmarks/gpu_check.py`): `--gpu_decode`'s path
+   against the CPU path, the evaluation pixel values' largest difference in 8-bit levels and the images/s of each.
 
 CPU (what this machine measures):
     python benchmarks/data_loader.py
@@ -250,30 +250,35 @@ def parity(data, image_size):
     return results
 
 
-def gpu_decode_check(data, image_size, batch_size):
-    """`--gpu_decode` on CUDA against the CPU path, evaluation transform: the largest difference of the pixel values
-    in 8-bit levels, and the images/s of each (the CPU path on this process's threads)."""
+def gpu_decode_check(data, image_size, batch_size, device="cuda"):
+    """`--gpu_decode` (the JPEGs decoded on `device`, CUDA for real; the CPU runs the same code in tests) against the
+    CPU path, evaluation transform: the largest difference of the pixel values in 8-bit levels, and the images/s of
+    each (the CPU path on this process's threads)."""
     processor = ViTImageProcessor(size={"height": image_size, "width": image_size})
     preprocessing, collator = ImagePreprocessing(processor), MARNetCollator()
     one_level = (torch.tensor(processor.rescale_factor) / torch.tensor(processor.image_std)).view(1, 3, 1, 1)
-    paths = {"cpu": model_inputs(processor, preprocessing), "cuda": model_inputs(processor, preprocessing, "cuda")}
+    paths = {
+        "cpu": (model_inputs(processor, preprocessing), "cpu"),
+        "gpu_decode": (model_inputs(processor, preprocessing, device), device),
+    }
     results = {}
     for size_name, dataset in data.items():
         examples = {
-            path: ImageTextExamples(dataset, "image", "label", preprocessing, defer_decoding=path == "cuda")
+            path: ImageTextExamples(dataset, "image", "label", preprocessing, defer_decoding=path == "gpu_decode")
             for path in paths
         }
         pixel_values, rates = {}, {}
-        for path, inputs in paths.items():
+        for path, (inputs, batch_device) in paths.items():
             started, batches = time.perf_counter(), []
             for start in range(0, len(dataset), batch_size):
                 rows = range(start, min(start + batch_size, len(dataset)))
                 batch = collator([examples[path][row] for row in rows])
-                batches.append(inputs(send_to_device(batch, path))["pixel_values"].cpu())
-            torch.cuda.synchronize()
+                batches.append(inputs(send_to_device(batch, batch_device))["pixel_values"].cpu())
+            if torch.device(batch_device).type == "cuda":
+                torch.cuda.synchronize()
             rates[path] = len(dataset) / (time.perf_counter() - started)
             pixel_values[path] = torch.cat(batches)
-        levels = float(((pixel_values["cuda"] - pixel_values["cpu"]).abs() / one_level).max())
+        levels = float(((pixel_values["gpu_decode"] - pixel_values["cpu"]).abs() / one_level).max())
         results[size_name] = {"max_levels": levels, "images_per_second": rates}
     print("gpu decode:", results, flush=True)
     return results

@@ -190,6 +190,34 @@ print(model.config.id2label[int(logits.argmax(-1))])
 `pipeline("image-classification", model="{repo_id}", trust_remote_code=True)` works the same way."""
 
 
+def marnet_onnx_section(repo_id):
+    folder = f"{repo_id.split('/')[-1]}-onnx"
+    return f"""## ONNX
+
+`marnet-export` (`pip install "marnet[onnx]"`) writes the image-only graph to ONNX with a dynamic batch dimension,
+checked against PyTorch's logits in ONNX Runtime before it writes anything:
+
+```bash
+marnet-export --model_name_or_path {repo_id} --output_dir {folder}
+```
+
+The exported file then runs with `onnxruntime` and the image processor alone:
+
+```python
+import json
+
+import onnxruntime
+from PIL import Image
+from transformers import AutoImageProcessor
+
+processor = AutoImageProcessor.from_pretrained("{folder}")
+session = onnxruntime.InferenceSession("{folder}/model.onnx", providers=["CPUExecutionProvider"])
+pixel_values = processor(images=Image.open("dish.jpg").convert("RGB"), return_tensors="np")["pixel_values"]
+(logits,) = session.run(["logits"], {{"pixel_values": pixel_values}})
+print(json.load(open("{folder}/config.json"))["id2label"][str(logits.argmax(-1)[0])])
+```"""
+
+
 def marnet_limitations_section(run, dataset_label):
     metrics = run.metrics
     items = [
@@ -286,6 +314,8 @@ classifier reads the fusion of the aligned visual feature and the reconstructed 
 {marnet_training_section(run)}
 
 {marnet_usage_section(run, repo_id)}
+
+{marnet_onnx_section(repo_id)}
 
 {marnet_limitations_section(run, dataset_label)}
 

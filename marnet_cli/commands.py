@@ -1,9 +1,11 @@
-"""Console scripts `marnet-train` and `marnet-eval`: options are parsed (and refused) before torch is imported."""
+"""Console scripts `marnet-train`, `marnet-eval` and `marnet-export`: options are parsed (and refused) before torch is
+imported."""
 
 import logging
 
 from .errors import command
 from .eval_args import parse_eval_args
+from .export_args import parse_export_args
 from .train_args import parse_train_args
 
 
@@ -23,5 +25,15 @@ def evaluate(argv=None):
     args = parse_eval_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     from modeling_marnet.evaluate import run
+
+    run(args)
+
+
+@command("marnet-export")
+def export(argv=None):
+    """Console script `marnet-export`; also `python -m modeling_marnet.export_onnx`."""
+    args = parse_export_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    from modeling_marnet.export_onnx import run
 
     run(args)

@@ -12,6 +12,7 @@ from dataset_scripts.cli import parse_args as parse_data_args
 from hub_scripts.convert_efficientnet_lite0 import ConvertArguments
 from hub_scripts.publish import PublishArguments
 from marnet_cli.eval_args import EvalArguments, parse_eval_args
+from marnet_cli.export_args import ExportArguments, parse_export_args
 from marnet_cli.options import MARNetArgumentParser
 from marnet_cli.train_args import ABLATION_NAMES, ALIGNMENT_METHODS, FUSION_MODES, TrainArguments, parse_train_args
 from train_fixtures import REPO_ROOT, offline_env
@@ -234,10 +235,13 @@ DATA = [
     "--dry_run",
 ]
 CONVERT = ["--output_dir", "tower", "--weights", "w.pth"]
+EXPORT = ["--model_name_or_path", "m", "--output_dir", "m-onnx", "--num_inference_steps", "3", "--atol", "1e-3"]
+EXPORT += ["--trust_remote_code"]
 
 CASES = {
     "marnet-train": (parse_train_args, TrainArguments, [TRAIN_NEW_MODEL, TRAIN_CHECKPOINT]),
     "marnet-eval": (parse_eval_args, EvalArguments, [EVAL]),
+    "marnet-export": (parse_export_args, ExportArguments, [EXPORT]),
     "marnet-publish": (parse_publish_args, PublishArguments, [PUBLISH]),
     "marnet-data": (parse_data_args, BuildArguments, [DATA]),
     "marnet-convert-efficientnet": (parse_convert_args, ConvertArguments, [CONVERT]),
@@ -471,11 +475,14 @@ def test_model_choices_match_the_model_package():
     assert ALIGNMENT_METHODS == tuple(ALIGNMENT_LOSSES)
 
 
-@pytest.mark.parametrize("command", ["marnet-train", "marnet-eval", "marnet-publish", "marnet-data build"])
+@pytest.mark.parametrize(
+    "command", ["marnet-train", "marnet-eval", "marnet-export", "marnet-publish", "marnet-data build"]
+)
 def test_help_shows_defaults_without_importing_torch(command):
     entry_points = {
         "marnet-train": "from marnet_cli.commands import train as main",
         "marnet-eval": "from marnet_cli.commands import evaluate as main",
+        "marnet-export": "from marnet_cli.commands import export as main",
         "marnet-publish": "from hub_scripts.publish import main",
         "marnet-data build": "from dataset_scripts.cli import main",
     }

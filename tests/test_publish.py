@@ -145,6 +145,7 @@ def test_card_metadata_validates_and_reports_the_measured_metrics(run_dir, tmp_p
     assert "| validation | 50.00% | 100.00% | 1.5200 | 12 |" in card.text
     assert "trust_remote_code=True" in card.text and "import modeling_marnet" in card.text
     assert "it needs only `torch` and `transformers>=5`" in card.text  # PreTrainedConfig, transformers.initialization
+    assert f"marnet-export --model_name_or_path {REPO_ID}" in card.text and "onnxruntime.InferenceSession" in card.text
     assert "Text is privileged information" in card.text and "Limitations" in card.text
     assert "Unifying Visual and Semantic Feature Spaces with Diffusion Models" in card.text
 

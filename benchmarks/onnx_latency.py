@@ -1,0 +1,115 @@
+"""Latency of MARNet's exported ONNX graph in ONNX Runtime against the same model in PyTorch, side by side.
+
+The model is section 2's: the pretrained EfficientNet-Lite0 tower (converted by `marnet-convert-efficientnet`) under
+default MARNet heads (MiniLM width 384, the default reverse steps), random heads; exported by `marnet-export`'s code.
+Both run on the same preprocessed batch, on the CPU, with the same number of threads; the calls are interleaved
+(PyTorch, ONNX Runtime, PyTorch, ...) and reported as medians of `--repeats`, batch 1 and `--batch-size`.
+
+    python benchmarks/onnx_latency.py        # writes benchmarks/results/onnx_latency.json
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import onnxruntime
+import torch
+from transformers import AutoImageProcessor
+
+from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
+from modeling_marnet import MARNetForImageClassification
+from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
+from modeling_marnet.training.data import standard_image_processor
+from speed import interleaved_medians
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
+    )
+    parser.add_argument("--num-labels", type=int, default=10)
+    parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--output", type=Path, default=RESULTS / "onnx_latency.json")
+    return parser.parse_args()
+
+
+def latency_rows(model, session, processor, batch_sizes, repeats):
+    """{batch, pytorch_ms, onnxruntime_ms, onnxruntime_over_pytorch} per batch size, medians of interleaved calls."""
+    rows = []
+    for batch_size in batch_sizes:
+        pixel_values = sample_pixel_values(processor, batch_size, seed=batch_size)  # (B, 3, H, W)
+        feeds = {"pixel_values": pixel_values.numpy()}
+        with torch.inference_mode():
+            medians = interleaved_medians(
+                {
+                    "pytorch": lambda pixel_values=pixel_values: model(pixel_values=pixel_values),
+                    "onnxruntime": lambda feeds=feeds: session.run(["logits"], feeds),
+                },
+                repeats,
+                "cpu",
+            )
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "pytorch_ms": 1e3 * medians["pytorch"],
+                "onnxruntime_ms": 1e3 * medians["onnxruntime"],
+                "onnxruntime_over_pytorch": medians["onnxruntime"] / medians["pytorch"],
+            }
+        )
+    return rows
+
+
+def main():
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        tower = args.tower
+        if tower is None:
+            tower = Path(scratch) / "efficientnet-lite0"
+            convert_efficientnet_lite0(tower)
+        processor = standard_image_processor(AutoImageProcessor.from_pretrained(tower))  # as marnet-train saves it
+        model = MARNetForImageClassification.from_vision_pretrained(
+            tower, text_hidden_size=args.text_hidden_size, num_labels=args.num_labels
+        ).eval()
+        exported = Path(scratch) / "onnx"
+        difference = export_onnx(model, processor, exported)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(exported / ONNX_NAME), options, providers=["CPUExecutionProvider"])
+        rows = latency_rows(model, session, processor, (1, args.batch_size), args.repeats)
+
+    report = {
+        "date": date.today().isoformat(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "model": "MARNet on EfficientNet-Lite0, 224 px, float32",
+        "default_reverse_steps": model.config.num_inference_steps,
+        "export_check_max_abs_difference": difference,
+        "repeats": args.repeats,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "latency": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    for row in rows:
+        print(
+            f"batch {row['batch_size']:>3}: PyTorch {row['pytorch_ms']:.1f} ms, ONNX Runtime "
+            f"{row['onnxruntime_ms']:.1f} ms, ratio {row['onnxruntime_over_pytorch']:.3f}"
+        )
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
