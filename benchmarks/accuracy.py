@@ -121,6 +121,9 @@ def _paper(*changes):
 
 ROWS = {
     "baseline": Row(["--ablation", "baseline"], uses_text=False),
+    # The simplest competitor on the same privileged data: the baseline predicting the dataset's `ingredients`
+    # column too (multi-label BCE on the tower's feature; no text). For datasets with that column.
+    "ingredients": Row(["--ablation", "ingredients"], uses_text=False),
     "timm": Row(uses_text=False, trainer="timm"),
     "no-text": Row([*MARNET, *TEXT_WEIGHTS_OFF], uses_text=False),
     "marnet": Row(MARNET),
