@@ -276,9 +276,13 @@ class MARNetPreTrainedModel(PreTrainedModel):
 
     def _freeze_fixed_parameters(self):
         """`requires_grad=False` on what the config keeps fixed: `logit_scale` without `learnable_temperature` or when
-        `config.alignment` has no temperature, and with `image_only_training` every parameter that only text trains."""
+        `config.alignment` has no temperature, with `image_only_training` every parameter that only text trains, and
+        an ingredient head whose loss weight is 0 (nothing trains it; DDP refuses parameters without gradients)."""
         config, base = self.config, self.base_model
         frozen = base.text_only_parameters() if config.image_only_training else []
+        ingredient_head = getattr(self, "ingredient_classifier", None)
+        if ingredient_head is not None and config.ingredient_loss_weight == 0:
+            frozen += list(ingredient_head.parameters())
         uses_temperature = config.learnable_temperature and config.alignment in ALIGNMENTS_WITH_TEMPERATURE
         if base.alignment is not None and not uses_temperature:
             frozen.append(base.alignment.logit_scale)

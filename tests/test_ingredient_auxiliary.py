@@ -107,6 +107,8 @@ def test_the_ingredient_loss_is_bce_on_the_tower_feature_and_configs_without_the
     torch.testing.assert_close(output.loss, output.visual_classification_loss + expected)
     with pytest.raises(ValueError, match=r"shape \(batch_size, num_ingredients\) = \(4, 3\), got \(4, 2\)"):
         model(pixel_values, ingredient_labels=targets[:, :2])
+    unweighted = MARNetForImageClassification(tiny_config("baseline", num_ingredients=3))
+    assert not any(parameter.requires_grad for parameter in unweighted.ingredient_classifier.parameters())
     with pytest.raises(ValueError, match="`num_ingredients=0` builds none"):
         tiny_config("ingredients")
 
