@@ -121,6 +121,9 @@ def _paper(*changes):
 
 ROWS = {
     "baseline": Row(["--ablation", "baseline"], uses_text=False),
+    # The simplest competitor on the same privileged data: the baseline predicting the dataset's `ingredients`
+    # column too (multi-label BCE on the tower's feature; no text). For datasets with that column.
+    "ingredients": Row(["--ablation", "ingredients"], uses_text=False),
     "timm": Row(uses_text=False, trainer="timm"),
     "no-text": Row([*MARNET, *TEXT_WEIGHTS_OFF], uses_text=False),
     "marnet": Row(MARNET),
@@ -235,6 +238,12 @@ def parse_args(argv=None):
         help="original: the text as it is; scrubbed: no word of the text names the image's class",
     )
     data.add_argument("--num-proc", type=int, default=2, help="processes for building and resizing the dataset")
+    data.add_argument(
+        "--text-probe-only",
+        action="store_true",
+        help="print the text statistics of the dataset's text as it is (texts naming their class, the linear probe "
+        "on the frozen text features) and stop: no tower, no resizing, no runs",
+    )
     runs = parser.add_argument_group("rows, search and seeds")
     runs.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=DEFAULT_ROWS)
     runs.add_argument(
@@ -1009,6 +1018,11 @@ def _save_figure(figure, path):
 def main(argv=None):
     args = parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.text_probe_only:
+        source = Path(prepare_dataset(args))
+        statistics = text_statistics(args, {"original": source}, args.text_encoder or default_text_encoder())
+        print(json.dumps(statistics, indent=2))
+        return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tower = prepare_tower(args)

@@ -19,6 +19,7 @@ BUILDER_CLASSES = {
     "ingredient-101": ("ingredient_101", "Ingredient101"),
     "food-101": ("food_101", "Food101"),
     "openclipart": ("openclipart", "OpenClipart"),
+    "openclipart-dishes": ("openclipart_dishes", "OpenClipartDishes"),
 }
 _EXPORTS = {
     **{class_name: module for module, class_name in BUILDER_CLASSES.values()},
@@ -48,6 +49,7 @@ __all__ = [
     "Food101",
     "Ingredient101",
     "OpenClipart",
+    "OpenClipartDishes",
     "RawDataError",
     "RawImageBuilder",
     "VireoFood172",

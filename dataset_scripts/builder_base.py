@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,10 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
     CITATION = ""
     #: Markdown telling users how to obtain the raw files (used by the dataset card).
     RAW_DATA_INSTRUCTIONS = ""
+    #: Where `marnet-data build` reads the raw files without --data_dir (None: the option is required).
+    DEFAULT_DATA_DIR: str | None = None
+    #: How the images are kept, for the dataset card.
+    IMAGE_STORAGE = "Images are stored as the original file bytes, never re-encoded."
 
     def _read_index(self, data_dir: Path) -> RawIndex:
         """Parse and validate the raw annotation files under `data_dir`."""
@@ -127,6 +132,14 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
                     )
                 listed_at[example.image_id] = example.source
         return index
+
+    def stored_image_bytes(self) -> int:
+        """Bytes of the images the build stores (once in the cache, once in the result): the raw files' sizes."""
+        return sum(os.path.getsize(example.image_file) for split in self.index.splits.values() for example in split)
+
+    def card_notes(self) -> str:
+        """Markdown the dataset card adds to "How it was built" (none by default)."""
+        return ""
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(

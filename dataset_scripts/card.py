@@ -58,11 +58,12 @@ def dataset_card(
     parquet_bytes: dict[str, int],
     pretty_name: str | None = None,
     extra_notes: str = "",
-    image_storage: str = "Images are stored as the original file bytes, never re-encoded.",
+    image_storage: str | None = None,
 ) -> DatasetCard:
     """Build the dataset card for `dataset_dict` made by `builder`, stored as Parquet under `data/`.
 
-    `extra_notes` (markdown) is appended to "How it was built"; `image_storage` says how images are kept.
+    `extra_notes` (markdown) is appended to "How it was built", after the builder's own `card_notes()`;
+    `image_storage` says how images are kept (default: the builder's `IMAGE_STORAGE`).
     The YAML carries license, task category, size, `dataset_info` (features with the ClassLabel names,
     so `load_dataset(repo_id)` gives them back) and `configs` mapping each split to its Parquet files.
     """
@@ -93,7 +94,7 @@ def dataset_card(
 {builder.DESCRIPTION}
 
 Built with the `{type(builder).__name__}` builder of the MARNet project (`dataset_scripts`),
-config `{config_name}`. Columns: {column_names}. {image_storage}
+config `{config_name}`. Columns: {column_names}. {image_storage or builder.IMAGE_STORAGE}
 
 ```python
 from datasets import load_dataset
@@ -112,7 +113,7 @@ dataset = load_dataset("{repo_id}")
 ## How it was built
 
 {build_notes}
-{extra_notes}
+{builder.card_notes()}{extra_notes}
 
 ## Getting the raw data
 

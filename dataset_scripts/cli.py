@@ -7,13 +7,13 @@ Examples::
     marnet-data build openclipart --dataset_config_name food --push_to_hub my-org/openclipart-food --hub_private_repo
     marnet-data build openclipart --dataset_config_name food --push_to_hub my-org/openclipart-food --dry_run \
         --output_dir hub-files
+    marnet-data build openclipart-dishes --output_dir data/openclipart-dishes
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -44,9 +44,7 @@ def check_free_space(builder: RawImageBuilder, location: Path) -> None:
     """Refuse, before any image is read, a build whose images cannot fit twice (cache and result) on the filesystem
     of `location`: a disk that fills up in the middle of a write can abort the process (Arrow's Parquet writer
     does)."""
-    image_bytes = sum(
-        os.path.getsize(example.image_file) for split in builder.index.splits.values() for example in split
-    )
+    image_bytes = builder.stored_image_bytes()
     needed = int(image_bytes * COPIES_ON_DISK * SPACE_MARGIN)
     free = shutil.disk_usage(location).free
     if free < needed:
@@ -93,7 +91,7 @@ class BuildArguments:
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "root of the raw files (openclipart: defaults to Debian's /usr/share/openclipart)"},
+        metadata={"help": "root of the raw files (openclipart*: defaults to Debian's /usr/share/openclipart)"},
     )
     output_dir: Path | None = field(
         default=None,
@@ -148,7 +146,7 @@ def check_options(args: BuildArguments) -> None:
             f"--dataset_config_name {args.dataset_config_name!r} is not a config of {args.dataset}; choose one of "
             f"{', '.join(config_names)}."
         )
-    if args.data_dir is None and args.dataset != "openclipart":
+    if args.data_dir is None and builder_class(args.dataset).DEFAULT_DATA_DIR is None:
         raise UsageError(f"--data_dir is required for {args.dataset}: the folder you unpacked the raw archive into.")
     if args.food101_dir is not None and args.dataset != "ingredient-101":
         raise UsageError("--food101_dir only applies to ingredient-101.")
@@ -198,12 +196,11 @@ def build_into(args: BuildArguments, scratch: Path) -> None:
     """The build itself, in `scratch`; the result moved to --output_dir (or uploaded) all at once."""
     from .card import dataset_card
     from .hub import describe_folder, upload_hub_folder, write_hub_folder
-    from .openclipart import DEBIAN_ROOT
 
     config_kwargs = {"food101_dir": args.food101_dir} if args.food101_dir else {}
     builder, dataset_dict = build_dataset(
         args.dataset,
-        args.data_dir if args.data_dir is not None else DEBIAN_ROOT,
+        args.data_dir if args.data_dir is not None else builder_class(args.dataset).DEFAULT_DATA_DIR,
         cache_dir=scratch / "cache",
         config_name=args.dataset_config_name,
         num_proc=args.num_proc,

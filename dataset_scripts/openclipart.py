@@ -160,6 +160,7 @@ class OpenClipart(RawImageBuilder):
         OpenClipartConfig(name="food", data_dir=DEBIAN_ROOT, category="food"),
     ]
     DEFAULT_CONFIG_NAME = "default"
+    DEFAULT_DATA_DIR = DEBIAN_ROOT
     DESCRIPTION = (
         "Public-domain clip art from OpenClipart 0.18 (Debian openclipart-png/openclipart-svg), labelled by "
         "category, with the SVG title, description and keyword tags as text."

@@ -17,7 +17,7 @@ from .options import MARNetArgumentParser
 
 # The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
 # no torch.
-ABLATION_NAMES = ("baseline", "ema", "mlp", "cdr", "full")
+ABLATION_NAMES = ("baseline", "ema", "mlp", "cdr", "full", "ingredients")
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 ALIGNMENT_METHODS = ("ita", "sdm", "swd", "cdd", "ssan", "team")
 # The names transformers' image-classification example (and Trainer's `eval_` prefix) give our metrics.
@@ -88,6 +88,12 @@ class TrainArguments:
         "label", group="data", aliases=["--label_column_name"], help="A ClassLabel column: its names become id2label."
     )
     text_column: str = _option("text", group="data", help="Privileged text, used in training only.")
+    ingredient_column: str = _option(
+        "ingredients",
+        group="data",
+        help="Multi-label targets of the ingredient head (a list of ClassLabel per row, as Vireo-Food172's "
+        "`ingredients`), used in training only by models with ingredient_loss_weight > 0 (--ablation ingredients).",
+    )
     max_train_samples: int | None = _option(group="data", help="Keep the first N training rows (quick runs).")
     max_eval_samples: int | None = _option(
         group="data", help="Keep the first N rows of the validation and test splits (quick runs)."
@@ -119,7 +125,8 @@ class TrainArguments:
     )
     ablation: Literal[ABLATION_NAMES] | None = _option(
         group="model",
-        help="Paper ablation row of a new model (default: full). `baseline` is visual only and needs no text.",
+        help="Paper ablation row of a new model (default: full). `baseline` is visual only and needs no text; "
+        "`ingredients` is the baseline predicting --ingredient_column as auxiliary targets (no text).",
     )
     fusion_mode: Literal[FUSION_MODES] | None = _option(group="model", help="Fusion of the branches of a new model.")
     alignment: Literal[ALIGNMENT_METHODS] | None = _option(

@@ -19,13 +19,21 @@ TEXT_NORMALIZATIONS = ("none", "unit_rms")
 ALIGNMENT_TARGETS = ("instance", "class")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
-# The rows of the paper's ablation (Table 2), each a set of config overrides.
+# The rows of the paper's ablation (Table 2), each a set of config overrides, and one competitor of ours.
 ABLATIONS = {
     "baseline": {"use_alignment": False, "reconstruction": "none", "classifier_input": "visual"},
     "ema": {"use_alignment": True, "reconstruction": "none", "classifier_input": "visual"},
     "mlp": {"use_alignment": False, "reconstruction": "mlp", "classifier_input": "reconstruction"},
     "cdr": {"use_alignment": False, "reconstruction": "diffusion", "classifier_input": "reconstruction"},
     "full": {"use_alignment": True, "reconstruction": "diffusion", "classifier_input": "fusion"},
+    # Not in the paper: the visual-only baseline that also predicts each image's ingredients (multi-label BCE on the
+    # tower's feature), the simplest use of the same privileged data without a text encoder (docs/method.md).
+    "ingredients": {
+        "use_alignment": False,
+        "reconstruction": "none",
+        "classifier_input": "visual",
+        "ingredient_loss_weight": 1.0,
+    },
 }
 
 # The paper read literally where it leaves a choice open and our defaults differ: `MARNetConfig(**PAPER_LITERAL)`.
@@ -202,6 +210,16 @@ class MARNetConfig(PreTrainedConfig):
             `T^2 KL(softmax(z_s / T) || softmax(z / T))` with the text logits `z_s` detached (generalised distillation,
             Lopez-Paz et al., ICLR 2016). An extension, not in the paper; needs `text_classification_weight > 0`, so
             that the teacher is trained.
+        ingredient_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the ingredient loss: a linear head on the tower's pooled feature `x_v` predicts which of the
+            `num_ingredients` ingredients each image holds, trained with BCE on the multi-hot `ingredient_labels` (the
+            privileged data used as auxiliary targets instead of text; training only, inference needs images alone).
+            An extension, not in the paper (the `"ingredients"` ablation row); needs `num_ingredients >= 1`.
+        num_ingredients (`int`, *optional*, defaults to 0):
+            Width of the ingredient head; 0 builds none. `marnet-train` sets it from the dataset's ingredient column.
+        ingredient_names (`list[str]`, *optional*):
+            The ingredient of each output of the ingredient head (the ClassLabel names of the ingredient column), so
+            that `ingredient_logits` can be read and a fine-tuning dataset checked against them.
         distillation_temperature (`float`, *optional*, defaults to 2.0):
             Temperature `T` of the distillation.
         classifier_dropout (`float`, *optional*, defaults to 0.0):
@@ -264,6 +282,8 @@ class MARNetConfig(PreTrainedConfig):
         "reconstruction_loss",
         "text_classification_loss",
         "distillation_loss",
+        "ingredient_logits",
+        "ingredient_loss",
     ]
 
     def __init__(
@@ -307,6 +327,9 @@ class MARNetConfig(PreTrainedConfig):
         text_classification_weight=0.0,
         distillation_weight=0.0,
         distillation_temperature=2.0,
+        ingredient_loss_weight=0.0,
+        num_ingredients=0,
+        ingredient_names=None,
         classifier_dropout=0.0,
         initializer_range=0.02,
         contrastive_gather=True,
@@ -365,6 +388,9 @@ class MARNetConfig(PreTrainedConfig):
         self.text_classification_weight = text_classification_weight
         self.distillation_weight = distillation_weight
         self.distillation_temperature = distillation_temperature
+        self.ingredient_loss_weight = ingredient_loss_weight
+        self.num_ingredients = num_ingredients
+        self.ingredient_names = list(ingredient_names) if ingredient_names is not None else None
         self.classifier_dropout = classifier_dropout
         self.initializer_range = initializer_range
         self.contrastive_gather = contrastive_gather
@@ -374,7 +400,8 @@ class MARNetConfig(PreTrainedConfig):
 
     @classmethod
     def from_ablation(cls, name, **kwargs):
-        """Config of one row of the paper's ablation (Table 2): `baseline`, `ema`, `mlp`, `cdr` or `full`.
+        """Config of one row of the paper's ablation (Table 2): `baseline`, `ema`, `mlp`, `cdr` or `full`; or of
+        `ingredients`, the baseline with the ingredient head (give `num_ingredients`).
 
         `kwargs` override the row's settings (e.g. `fusion_mode="hm"` for a full-MARNet variant).
         """
@@ -448,9 +475,11 @@ class MARNetConfig(PreTrainedConfig):
             "fusion_ce_weight",
             "text_classification_weight",
             "distillation_weight",
+            "ingredient_loss_weight",
             "initializer_range",
         ):
             _check_non_negative(name, getattr(self, name))
+        self._check_ingredient_head()
         for name in ("distillation_temperature", "cdd_kernel_mul", "team_attention_temperature"):
             _check_positive(name, getattr(self, name))
         if self.alignment_targets == "class" and self.alignment not in ALIGNMENTS_WITH_CLASS_TARGETS:
@@ -485,6 +514,23 @@ class MARNetConfig(PreTrainedConfig):
         if self.problem_type is not None:
             _check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
             self.check_problem_type(self.problem_type)
+
+    def _check_ingredient_head(self):
+        count = self.num_ingredients
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"`num_ingredients` must be an integer >= 0 (0: no ingredient head), got {count!r}.")
+        if self.ingredient_loss_weight > 0 and count == 0:
+            raise ValueError(
+                f"`ingredient_loss_weight={self.ingredient_loss_weight!r}` trains an ingredient head, but "
+                "`num_ingredients=0` builds none. Set num_ingredients (marnet-train reads it from the dataset's "
+                "ingredient column), or set the weight to 0."
+            )
+        names = self.ingredient_names
+        if names is not None and (len(names) != count or not all(isinstance(name, str) for name in names)):
+            raise ValueError(
+                f"`ingredient_names` must be {count} strings (one per output of the head, `num_ingredients`), got "
+                f"{len(names)} items."
+            )
 
     def check_problem_type(self, problem_type):
         """Raises `ValueError` naming the field that has no meaning for `problem_type` (set or inferred)."""

@@ -109,6 +109,10 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
             Loss of `text_logits` (weight `text_classification_weight`).
         distillation_loss (`torch.FloatTensor`, *optional*):
             Distillation of the detached `text_logits` into `logits` (weight `distillation_weight`).
+        ingredient_logits (`torch.FloatTensor` of shape `(batch_size, num_ingredients)`, *optional*):
+            The ingredient head over `x_v`, when the config builds one (`num_ingredients >= 1`).
+        ingredient_loss (`torch.FloatTensor`, *optional*):
+            BCE of `ingredient_logits` against `ingredient_labels`, when given (weight `ingredient_loss_weight`).
     """
 
     visual_logits: torch.FloatTensor | None = None
@@ -121,6 +125,8 @@ class MARNetImageClassifierOutput(ImageClassifierOutput):
     reconstruction_loss: torch.FloatTensor | None = None
     text_classification_loss: torch.FloatTensor | None = None
     distillation_loss: torch.FloatTensor | None = None
+    ingredient_logits: torch.FloatTensor | None = None
+    ingredient_loss: torch.FloatTensor | None = None
 
 
 # Each loss term of MARNetImageClassifierOutput -> the MARNetConfig field that weights it in `loss`.
@@ -132,6 +138,7 @@ LOSS_WEIGHT_FIELDS = {
     "reconstruction_loss": "reconstruction_loss_weight",
     "text_classification_loss": "text_classification_weight",
     "distillation_loss": "distillation_weight",
+    "ingredient_loss": "ingredient_loss_weight",
 }
 
 
@@ -290,9 +297,13 @@ class MARNetPreTrainedModel(PreTrainedModel):
 
     def _freeze_fixed_parameters(self):
         """`requires_grad=False` on what the config keeps fixed: `logit_scale` without `learnable_temperature` or when
-        `config.alignment` has no temperature, and with `image_only_training` every parameter that only text trains."""
+        `config.alignment` has no temperature, with `image_only_training` every parameter that only text trains, and
+        an ingredient head whose loss weight is 0 (nothing trains it; DDP refuses parameters without gradients)."""
         config, base = self.config, self.base_model
         frozen = base.text_only_parameters() if config.image_only_training else []
+        ingredient_head = getattr(self, "ingredient_classifier", None)
+        if ingredient_head is not None and config.ingredient_loss_weight == 0:
+            frozen += list(ingredient_head.parameters())
         uses_temperature = config.learnable_temperature and config.alignment in ALIGNMENTS_WITH_TEMPERATURE
         if base.alignment is not None and not uses_temperature:
             frozen.append(base.alignment.logit_scale)
@@ -605,6 +616,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         # Every `num_labels` head is a top-level Linear, as transformers' classifiers have them (older checkpoints
         # hold this one as `fusion.classifier`: `_checkpoint_key_mapping` renames it on loading).
         self.fusion_classifier = nn.Linear(self.fusion.fused_dim, config.num_labels) if fuses_features else None
+        self.ingredient_classifier = (
+            nn.Linear(config.vision_hidden_size, config.num_ingredients) if config.num_ingredients else None
+        )
         self.post_init()
 
     @classmethod
@@ -681,6 +695,7 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         text_embeds=None,
         text_token_embeds=None,
         text_attention_mask=None,
+        ingredient_labels=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -701,6 +716,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             (see [`MARNetModel`]); they enter the alignment loss alone.
         text_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
             1 for the real tokens of `text_token_embeds`, 0 for padding.
+        ingredient_labels (`torch.FloatTensor` of shape `(batch_size, num_ingredients)`, *optional*):
+            Multi-hot ingredients of each image, given in training only to a model with an ingredient head
+            (`config.num_ingredients`); with them the output carries `ingredient_loss`.
         """
         config = self.config
         return_dict = return_dict if return_dict is not None else config.return_dict
@@ -734,7 +752,12 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         else:
             logits = visual_logits if visual_logits is not None else reconstruction_logits
 
-        terms = {"alignment_loss": outputs.alignment_loss, "reconstruction_loss": outputs.reconstruction_loss}
+        ingredient_logits, ingredient_loss = self._ingredients(outputs.image_embeds, ingredient_labels)
+        terms = {
+            "alignment_loss": outputs.alignment_loss,
+            "reconstruction_loss": outputs.reconstruction_loss,
+            "ingredient_loss": ingredient_loss,
+        }
         loss = None
         if labels is not None:
             if outputs.text_embeds is not None and config.text_classification_weight > 0:
@@ -762,9 +785,30 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             visual_logits=visual_logits,
             reconstruction_logits=reconstruction_logits,
             text_logits=text_logits,
+            ingredient_logits=ingredient_logits,
             **terms,
         )
         return output if return_dict else output.to_tuple()
+
+    def _ingredients(self, image_embeds, ingredient_labels):
+        """(logits (B, K), BCE loss ()) of the ingredient head over `x_v` (B, H_v); (None, None) without a head, the
+        loss None without `ingredient_labels` (B, K)."""
+        if self.ingredient_classifier is None:
+            if ingredient_labels is not None:
+                raise ValueError(
+                    "`ingredient_labels` were given, but this model has no ingredient head (`num_ingredients=0`). "
+                    "Build it with num_ingredients (e.g. the `ingredients` ablation row), or leave them out."
+                )
+            return None, None
+        logits = self.ingredient_classifier(self.dropout(image_embeds))  # (B, K)
+        if ingredient_labels is None:
+            return logits, None
+        if tuple(ingredient_labels.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"`ingredient_labels` must be multi-hot rows of shape (batch_size, num_ingredients) = "
+                f"{tuple(logits.shape)}, got {tuple(ingredient_labels.shape)}."
+            )
+        return logits, F.binary_cross_entropy_with_logits(logits, ingredient_labels.to(logits.dtype))
 
 
 __all__ = [

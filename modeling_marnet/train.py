@@ -66,7 +66,7 @@ from .training.examples import (
     model_inputs,
 )
 from .training.loop import LossComposer, evaluate, optimizer_steps
-from .training.model_setup import ablation_name, build_model_parts, tower_parameters
+from .training.model_setup import ablation_name, build_model_parts, tower_parameters, trains_ingredients
 from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
 from .training.run_identity import check_continuation, run_record
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
@@ -223,6 +223,7 @@ def make_dataloaders(args, accelerator, splits, parts):
         processor_image_size(parts.image_processor), args.augment, args.color_jitter, args.seed
     )
     text_column = args.text_column if parts.joint else None
+    config = parts.model.config
     train_examples = ImageTextExamples(
         splits.train,
         args.image_column,
@@ -233,6 +234,8 @@ def make_dataloaders(args, accelerator, splits, parts):
         defer_decoding=args.gpu_decode,
         split=args.train_split,
         image_folders=splits.image_folders,
+        ingredient_column=args.ingredient_column if trains_ingredients(config) else None,
+        num_ingredients=config.num_ingredients,
     )
     tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
     train_collator = MARNetCollator(tokenizer, encoding)

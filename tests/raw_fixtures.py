@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 # ---------------------------------------------------------------- Vireo-Food172
 # 11 classes so that folder "10" sorts between "1" and "2" as strings; ";" in a name.
@@ -206,4 +206,46 @@ def write_openclipart(root: Path) -> Path:
     for path, target in OPENCLIPART_LINKS.items():
         (root / "png" / path).symlink_to(target)
         (root / "svg" / path.replace(".png", ".svg")).symlink_to(target.replace(".png", ".svg"))
+    return root
+
+
+# ---------------------------------------------------------------- OpenClipart dishes
+# Food drawings named as in the Debian package: five kinds with two drawings each (one of them an RGB drawing on
+# white paper), a kind with a single drawing (left out), a plate (tableware), a file of no kind, and a symlink that
+# lists a drawing twice.
+DISH_DRAWINGS = {
+    "food/fruit/apple.png": "RGBA",
+    "food/fruit/apple_bw.png": "RGBA",
+    "food/fruit/banana.png": "RGBA",
+    "food/fruit/bananas_nicu_01.png": "RGBA",
+    "food/fruit/cherries.png": "RGBA",
+    "food/fruit/cherry_jean_01.png": "RGBA",
+    "food/fruit/lemon.png": "RGBA",
+    "food/fruit/lemon_slice_ganson.png": "RGBA",
+    "food/fruit/lime_half_ganson.png": "RGBA",
+    "food/fruit/lime_wedge_ganson.png": "RGB",
+    "food/fruit/pear.png": "RGBA",
+    "food/large_plate.png": "RGBA",
+    "food/chef_01.png": "RGBA",
+}
+DISH_LINKS = {"food/desserts/apple.png": "../fruit/apple.png"}
+DISH_KINDS = ["apple", "banana", "cherry", "lemon", "lime"]
+
+
+def drawing_bytes(seed: int, mode: str) -> bytes:
+    """A 16x12 drawing: a coloured ellipse on a transparent background (RGBA) or on white paper (RGB)."""
+    image = Image.new(mode, (16, 12), (0, 0, 0, 0) if mode == "RGBA" else (255, 255, 255))
+    ImageDraw.Draw(image).ellipse((2, 1, 13, 10), fill=((seed * 53) % 256, (seed * 97) % 200, 40, 255)[: len(mode)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_food_drawings(root: Path) -> Path:
+    """Write the dish drawings under `root/png/` (Debian's layout); return `root`."""
+    for seed, (path, mode) in enumerate(DISH_DRAWINGS.items()):
+        _write(root / "png" / path, drawing_bytes(seed, mode))
+    for path, target in DISH_LINKS.items():
+        (root / "png" / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / "png" / path).symlink_to(target)
     return root

@@ -44,6 +44,19 @@ def saved(tmp_path_factory):
     return directory, pixel_values, logits
 
 
+@pytest.fixture(scope="module")
+def saved_ingredients(tmp_path_factory):
+    """A tiny `ingredients` row (the baseline with an ingredient head) saved with the logits of a fixed batch."""
+    directory = tmp_path_factory.mktemp("ingredients")
+    torch.manual_seed(0)
+    model = MARNetForImageClassification(tiny_config("ingredients", num_ingredients=3)).eval()
+    model.save_pretrained(directory)
+    pixel_values, _, _ = tiny_batch(batch_size=3)
+    with torch.no_grad():
+        torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, directory / "expected.pt")
+    return directory
+
+
 def test_saved_folder_is_safetensors_with_remote_code_files(saved):
     directory, _, _ = saved
     files = {path.name for path in directory.iterdir()}
@@ -113,18 +126,19 @@ def test_fine_tuning_on_new_labels_reinitialises_only_the_classifiers(saved):
     )
 
 
-def test_remote_code_loads_where_the_package_is_not_importable(saved, tmp_path):
+def test_remote_code_loads_where_the_package_is_not_importable(saved, saved_ingredients, tmp_path):
     directory, _, _ = saved
     script = BLOCK_MARNET_PACKAGE + textwrap.dedent(
         f"""
         import torch
         from transformers import AutoModel, AutoModelForImageClassification
 
-        expected = torch.load({str(directory / "expected.pt")!r})
-        model = AutoModelForImageClassification.from_pretrained({str(directory)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        with torch.no_grad():
-            torch.testing.assert_close(model(expected["pixel_values"]).logits, expected["logits"], rtol=0, atol=0)
+        for folder in ({str(directory)!r}, {str(saved_ingredients)!r}):
+            expected = torch.load(folder + "/expected.pt")
+            model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            with torch.no_grad():
+                torch.testing.assert_close(model(expected["pixel_values"]).logits, expected["logits"], rtol=0, atol=0)
         base = AutoModel.from_pretrained({str(directory)!r}, trust_remote_code=True)
         assert type(base).__name__ == "MARNetModel"
         print("remote code ok")

@@ -193,3 +193,19 @@ def test_grid_and_seed_errors_are_clear():
     assert completed.returncode == 2 and "--tune-seeds [7] must be among --seeds [0, 1]" in completed.stderr
     completed = run_command([sys.executable, str(SCRIPT), "--rows", "marnet"])
     assert completed.returncode == 2 and "--rows must include 'baseline'" in completed.stderr
+
+
+def test_text_probe_only_reports_the_text_statistics_and_trains_nothing(tmp_path, capsys):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from accuracy import main
+
+    dataset, work = save_dataset(tmp_path / "data"), tmp_path / "work"
+    text_encoder = save_text_encoder(tmp_path / "text")
+    argv = ["--dataset", str(dataset), "--text-encoder", str(text_encoder), "--work-dir", str(work)]
+    assert main([*argv, "--text-probe-only"]) == 0
+    statistics = json.loads(capsys.readouterr().out)["original"]
+    assert (statistics["texts_naming_their_class"], statistics["num_texts"]) == (44, 44)  # "tomato" for tomato_soup
+    assert 0 <= statistics["text_probe_validation_top1"] <= 1
+    assert sorted(path.name for path in work.iterdir()) == ["text_statistics.json"]  # no tower, data or runs
+    cached = json.loads((work / "text_statistics.json").read_text())
+    assert cached == {f"{dataset.name}|{text_encoder}": statistics}  # what the protocol's report reuses

@@ -44,6 +44,8 @@ TRAIN_NEW_MODEL = [
     "lab",
     "--text_column",
     "txt",
+    "--ingredient_column",
+    "tags",
     "--max_train_samples",
     "10",
     "--max_eval_samples",

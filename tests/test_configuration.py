@@ -48,7 +48,7 @@ def test_any_vision_config_round_trips(tmp_path, vision_config):
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_rows_apply_their_switches(name):
-    config = MARNetConfig.from_ablation(name, fusion_mode="sum")
+    config = MARNetConfig.from_ablation(name, fusion_mode="sum", num_ingredients=3)
     for field, value in ABLATIONS[name].items():
         assert getattr(config, field) == value
     assert config.fusion_mode == "sum"
@@ -112,7 +112,8 @@ def test_invalid_values_name_field_allowed_and_given(field, value, message):
 
 def test_unknown_ablation_and_inconsistent_switches_are_refused():
     with pytest.raises(
-        ValueError, match="`ablation` must be one of 'baseline', 'ema', 'mlp', 'cdr', 'full', got 'clip'"
+        ValueError,
+        match="`ablation` must be one of 'baseline', 'ema', 'mlp', 'cdr', 'full', 'ingredients', got 'clip'",
     ):
         MARNetConfig.from_ablation("clip")
     with pytest.raises(ValueError, match="needs the CDR branch, but `reconstruction='none'`"):

@@ -46,6 +46,27 @@ def check_text_column(dataset, split, column):
         )
 
 
+def ingredient_vocabulary(dataset, split, column):
+    """The ingredient names of `split`'s `column`, a list of `datasets.ClassLabel` per row (as Vireo-Food172's
+    `ingredients`): the targets of the ingredient head, one output per name."""
+    if column not in dataset.column_names:
+        raise CLIError(
+            f"The model trains an ingredient head (ingredient_loss_weight > 0), but split {split!r} has no {column!r} "
+            f"column (columns: {', '.join(dataset.column_names)}). Pass --ingredient_column with the multi-label "
+            "ingredient column, or train without the head (--ablation baseline, or --marnet_config "
+            "ingredient_loss_weight=0)."
+        )
+    feature = dataset.features[column]
+    inner = getattr(feature, "feature", None)  # datasets.List / Sequence hold the item feature in `.feature`
+    if not isinstance(inner, datasets.ClassLabel):
+        raise CLIError(
+            f"Split {split!r}, column {column!r}: the ingredient targets must be a list of datasets.ClassLabel per "
+            f"row (e.g. datasets.List(datasets.ClassLabel(names=[...]))), got {feature}. Cast the column "
+            "(`dataset.cast_column(...)`), or pass --ingredient_column with such a column."
+        )
+    return list(inner.names)
+
+
 def check_text_features(text_embeds, split, text_encoder):
     """The frozen encoder's (N, D) features of `split`: NaN or infinite ones would make every batch holding them
     diverge, so they are refused before training, naming the rows."""

@@ -45,11 +45,11 @@ class ImagePreprocessing:
 class ImageTextExamples(torch.utils.data.Dataset):
     """Rows of one split as dicts of `pixel_values` (the image decoded by torchvision, or PIL where it must, then
     `preprocessing`), `labels` and the privileged text: row `i` of `text_embeds` (N, D) when given, else the raw
-    `text` string (for a text encoder trained jointly), else nothing. With `defer_decoding` (`--gpu_decode`) the
-    image is left for the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`.
-    Images stored as paths are read from `image_folders` only (`image_paths.ImageFiles`, with
-    `image_paths.dataset_folders(--dataset)`). An image that is refused or cannot be decoded is an error naming
-    `split` and the row (`data_checks.read_image`)."""
+    `text` string (for a text encoder trained jointly), else nothing; with `ingredient_column`, the row's ingredients
+    as multi-hot `ingredient_labels` (num_ingredients,). With `defer_decoding` (`--gpu_decode`) the image is left for
+    the training step to decode: `image` (see `device_decoding.deferred_image`) and its `row`. Images stored as paths
+    are read from `image_folders` only (`image_paths.ImageFiles`, with `image_paths.dataset_folders(--dataset)`). An
+    image that is refused or cannot be decoded is an error naming `split` and the row (`data_checks.read_image`)."""
 
     def __init__(
         self,
@@ -62,12 +62,16 @@ class ImageTextExamples(torch.utils.data.Dataset):
         defer_decoding=False,
         split=None,
         image_folders=(),
+        ingredient_column=None,
+        num_ingredients=0,
     ):
-        columns = [image_column, label_column] + ([text_column] if text_column is not None else [])
-        self.dataset = undecoded_images(dataset.select_columns(columns), image_column)
+        optional = [column for column in (text_column, ingredient_column) if column is not None]
+        self.dataset = undecoded_images(dataset.select_columns([image_column, label_column, *optional]), image_column)
         self.image_column = image_column
         self.label_column = label_column
         self.text_column = text_column
+        self.ingredient_column = ingredient_column
+        self.num_ingredients = num_ingredients
         self.text_embeds = text_embeds
         self.preprocessing = preprocessing
         self.defer_decoding = defer_decoding
@@ -95,6 +99,9 @@ class ImageTextExamples(torch.utils.data.Dataset):
             example["text_embeds"] = self.text_embeds[index]
         elif self.text_column is not None:
             example["text"] = row[self.text_column]
+        if self.ingredient_column is not None:
+            example["ingredient_labels"] = torch.zeros(self.num_ingredients)  # (K,) multi-hot
+            example["ingredient_labels"][row[self.ingredient_column]] = 1.0
         return example
 
 
@@ -107,9 +114,9 @@ def undecoded_images(dataset, image_column):
 
 class MARNetCollator:
     """Examples -> a batch of `pixel_values` (B, C, H, W; uint8 until the training step normalises them), `labels`
-    (B,) and, when the examples carry text, `text_embeds` (B, D) or the text tokenized as `encoding` says
-    (`text_input_ids`, `text_attention_mask`: (B, T)). Deferred images (`--gpu_decode`) stay a list, with their
-    `rows`."""
+    (B,), `ingredient_labels` (B, K) when the examples carry them and, when they carry text, `text_embeds` (B, D) or
+    the text tokenized as `encoding` says (`text_input_ids`, `text_attention_mask`: (B, T)). Deferred images
+    (`--gpu_decode`) stay a list, with their `rows`."""
 
     def __init__(self, tokenizer=None, encoding=None):
         self.tokenizer = tokenizer
@@ -125,6 +132,8 @@ class MARNetCollator:
         else:
             batch["images"] = [example["image"] for example in examples]
             batch["rows"] = [example["row"] for example in examples]
+        if "ingredient_labels" in examples[0]:
+            batch["ingredient_labels"] = torch.stack([example["ingredient_labels"] for example in examples])
         if "text_embeds" in examples[0]:
             batch["text_embeds"] = torch.stack([example["text_embeds"] for example in examples])
         elif "text" in examples[0] and self.tokenizer is not None:

@@ -12,7 +12,13 @@ from ..modeling_marnet import LOSS_WEIGHT_FIELDS, weighted_loss
 from .metrics import ClassificationMetrics
 
 # Terms that shape the representation but do not train an inference-time classifier: the ones a warm-up ramps.
-AUXILIARY_TERMS = ("alignment_loss", "reconstruction_loss", "text_classification_loss", "distillation_loss")
+AUXILIARY_TERMS = (
+    "alignment_loss",
+    "reconstruction_loss",
+    "text_classification_loss",
+    "distillation_loss",
+    "ingredient_loss",
+)
 # Classification terms and the output logits each one is the cross-entropy of.
 CLASSIFICATION_TERMS = {
     "visual_classification_loss": "visual_logits",

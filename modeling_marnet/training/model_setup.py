@@ -15,7 +15,7 @@ from marnet_cli.files import refuse_missing_local_path
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
 from .data import processor_image_size, set_processor_image_size, standard_image_processor
-from .data_checks import check_text_column
+from .data_checks import check_text_column, ingredient_vocabulary
 from .memory_check import check_model_fits
 from .text_features import load_text_encoder
 
@@ -28,6 +28,7 @@ RUNTIME_FIELDS = {
     "reconstruction_ce_weight",
     "reconstruction_loss_weight",
     "fusion_ce_weight",
+    "ingredient_loss_weight",
     "num_inference_steps",
     "sampler",
     "sampler_seed",
@@ -59,7 +60,9 @@ def build_model_parts(args, splits):
         refuse_missing_local_path(getattr(args, option), f"--{option}")
     checkpoint_config = load_checkpoint_config(args, splits.label_names) if args.model_name_or_path else None
     text_encoder, tokenizer = load_text_source(args, splits.train, checkpoint_config)
-    config = checkpoint_config or new_model_config(args, splits.label_names, text_encoder and text_encoder.hidden_size)
+    config = checkpoint_config or new_model_config(args, splits, text_encoder and text_encoder.hidden_size)
+    if checkpoint_config is not None and trains_ingredients(checkpoint_config):
+        check_checkpoint_ingredients(args, splits.train, checkpoint_config)
     model = build_model(args, config)
     if args.gradient_checkpointing:
         _validated(lambda: model.gradient_checkpointing_enable({"use_reentrant": False}), "--gradient_checkpointing")
@@ -71,11 +74,24 @@ def build_model_parts(args, splits):
 
 
 def ablation_name(config):
-    """The ablation row a config matches (`baseline`, ..., `full`), or `custom`."""
-    for name, fields in ABLATIONS.items():
-        if all(getattr(config, key) == value for key, value in fields.items()):
-            return name
-    return "custom"
+    """The ablation row a config matches (`baseline`, ..., `full`), or `custom`; `+ingredients` when its ingredient
+    head trains (`ingredients` for the baseline's)."""
+    name = next(
+        (
+            name
+            for name, fields in ABLATIONS.items()
+            if name != "ingredients" and all(getattr(config, key) == value for key, value in fields.items())
+        ),
+        "custom",
+    )
+    if trains_ingredients(config):
+        return "ingredients" if name == "baseline" else f"{name}+ingredients"
+    return name
+
+
+def trains_ingredients(config):
+    """Whether training reads the dataset's ingredient column (a weighted ingredient head)."""
+    return config.ingredient_loss_weight > 0
 
 
 def needs_text(config_or_ablation):
@@ -198,10 +214,28 @@ def load_checkpoint_config(args, label_names):
     return config
 
 
-def new_model_config(args, label_names, text_hidden_size):
-    """A MARNetConfig of the `--ablation` row with the command-line overrides and the dataset's labels."""
+def check_checkpoint_ingredients(args, train, config):
+    """A checkpoint's ingredient head must be trained on the ingredients it was built for."""
+    names = ingredient_vocabulary(train, args.train_split, args.ingredient_column)
+    if names != config.ingredient_names:
+        raise CLIError(
+            f"Column {args.ingredient_column!r} names {len(names)} ingredients ({', '.join(names[:5])}...) but the "
+            f"checkpoint's ingredient head predicts {config.num_ingredients} others "
+            f"({', '.join((config.ingredient_names or [])[:5])}...). Train with the checkpoint's ingredient "
+            "vocabulary, or without the head (--marnet_config ingredient_loss_weight=0)."
+        )
+
+
+def new_model_config(args, splits, text_hidden_size):
+    """A MARNetConfig of the `--ablation` row with the command-line overrides, the dataset's labels and, for a
+    weighted ingredient head, the dataset's ingredients."""
     fields = _config_overrides(args)
+    label_names = splits.label_names
     fields.update(id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+    ingredient_weight = {**ABLATIONS[args.ablation or "full"], **fields}.get("ingredient_loss_weight", 0)
+    if isinstance(ingredient_weight, (int, float)) and ingredient_weight > 0:  # a bad value: MARNetConfig says so
+        names = ingredient_vocabulary(splits.train, args.train_split, args.ingredient_column)
+        fields.update(num_ingredients=len(names), ingredient_names=names)
     if text_hidden_size is not None:
         fields["text_hidden_size"] = text_hidden_size
     return _validated(lambda: MARNetConfig.from_ablation(args.ablation or "full", **fields), "MARNet configuration")

@@ -195,11 +195,15 @@ class MARNetWithTextEncoder(nn.Module):
         self.classifier = classifier
         self.text_encoder = text_encoder
 
-    def forward(self, pixel_values, labels=None, text_input_ids=None, text_attention_mask=None):
+    def forward(
+        self, pixel_values, labels=None, text_input_ids=None, text_attention_mask=None, ingredient_labels=None
+    ):
         text_embeds = None
         if text_input_ids is not None:
             text_embeds = self.text_encoder(text_input_ids, text_attention_mask)  # (B, D)
-        return self.classifier(pixel_values=pixel_values, labels=labels, text_embeds=text_embeds)
+        return self.classifier(
+            pixel_values=pixel_values, labels=labels, text_embeds=text_embeds, ingredient_labels=ingredient_labels
+        )
 
 
 def _encoder_digest(text_encoder, tokenizer):
