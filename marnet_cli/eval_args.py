@@ -4,8 +4,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from modeling_marnet.corruptions import CORRUPTIONS, SEVERITIES
-
 from .errors import UsageError
 from .options import MARNetArgumentParser
 
@@ -56,9 +54,9 @@ class EvalArguments:
     corruption: str | None = field(
         default=None,
         metadata={
-            "choices": list(CORRUPTIONS),
-            "help": "Corrupt every image after decoding and before the image processor (ImageNet-C style, "
-            "deterministic per image; docs/robustness.md).",
+            "help": "Corrupt every image after decoding and before the image processor: gaussian_noise, shot_noise, "
+            "impulse_noise, gaussian_blur, defocus_blur, pixelate, jpeg_compression, contrast or occlusion "
+            "(ImageNet-C style, deterministic per image; docs/robustness.md).",
         },
     )
     severity: int | None = field(
@@ -88,8 +86,15 @@ class EvalArguments:
                 "--corruption and --severity go together: give both (e.g. --corruption gaussian_noise --severity 3) "
                 f"or neither; got --corruption {self.corruption} --severity {self.severity}."
             )
-        if self.severity is not None and self.severity not in SEVERITIES:
+        if self.severity is not None and self.severity not in range(1, 6):
             raise UsageError(f"--severity must be an integer in 1-5, got {self.severity}.")
+        if self.corruption is not None:
+            from modeling_marnet.corruptions import check_corruption  # torch: only once the options are parsed
+
+            try:
+                check_corruption(self.corruption, self.severity)
+            except ValueError as error:
+                raise UsageError(f"--corruption: {error}") from None
 
 
 def parse_eval_args(argv=None):

@@ -480,6 +480,7 @@ def train(training_run):
                     state,
                     training_run.scheduler,
                     args.save_total_limit,
+                    training_run.run_record,
                 )
                 last_checkpointed = state.global_step
     progress.close()

@@ -174,6 +174,10 @@ TRAIN_CHECKPOINT = [
     "out",
 ]
 EVAL = [
+    "--corruption",
+    "occlusion",
+    "--severity",
+    "2",
     "--model_name_or_path",
     "run",
     "--dataset",

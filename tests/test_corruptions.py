@@ -64,3 +64,12 @@ def test_bad_arguments_are_clear_errors():
         corrupt(image, "contrast", 6)
     with pytest.raises(ValueError, match=r"uint8 RGB image \(3, H, W\), got torch.float32"):
         corrupt(image.float(), "contrast", 1)
+
+
+def test_marnet_eval_help_names_every_corruption():
+    from dataclasses import fields
+
+    from marnet_cli.eval_args import EvalArguments
+
+    help_text = next(f for f in fields(EvalArguments) if f.name == "corruption").metadata["help"]
+    assert all(name in help_text for name in CORRUPTIONS)

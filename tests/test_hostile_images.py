@@ -131,6 +131,7 @@ def test_a_run_reads_image_paths_from_its_local_dataset_folder_only(tmp_path):
         dataset=str(dataset), train_split="train", validation_split="validation", test_split="test",
         train_val_split=None, eval_strategy="epoch", image_column="image", label_column="label",
         max_train_samples=None, max_eval_samples=None, seed=0,
+        train_dir=None, validation_dir=None, dataset_config_name=None,
     )  # fmt: skip
     assert load_splits(args).image_folders == (dataset,)
     assert dataset_folders(dataset / "train.parquet") == (dataset,)

@@ -169,7 +169,10 @@ def load_splits(args):
         train = first_rows(train, args.max_train_samples)
     if args.max_eval_samples is not None:
         validation, test = (first_rows(split, args.max_eval_samples) for split in (validation, test))
-    return Splits(train, validation, test, label_names, dataset_folders(args.dataset))
+    # An image-folder dataset (--train_dir/--validation_dir) names files in both folders.
+    validation_dir = args.validation_dir if args.train_dir else None
+    own_folders = (*dataset_folders(args.dataset), *(dataset_folders(validation_dir) if validation_dir else ()))
+    return Splits(train, validation, test, label_names, tuple(own_folders))
 
 
 def first_rows(split, count):
