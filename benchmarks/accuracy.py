@@ -872,6 +872,7 @@ def final(args, context, chosen):
     for fraction in args.train_fractions:
         for (proxy, row), template in chosen.items():
             runs += [Run(row, proxy, fraction, template.point, template.weights, seed) for seed in args.seeds]
+    runs.sort(key=lambda run: run.seed)  # seed by seed: an interrupted call leaves whole seeds, every row paired
     records = execute(args, runs, context)
     results = {}
     for proxy in args.proxies:
