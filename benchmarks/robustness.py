@@ -15,6 +15,11 @@ and severity (`corrupted`), each corruption (mean over severities) and each fami
 baseline with their 95 % intervals; the seed-to-seed std per family (stability) and, from the paired std of the
 `corrupted` difference, how many seeds an interval of +-`--target-half-width` points would need.
 
+`--cache-dir DIR` keeps each model's scores (one JSON file per run folder, variant, split and image count, keyed by
+the weights file's size and modification time): a later call with more seeds or rows scores only what is new, and a
+level every model already has is not even prepared. Models run channels-last (1.4-1.7x faster on CPU for
+convolutional towers, the same predictions up to float rounding).
+
 `--variant NAME:FIELD=VALUE[,FIELD=VALUE]` adds, for every row whose model config has those fields, a row scored with
 them changed at inference (e.g. `--variant ddim:sampler=ddim`, `--variant visual:classifier_input=visual`).
 
@@ -25,6 +30,7 @@ them changed at inference (e.g. `--variant ddim:sampler=ddim`, `--variant visual
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +38,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -42,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 from marnet_cli.files import atomic_write_json  # noqa: E402
 from modeling_marnet.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, ImageCorruption  # noqa: E402
@@ -73,6 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
     parser.add_argument("--max-samples", type=int, help="the first N rows of the split (default: all)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--cache-dir", type=Path, help="keep each model's scores here and reuse them (see above)")
     parser.add_argument("--target-half-width", type=float, default=1.0, help="points; for the seeds-needed estimate")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness.json")
     args = parser.parse_args(argv)
@@ -104,8 +112,8 @@ def _variant(parser, text):
     if not separator or not changes or len(changes) != len(assignments.split(",")):
         parser.error(f"--variant {text!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE].")
     return name, {
-        field: json.loads(value) if re.fullmatch(r"[-\d.]+|true|false", value) else value
-        for field, value in changes.items()
+        key: json.loads(value) if re.fullmatch(r"[-\d.]+|true|false", value) else value
+        for key, value in changes.items()
     }
 
 
@@ -126,21 +134,52 @@ def levels(args):
     return [(CLEAN, 0)] + [(name, severity) for name in args.corruptions for severity in args.severities]
 
 
+@dataclass
+class ScoredModel:
+    """One (row, seed) to score: its run folder, the config changes of its variant ({} for none), its image
+    processor, the model itself once loaded, and its top-1 per level key (from the cache or scored here)."""
+
+    row: str
+    seed: int
+    folder: Path
+    changes: dict
+    processor: object
+    model: object = None
+    top1: dict = field(default_factory=dict)
+
+    def load(self):
+        if self.model is None:
+            model = AutoModelForImageClassification.from_pretrained(self.folder).eval()
+            for name, value in self.changes.items():
+                setattr(model.config, name, value)
+            self.model = model.to(memory_format=torch.channels_last)
+        return self.model
+
+
 def load_models(args):
-    """[(row, seed, model, processor)] with every variant's rows after its source row."""
+    """[ScoredModel] with every variant's rows after its source row (models load when first scored)."""
     models = []
     for row, seeds in args.rows.items():
         for seed, folder in seeds.items():
-            model = AutoModelForImageClassification.from_pretrained(folder).eval()
             processor = AutoImageProcessor.from_pretrained(folder)
-            models.append((row, seed, model, processor))
+            models.append(ScoredModel(row, seed, folder, {}, processor))
+            config = AutoConfig.from_pretrained(folder)
             for variant, changes in args.variants.items():
-                if all(hasattr(model.config, field) for field in changes):
-                    changed = AutoModelForImageClassification.from_pretrained(folder).eval()
-                    for field, value in changes.items():
-                        setattr(changed.config, field, value)
-                    models.append((f"{row}[{variant}]", seed, changed, processor))
+                if all(hasattr(config, name) for name in changes):
+                    models.append(ScoredModel(f"{row}[{variant}]", seed, folder, changes, processor))
     return models
+
+
+def cache_file(args, entry):
+    """The cache file of one model's scores, or None without --cache-dir. The key changes when the weights, the
+    variant, the dataset, the split or the number of images change."""
+    if args.cache_dir is None:
+        return None
+    weights = sorted(entry.folder.glob("*.safetensors")) or sorted(entry.folder.glob("*.bin"))
+    stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    key = [str(entry.folder.resolve()), stamp, entry.changes, str(args.dataset), args.split, args.max_samples]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return args.cache_dir / f"{digest}.json"
 
 
 def batches(split, args, processor, level):
@@ -151,7 +190,10 @@ def batches(split, args, processor, level):
     examples = ImageTextExamples(split, args.image_column, args.label_column, preprocessing, split=args.split)
     normalize = model_inputs(processor, preprocessing)
     loader = DataLoader(examples, batch_size=args.batch_size, collate_fn=MARNetCollator())
-    return [(batch["pixel_values"], batch["labels"]) for batch in map(normalize, loader)]
+    return [
+        (batch["pixel_values"].contiguous(memory_format=torch.channels_last), batch["labels"])
+        for batch in map(normalize, loader)
+    ]
 
 
 @torch.inference_mode()
@@ -175,17 +217,32 @@ def score(args):
     if args.max_samples:
         split = split.select(range(min(args.max_samples, len(split))))
     models = load_models(args)
+    for entry in models:
+        cached = cache_file(args, entry)
+        if cached is not None and cached.is_file():
+            entry.top1 = json.loads(cached.read_text())
     groups = {}
     for entry in models:
-        groups.setdefault(entry[3].to_json_string(), []).append(entry)
-    scores = {}
+        groups.setdefault(entry.processor.to_json_string(), []).append(entry)
     for level in levels(args):
-        started = time.perf_counter()
+        key, started, scored = level_key(level), time.perf_counter(), 0
         for group in groups.values():
-            prepared = batches(split, args, group[0][3], level)
-            for row, seed, model, _ in group:
-                scores.setdefault(row, {}).setdefault(seed, {})[level_key(level)] = top1_per_branch(model, prepared)
-        print(f"{level_key(level)}: {len(models)} models in {time.perf_counter() - started:.1f} s", flush=True)
+            missing = [entry for entry in group if key not in entry.top1]
+            if not missing:
+                continue
+            prepared = batches(split, args, group[0].processor, level)
+            for entry in missing:
+                entry.top1[key] = top1_per_branch(entry.load(), prepared)
+                scored += 1
+        print(f"{key}: {scored} of {len(models)} models scored in {time.perf_counter() - started:.1f} s", flush=True)
+    scores = {}
+    for entry in models:
+        cached = cache_file(args, entry)
+        if cached is not None:
+            atomic_write_json(cached, entry.top1)
+        scores.setdefault(entry.row, {})[entry.seed] = {
+            level_key(level): entry.top1[level_key(level)] for level in levels(args)
+        }
     return scores, len(split)
 
 

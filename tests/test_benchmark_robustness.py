@@ -4,6 +4,7 @@ consistent with the per-seed numbers, and the JSON and plot written."""
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ def report(tmp_path_factory):
         "baseline": save_row(root / "vit", lambda: ViTForImageClassification(ViTConfig(**VIT, **LABELS))),
         "marnet": save_row(root / "marnet", lambda: MARNetForImageClassification(marnet)),
         "output": root / "out" / "robustness.json",
+        "cache": root / "cache",
     }
     argv = [
         "--dataset",
@@ -71,8 +73,9 @@ def report(tmp_path_factory):
         "--output",
         str(paths["output"]),
     ]
-    argv += ["--variant", "ddim:sampler=ddim"]
+    argv += ["--variant", "ddim:sampler=ddim", "--cache-dir", str(paths["cache"])]
     assert load_script().main(argv) == 0
+    paths["argv"] = argv
     return paths, json.loads(paths["output"].read_text())
 
 
@@ -126,3 +129,22 @@ def test_rows_on_different_seeds_are_refused(report, tmp_path, capsys):
         load_script().main([*argv, "--output", str(tmp_path / "r.json")])
     assert exit_info.value.code == 2 and not (tmp_path / "r.json").exists()
     assert "must have the same seeds: [0] against the baseline's [0, 1]" in capsys.readouterr().err
+
+
+def test_cached_scores_are_reused_until_the_weights_change(report, tmp_path, capsys):
+    paths, results = report
+    argv = [*paths["argv"][: paths["argv"].index("--output")], "--output", str(tmp_path / "again.json")]
+    argv += ["--variant", "ddim:sampler=ddim", "--cache-dir", str(paths["cache"])]
+    capsys.readouterr()
+    assert load_script().main(argv) == 0
+    assert "clean: 0 of 6 models scored" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again.json").read_text())["top1"] == results["top1"]
+
+    changed = tmp_path / "changed"  # the baseline row again, its seed 1 retrained (other weights, same folder name)
+    shutil.copytree(paths["baseline"], changed)
+    torch.manual_seed(123)
+    ViTForImageClassification(ViTConfig(**VIT, **LABELS)).save_pretrained(changed / "seed-1")
+    argv[argv.index(f"vit={paths['baseline']}")] = f"vit={changed}"
+    assert load_script().main(argv) == 0
+    out = capsys.readouterr().out
+    assert "clean: 2 of 6 models scored" in out  # the copied folder's seed 0 and its retrained seed 1, not MARNet
