@@ -75,6 +75,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--row", action="append", required=True, metavar="NAME=DIR", help="a row; the first is the baseline"
     )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="score these seeds of every row (default: the seeds the rows have)"
+    )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]")
     parser.add_argument("--corruptions", nargs="+", choices=list(CORRUPTIONS), default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
@@ -85,6 +88,11 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "robustness.json")
     args = parser.parse_args(argv)
     args.rows = dict(_row(parser, text) for text in args.row)
+    if args.seeds:
+        for row, seeds in args.rows.items():
+            if missing := sorted(set(args.seeds) - set(seeds)):
+                parser.error(f"--seeds: row {row} has no finished run (config.json) for seeds {missing}.")
+            args.rows[row] = {seed: seeds[seed] for seed in args.seeds}
     baseline, *others = args.rows
     for row in others:
         if set(args.rows[row]) != set(args.rows[baseline]):

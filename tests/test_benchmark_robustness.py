@@ -129,6 +129,10 @@ def test_rows_on_different_seeds_are_refused(report, tmp_path, capsys):
         load_script().main([*argv, "--output", str(tmp_path / "r.json")])
     assert exit_info.value.code == 2 and not (tmp_path / "r.json").exists()
     assert "must have the same seeds: [0] against the baseline's [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --seeds asks for the one seed both rows finished: accepted, then a missing one
+        load_script().parse_args([*argv, "--seeds", "0", "1"])
+    assert "--seeds: row other has no finished run (config.json) for seeds [1]" in capsys.readouterr().err
+    assert set(load_script().parse_args([*argv, "--seeds", "0"]).rows["other"]) == {0}
 
 
 def test_cached_scores_are_reused_until_the_weights_change(report, tmp_path, capsys):
