@@ -388,7 +388,9 @@ def plot(results, args, path):
 
 
 def report(results):
-    """The paired table as text: row, clean and corrupted top-1 and their paired differences with 95 % intervals."""
+    """The paired table as text (row, clean and corrupted top-1 and their paired differences with 95 % intervals),
+    then per row and head (the model's logits and, for MARNet, each branch) the seed-to-seed std of top-1: clean,
+    over all corruptions, per family."""
     lines = [
         f"{'row':32} {'clean':>16} {'corrupted':>16} {'paired clean':>18} {'paired corrupted':>18} seeds-for-target"
     ]
@@ -401,6 +403,19 @@ def report(results):
             f"{format_interval(paired['corrupted'], signed=True) if paired else '':>18} "
             f"{entry.get('seeds_for_target', '')}"
         )
+    families = [f"family/{family}" for family in FAMILIES if f"family/{family}" in entry["mean"]]
+    lines += [
+        "",
+        f"{'seed std of top-1 (points)':48} {'clean':>7} {'corrupted':>9} "
+        + " ".join(f"{key.split('/')[1]:>9}" for key in families),
+    ]
+    for row, heads in results["summary"].items():
+        for head, entry in heads.items():
+            stds = [entry["mean"][key]["std"] for key in (CLEAN, "corrupted", *families)]
+            lines.append(
+                f"{row + ' ' + head:48} "
+                + " ".join(f"{'-' if std is None else f'{std:.2f}':>{9 if i else 7}}" for i, std in enumerate(stds))
+            )
     return "\n".join(lines)
 
 

@@ -152,3 +152,12 @@ def test_cached_scores_are_reused_until_the_weights_change(report, tmp_path, cap
     assert load_script().main(argv) == 0
     out = capsys.readouterr().out
     assert "clean: 2 of 6 models scored" in out  # the copied folder's seed 0 and its retrained seed 1, not MARNet
+
+
+def test_report_gives_each_branch_its_seed_std(report):
+    _, results = report
+    lines = load_script().report(results).splitlines()
+    row = next(line for line in lines if line.startswith("marnet reconstruction "))
+    entry = results["summary"]["marnet"]["reconstruction"]["mean"]
+    expected = [entry[key]["std"] for key in ("clean", "corrupted", "family/noise", "family/occlusion")]
+    assert [float(value) for value in row.split()[2:]] == pytest.approx(expected, abs=0.006)
