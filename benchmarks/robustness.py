@@ -20,8 +20,9 @@ the weights file's size and modification time): a later call with more seeds or 
 level every model already has is not even prepared. Models run channels-last (1.4-1.7x faster on CPU for
 convolutional towers, the same predictions up to float rounding).
 
-`--variant NAME:FIELD=VALUE[,FIELD=VALUE]` adds, for every row whose model config has those fields, a row scored with
-them changed at inference (e.g. `--variant ddim:sampler=ddim`, `--variant visual:classifier_input=visual`).
+`--variant NAME:FIELD=VALUE[,FIELD=VALUE]` adds, for every row whose model config has those fields (or only the rows of
+`--variant-rows`), a row scored with them changed at inference (e.g. `--variant ddim:sampler=ddim`,
+`--variant visual:classifier_input=visual`).
 
     python benchmarks/robustness.py --dataset DATA --split test \\
         --row baseline=runs/shared-train0.25/baseline/lr0.001-x1 \\
@@ -79,6 +80,7 @@ def parse_args(argv=None):
         "--seeds", nargs="+", type=int, help="score these seeds of every row (default: the seeds the rows have)"
     )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]")
+    parser.add_argument("--variant-rows", nargs="+", metavar="ROW", help="rows the variants apply to (default: all)")
     parser.add_argument("--corruptions", nargs="+", choices=list(CORRUPTIONS), default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
     parser.add_argument("--max-samples", type=int, help="the first N rows of the split (default: all)")
@@ -101,6 +103,8 @@ def parse_args(argv=None):
                 f"the baseline's {sorted(args.rows[baseline])} (a seed whose run did not finish has no config.json)."
             )
     args.variants = dict(_variant(parser, text) for text in args.variant)
+    if unknown := sorted(set(args.variant_rows or ()) - set(args.rows)):
+        parser.error(f"--variant-rows: {unknown} are not rows; the rows are {list(args.rows)}.")
     return args
 
 
@@ -172,6 +176,8 @@ def load_models(args):
             processor = AutoImageProcessor.from_pretrained(folder)
             models.append(ScoredModel(row, seed, folder, {}, processor))
             config = AutoConfig.from_pretrained(folder)
+            if args.variant_rows is not None and row not in args.variant_rows:
+                continue
             for variant, changes in args.variants.items():
                 if all(hasattr(config, name) for name in changes):
                     models.append(ScoredModel(f"{row}[{variant}]", seed, folder, changes, processor))

@@ -161,3 +161,17 @@ def test_report_gives_each_branch_its_seed_std(report):
     entry = results["summary"]["marnet"]["reconstruction"]["mean"]
     expected = [entry[key]["std"] for key in ("clean", "corrupted", "family/noise", "family/occlusion")]
     assert [float(value) for value in row.split()[2:]] == pytest.approx(expected, abs=0.006)
+
+
+def test_variants_apply_to_the_rows_asked_for(report, capsys):
+    paths, _ = report
+    script = load_script()
+    argv = ["--dataset", str(paths["dataset"]), "--row", f"vit={paths['baseline']}", "--row", f"m={paths['marnet']}"]
+    argv += ["--variant", "ddim:sampler=ddim"]
+    rows = {entry.row for entry in script.load_models(script.parse_args(argv))}
+    assert rows == {"vit", "m", "m[ddim]"}
+    rows = {entry.row for entry in script.load_models(script.parse_args([*argv, "--variant-rows", "vit"]))}
+    assert rows == {"vit", "m"}  # the ViT has no sampler; MARNet is not asked for
+    with pytest.raises(SystemExit):
+        script.parse_args([*argv, "--variant-rows", "marnet"])
+    assert "--variant-rows: ['marnet'] are not rows; the rows are ['vit', 'm']" in capsys.readouterr().err
