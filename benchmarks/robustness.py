@@ -1,7 +1,7 @@
 """How accuracy holds up under image corruptions: run folders scored on a clean split and on every corruption and
 severity of `modeling_marnet.corruptions`, rows compared with a baseline seed by seed.
 
-Each `--row NAME=DIR` is a row of the comparison: DIR is one run folder (a saved image classifier with its image
+`--every K` scores every K-th image (a class-balanced subset of a split sorted by class). Each `--row NAME=DIR` is a row of the comparison: DIR is one run folder (a saved image classifier with its image
 processor, e.g. a marnet-train output) or a folder of them, one per seed, named `seed-N` (the layout
 `benchmarks/accuracy.py` writes). Rows are paired by seed with the first row (the baseline) and must have the same
 seeds. Every image is decoded once, corrupted once per (corruption, severity) and preprocessed once per image
@@ -84,6 +84,13 @@ def parse_args(argv=None):
     parser.add_argument("--corruptions", nargs="+", choices=list(CORRUPTIONS), default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
     parser.add_argument("--max-samples", type=int, help="the first N rows of the split (default: all)")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="every K-th row of the split (after --max-samples): a subset with every class of a class-sorted split",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cache-dir", type=Path, help="keep each model's scores here and reuse them (see above)")
     parser.add_argument("--target-half-width", type=float, default=1.0, help="points; for the seeds-needed estimate")
@@ -192,6 +199,7 @@ def cache_file(args, entry):
     weights = sorted(entry.folder.glob("*.safetensors")) or sorted(entry.folder.glob("*.bin"))
     stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
     key = [str(entry.folder.resolve()), stamp, entry.changes, str(args.dataset), args.split, args.max_samples]
+    key += [args.every] if args.every > 1 else []  # keys written before --every existed stay valid
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return args.cache_dir / f"{digest}.json"
 
@@ -230,6 +238,8 @@ def score(args):
     split = check_split(load_image_dataset(args.dataset), args.split, "--split")
     if args.max_samples:
         split = split.select(range(min(args.max_samples, len(split))))
+    if args.every > 1:
+        split = split.select(range(0, len(split), args.every))
     models = load_models(args)
     for entry in models:
         cached = cache_file(args, entry)
@@ -248,12 +258,11 @@ def score(args):
             for entry in missing:
                 entry.top1[key] = top1_per_branch(entry.load(), prepared)
                 scored += 1
+                if (cached := cache_file(args, entry)) is not None:
+                    atomic_write_json(cached, entry.top1)  # an interrupted call keeps what it scored
         print(f"{key}: {scored} of {len(models)} models scored in {time.perf_counter() - started:.1f} s", flush=True)
     scores = {}
     for entry in models:
-        cached = cache_file(args, entry)
-        if cached is not None:
-            atomic_write_json(cached, entry.top1)
         scores.setdefault(entry.row, {})[entry.seed] = {
             level_key(level): entry.top1[level_key(level)] for level in levels(args)
         }
@@ -437,6 +446,7 @@ def main(argv=None):
         "dataset": str(args.dataset),
         "split": args.split,
         "num_images": count,
+        "every": args.every,
         "baseline": baseline,
         "rows": {row: {str(seed): str(folder) for seed, folder in seeds.items()} for row, seeds in args.rows.items()},
         "variants": args.variants,

@@ -175,3 +175,13 @@ def test_variants_apply_to_the_rows_asked_for(report, capsys):
     with pytest.raises(SystemExit):
         script.parse_args([*argv, "--variant-rows", "marnet"])
     assert "--variant-rows: ['marnet'] are not rows; the rows are ['vit', 'm']" in capsys.readouterr().err
+
+
+def test_every_kth_image(report, tmp_path):
+    paths, results = report
+    argv = ["--dataset", str(paths["dataset"]), "--row", f"vit={paths['baseline']}", "--corruptions", "occlusion"]
+    argv += ["--severities", "5", "--every", "3", "--output", str(tmp_path / "every.json")]
+    assert load_script().main(argv) == 0
+    subset = json.loads((tmp_path / "every.json").read_text())
+    assert subset["num_images"] == 3 and subset["every"] == 3  # rows 0, 3 and 6 of 9
+    assert all(round(value * 3 / 100, 6).is_integer() for value in subset["top1"]["vit"]["0"]["clean"].values())
