@@ -1,7 +1,7 @@
 """How accuracy holds up under image corruptions: run folders scored on a clean split and on every corruption and
 severity of `modeling_marnet.corruptions`, rows compared with a baseline seed by seed.
 
-`--every K` scores every K-th image (a class-balanced subset of a split sorted by class). Each `--row NAME=DIR` is a row of the comparison: DIR is one run folder (a saved image classifier with its image
+Each `--row NAME=DIR` is a row of the comparison: DIR is one run folder (a saved image classifier with its image
 processor, e.g. a marnet-train output) or a folder of them, one per seed, named `seed-N` (the layout
 `benchmarks/accuracy.py` writes). Rows are paired by seed with the first row (the baseline) and must have the same
 seeds. Every image is decoded once, corrupted once per (corruption, severity) and preprocessed once per image
@@ -15,7 +15,8 @@ and severity (`corrupted`), each corruption (mean over severities) and each fami
 baseline with their 95 % intervals; the seed-to-seed std per family (stability) and, from the paired std of the
 `corrupted` difference, how many seeds an interval of +-`--target-half-width` points would need.
 
-`--cache-dir DIR` keeps each model's scores (one JSON file per run folder, variant, split and image count, keyed by
+`--every K` scores every K-th image (a class-balanced subset of a split sorted by class). `--cache-dir DIR` keeps
+each model's scores (one JSON file per run folder, variant, split and image count, keyed by
 the weights file's size and modification time): a later call with more seeds or rows scores only what is new, and a
 level every model already has is not even prepared. Models run channels-last (1.4-1.7x faster on CPU for
 convolutional towers, the same predictions up to float rounding).
