@@ -2,9 +2,9 @@
 more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (PIL's own limit, 89,478,485 by default; `None` turns it off, as in
 PIL) is refused before a pixel is decoded.
 
-A 49 KB PNG can declare 20000 x 20000 pixels, which torchvision's `decode_png` / `decode_jpeg` (CPU or nvJPEG) would
+A 49 KB PNG can declare 20000 x 20000 pixels, which TorchCodec's `decode_png` / `decode_jpeg` (CPU or nvJPEG) would
 decode into a 1.2 GB tensor: they have no limit of their own. So the sizes of PNGs and JPEGs are read here from
-their headers (the IHDR chunk, every JPEG frame header before the first scan) before torchvision sees them; an image
+their headers (the IHDR chunk, every JPEG frame header before the first scan) before TorchCodec sees them; an image
 whose size cannot be read that way goes to PIL, whose check is made strict (PIL only warns between one and two times
 the limit).
 """
@@ -70,7 +70,7 @@ def check_pixel_count(width, height):
 
 
 def header_checked(data):
-    """Whether the encoded image `data` is a PNG or JPEG whose header size is within the limit (then torchvision
+    """Whether the encoded image `data` is a PNG or JPEG whose header size is within the limit (then TorchCodec
     may decode it); False when its size is not in such a header (PIL must decode it, see [`pil_pixel_limit`]).
     Raises [`RefusedImage`] above the limit."""
     if data.startswith(PNG_SIGNATURE):
