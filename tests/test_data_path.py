@@ -105,6 +105,9 @@ ENCODINGS = {
     "png 16-bit": sixteen_bit,
     "webp": lambda image: encode(image, "WEBP", quality=90),
     "webp RGBA": lambda image: encode(with_alpha(image), "WEBP", quality=90),
+    "webp lossless": lambda image: encode(image, "WEBP", lossless=True),
+    "webp EXIF-rotated": lambda image: exif_rotated(image, "WEBP", quality=90),
+    "webp animated": lambda image: encode(image, "WEBP", save_all=True, append_images=[image.rotate(180)]),
     "gif": lambda image: encode(image.convert("P"), "GIF"),
     "gif transparent": lambda image: encode(image.convert("P"), "GIF", transparency=0),
     "bmp": lambda image: encode(image, "BMP"),
@@ -114,9 +117,8 @@ DECODED_BY_PIL = {
     "png P transparent",  # tRNS: the processor composites what PIL's info["transparency"] names on white
     "png RGB colour key",
     "png 16-bit",  # TorchCodec scales 16-bit samples to 8 bits otherwise than PIL
-    "webp",  # formats whose size pixel_limit.py does not read from the header: PIL checks its own limit
-    "webp RGBA",
-    "gif",
+    "webp animated",  # TorchCodec decodes every frame, PIL the first
+    "gif",  # formats whose size pixel_limit.py does not read from the header: PIL checks its own limit
     "gif transparent",
     "bmp",
 }

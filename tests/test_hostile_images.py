@@ -25,9 +25,9 @@ from modeling_marnet.training.pixel_limit import RefusedImage
 from train_fixtures import save_dataset
 
 
-def encode(image, image_format):
+def encode(image, image_format, **options):
     buffer = io.BytesIO()
-    image.save(buffer, image_format)
+    image.save(buffer, image_format, **options)
     return buffer.getvalue()
 
 
@@ -163,6 +163,16 @@ def jpeg_declaring(width, height, extra_small_frame=False, garbage=False):
     return data[:frame] + prefix + bytes(segment) + data[frame + 2 + length :]
 
 
+def webp_declaring(width, height):
+    """A small extended (VP8X) WebP whose canvas is patched to width x height."""
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 1  # an EXIF chunk makes Pillow write the extended format
+    data = bytearray(encode(PIL.Image.new("RGB", (16, 16), (10, 10, 200)), "WEBP", exif=exif.tobytes()))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
 @pytest.fixture(scope="module")
 def png_bomb():
     return png_declaring(20000, 20000)
@@ -173,6 +183,7 @@ BOMBS = {
     "JPEG": lambda png_bomb: jpeg_declaring(20000, 20000),
     "JPEG, second frame header": lambda png_bomb: jpeg_declaring(20000, 20000, extra_small_frame=True),
     "JPEG, bytes before the marker": lambda png_bomb: jpeg_declaring(20000, 20000, garbage=True),
+    "WebP": lambda png_bomb: webp_declaring(20000, 20000),
 }
 
 
@@ -189,7 +200,7 @@ def test_decompression_bombs_are_refused_before_decoding(png_bomb, bomb, defer_d
     assert "more than PIL.Image.MAX_IMAGE_PIXELS (89,478,485)" in message
 
 
-@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "BMP", "GIF"])
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "BMP", "GIF"])
 def test_the_limit_is_pils_own_setting_for_every_format(monkeypatch, image_format):
     """Between one and two times the limit PIL itself only warns; the data path refuses. Raising the limit (None:
     none) lets the image through, as in PIL."""

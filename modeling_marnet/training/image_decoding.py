@@ -1,5 +1,5 @@
-"""Decoding dataset images into uint8 RGB tensors: TorchCodec (libjpeg-turbo, libpng) where it gives exactly what PIL
-gives, PIL otherwise.
+"""Decoding dataset images into uint8 RGB tensors: TorchCodec (libjpeg-turbo, libpng, libwebp) where it gives exactly
+what PIL gives, PIL otherwise.
 
 The contract is what the image processor sees at inference: `pipeline` and `datasets` open an image with PIL, apply
 its EXIF orientation and convert it to RGB (`Image.convert("RGB")`: alpha dropped, palette looked up, grey
@@ -17,8 +17,12 @@ Routing ([`torchcodec_decoder`]), measured pixel by pixel against PIL and pinned
   and truncates 16-bit colour to the high byte (up to 254 and 1 levels apart).
 - PNG with a tRNS chunk (palette or colour-key transparency): PIL, whose `info["transparency"]` the processor's
   compositing on white reads.
-- Every other format (WebP, GIF, BMP, TIFF, ...): PIL. Only images whose size `pixel_limit.header_checked` read from
-  the header reach TorchCodec, which has no pixel limit of its own; PIL checks the others itself.
+- WebP of one frame (lossy or lossless, alpha dropped, EXIF orientation applied): TorchCodec, the same pixels.
+- Animated WebP: PIL, which decodes the first frame only; TorchCodec would decode every frame, however many.
+- Every other format (GIF, BMP, TIFF, ...): PIL. Only images whose size `pixel_limit.header_checked` read from the
+  header reach TorchCodec, which has no pixel limit of its own; PIL checks the others itself. (TorchCodec also gives
+  PIL's pixels for a GIF without transparency, but it decodes every frame, and only walking all of a GIF's blocks
+  tells how many there are.)
 
 torchvision's decoders, used here before, are deprecated since torchvision 0.29 (a DeprecationWarning at each decode).
 """
@@ -29,12 +33,21 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
-from torchcodec.decoders import decode_jpeg, decode_png
+from torchcodec.decoders import decode_jpeg, decode_png, decode_webp
 from transformers.image_transforms import convert_to_rgb
 
-from .pixel_limit import JPEG_SIGNATURE, PNG_SIGNATURE, RefusedImage, header_checked, pil_pixel_limit
+from .pixel_limit import (
+    JPEG_SIGNATURE,
+    PNG_SIGNATURE,
+    WEBP_FIRST_CHUNK,
+    RefusedImage,
+    header_checked,
+    is_webp,
+    pil_pixel_limit,
+)
 
 PNG_BIT_DEPTH_OFFSET = 24  # in the IHDR chunk, which always comes first
+WEBP_FLAGS_OFFSET, WEBP_ANIMATION_FLAG = 20, 0x02  # the first byte of a VP8X chunk's data
 # TorchCodec's errors start with where they were raised: "read_header_and_start, /path/DecodeJpeg.cpp:208, ".
 TORCHCODEC_ERROR_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
 
@@ -67,6 +80,8 @@ def torchcodec_decoder(data):
         return decode_jpeg
     if is_plain_png(data):
         return decode_png
+    if is_still_webp(data):
+        return decode_webp
     return None
 
 
@@ -78,6 +93,12 @@ def is_plain_png(data):
         and data[PNG_BIT_DEPTH_OFFSET] <= 8
         and b"tRNS" not in data[: data.find(b"IDAT")]
     )
+
+
+def is_still_webp(data):
+    """A WebP of one frame: a simple file (its first chunk VP8 or VP8L), or an extended one (VP8X) without the
+    animation flag."""
+    return is_webp(data) and not (data[WEBP_FIRST_CHUNK] == b"VP8X" and data[WEBP_FLAGS_OFFSET] & WEBP_ANIMATION_FLAG)
 
 
 def decode_with_torchcodec(decoder, data):
