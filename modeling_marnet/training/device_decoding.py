@@ -9,7 +9,8 @@ with its own EXIF reader, which stops at bytes between segments that libjpeg ski
 Outputs follow the CPU path up to rounding: nvJPEG's IDCT and the GPU's float resampling (torchvision resizes uint8
 on CUDA in float) may differ from libjpeg-turbo and the CPU's uint8 kernels by about one 8-bit level, and the
 augmentation policies run on tensors there instead of PIL images. Not measured: the machines this was written on
-have no GPU (BENCHMARKS.md gives the command to measure it)."""
+have no GPU (BENCHMARKS.md gives the command to measure it).
+"""
 
 import io
 

@@ -5,9 +5,8 @@ PIL) is refused before a pixel is decoded.
 A 49 KB PNG can declare 20000 x 20000 pixels, which TorchCodec's `decode_png` / `decode_jpeg` (CPU or nvJPEG) would
 decode into a 1.2 GB tensor: they have no limit of their own. So the sizes of PNGs, JPEGs and WebPs are read here
 from their headers (the IHDR chunk, every JPEG frame header before the first scan, WebP's first chunk) before
-TorchCodec sees them; an image
-whose size cannot be read that way goes to PIL, whose check is made strict (PIL only warns between one and two times
-the limit).
+TorchCodec sees them; an image whose size cannot be read that way goes to PIL, whose check is made strict (PIL only
+warns between one and two times the limit).
 """
 
 import contextlib
