@@ -11,7 +11,7 @@ Four measurements:
    evaluation path, old and new, interleaved round by round; the best round of each (other jobs only ever slow a
    round down, as with `timeit`). `old` is the code before issue 14, copied below: `datasets` decodes to PIL,
    torchvision v2 augments the PIL image, the image processor takes the batch of PIL images (decode, augment, resize
-   and normalise all in the worker). `new` is `training.examples`: torchvision decode, v2 on uint8 tensors, the
+   and normalise all in the worker). `new` is `training.examples`: TorchCodec decode, v2 on uint8 tensors, the
    processor's resize per image, its normalisation per batch, measured twice: normalising on the same core (CPU
    training), and without the normalisation, which the training step does on the accelerator (what a DataLoader
    worker then delivers per core).
