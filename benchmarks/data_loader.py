@@ -11,7 +11,7 @@ Four measurements:
    evaluation path, old and new, interleaved round by round; the best round of each (other jobs only ever slow a
    round down, as with `timeit`). `old` is the code before issue 14, copied below: `datasets` decodes to PIL,
    torchvision v2 augments the PIL image, the image processor takes the batch of PIL images (decode, augment, resize
-   and normalise all in the worker). `new` is `training.examples`: torchvision decode, v2 on uint8 tensors, the
+   and normalise all in the worker). `new` is `training.examples`: TorchCodec decode, v2 on uint8 tensors, the
    processor's resize per image, its normalisation per batch, measured twice: normalising on the same core (CPU
    training), and without the normalisation, which the training step does on the accelerator (what a DataLoader
    worker then delivers per core).
@@ -24,6 +24,11 @@ Four measurements:
    with its processor, the processor loaded with `backend="pil"` and with `use_fast=True` (torchvision).
 5. `gpu_decode_check` (CUDA, not in the default steps; also in `benchmarks/gpu_check.py`): `--gpu_decode`'s path
    against the CPU path, the evaluation pixel values' largest difference in 8-bit levels and the images/s of each.
+6. `decode`: decoding alone, images per CPU-second of one thread, the photos as JPEG and re-encoded as PNG and WebP:
+   `torchvision` (the decoding before the port to TorchCodec, copied below: torchvision's deprecated decoders for
+   JPEG and PNG, PIL for WebP), `torchcodec` (`training.image_decoding.decode_rgb`) and `pil` (`datasets` and
+   `convert("RGB")`, what the processor sees at inference), interleaved round by round, the best round of each, and
+   the ratios torchcodec / torchvision and torchcodec / pil.
 
 CPU (what this machine measures):
     python benchmarks/data_loader.py
@@ -43,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import datasets
@@ -51,6 +57,7 @@ import PIL.Image
 import skimage.data
 import torch
 from accelerate.utils import send_to_device
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 from torchvision.transforms import v2
 from transformers import AutoImageProcessor, ViTConfig, ViTImageProcessor, ViTModel, pipeline
 
@@ -65,6 +72,8 @@ from modeling_marnet.training.examples import (  # noqa: E402
     MARNetCollator,
     model_inputs,
 )
+from modeling_marnet.training.image_decoding import decode_rgb, decode_with_pil  # noqa: E402
+from modeling_marnet.training.pixel_limit import JPEG_SIGNATURE, PNG_SIGNATURE, header_checked  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cat")
 SIZES = {"512x384": (512, 384), "1024x768": (1024, 768)}
@@ -93,7 +102,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--presets", nargs="+", default=["crop_flip", "randaugment"], choices=tuple(POLICIES))
     parser.add_argument(
-        "--only", nargs="+", choices=("per_core", "parity", "end_to_end", "pipeline", "gpu_decode_check")
+        "--only", nargs="+", choices=("per_core", "parity", "end_to_end", "pipeline", "gpu_decode_check", "decode")
     )
     parser.add_argument("--tower", choices=tuple(TOWERS), default="small", help="Tower of the end-to-end runs.")
     parser.add_argument("--train-images", type=int, default=384, help="512x384 JPEGs in the end-to-end runs.")
@@ -106,6 +115,7 @@ def parse_args():
         "added modeling_marnet/training/image_decoding.py).",
     )
     parser.add_argument("--work-dir", help="Where data and runs go (default: a temporary directory, removed).")
+    parser.add_argument("--note", help="The conditions of the run (other load on the machine, ...), kept in the JSON.")
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "data_loader.json"))
     parser.add_argument("--plot", default=str(REPO_ROOT / "benchmarks" / "results" / "data_loader.png"))
     parser.add_argument("train_options", nargs="*", help="After `--`: extra marnet-train options (end to end).")
@@ -284,6 +294,83 @@ def gpu_decode_check(data, image_size, batch_size, device="cuda"):
     return results
 
 
+TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
+
+
+def torchvision_decode_rgb(data):
+    """`training.image_decoding.decode_rgb` before the port to TorchCodec, for the images measured here (3-channel
+    JPEGs, 8-bit RGB PNGs; WebP went to PIL): the same header check, then torchvision's deprecated decoders."""
+    if header_checked(data) and data.startswith((JPEG_SIGNATURE, PNG_SIGNATURE)):
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        decode = decode_jpeg if data.startswith(JPEG_SIGNATURE) else decode_png
+        mode = ImageReadMode.UNCHANGED if decode is decode_jpeg else ImageReadMode.RGB
+        return decode(encoded, mode, apply_exif_orientation=True)
+    return decode_with_pil({"bytes": data, "path": None})
+
+
+DECODERS = {
+    "torchvision": torchvision_decode_rgb,
+    "torchcodec": lambda data: decode_rgb({"bytes": data, "path": None}),
+    "pil": lambda data: decode_with_pil({"bytes": data, "path": None}),
+}
+
+
+def reencoded(jpegs):
+    """{format: encoded photos}: the JPEGs, and the same photos (decoded by PIL) as PNG and as WebP (quality 90)."""
+    images = [PIL.Image.open(io.BytesIO(data)) for data in jpegs]
+    formats = {"png": dict(format="PNG"), "webp": dict(format="WEBP", quality=90)}
+    encoded = {"jpeg": list(jpegs)}
+    for name, options in formats.items():
+        encoded[name] = []
+        for image in images:
+            buffer = io.BytesIO()
+            image.save(buffer, **options)
+            encoded[name].append(buffer.getvalue())
+    return encoded
+
+
+def decoded_per_cpu_second(decode, images):
+    """Images decoded per second of this process's CPU time (torchvision's deprecation warning at each decode
+    silenced: measuring it is the point)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", TORCHVISION_DEPRECATION, DeprecationWarning)
+        started = time.process_time()
+        for data in images:
+            decode(data)
+        return len(images) / (time.process_time() - started)
+
+
+def decode_rates(count, rounds):
+    """{size: {format: {decoder: best images/s}}} of one thread on `count` photos of each size, decoders interleaved
+    round by round."""
+    torch.set_num_threads(1)
+    results = {}
+    for size_name, size in SIZES.items():
+        encoded = reencoded(photos(*size, count))
+        samples = {image_format: {decoder: [] for decoder in DECODERS} for image_format in encoded}
+        for _ in range(rounds):
+            for image_format, images in encoded.items():
+                for decoder, decode in DECODERS.items():
+                    samples[image_format][decoder].append(decoded_per_cpu_second(decode, images))
+        results[size_name] = {
+            image_format: {decoder: max(values) for decoder, values in rates.items()}
+            for image_format, rates in samples.items()
+        }
+        print(size_name, "decode images/s:", results[size_name], flush=True)
+    return results
+
+
+def decode_ratios(rates):
+    """{size: {format: {"torchcodec / torchvision": ratio, "torchcodec / pil": ratio}}}."""
+    return {
+        size_name: {
+            image_format: {f"torchcodec / {other}": row["torchcodec"] / row[other] for other in ("torchvision", "pil")}
+            for image_format, row in formats.items()
+        }
+        for size_name, formats in rates.items()
+    }
+
+
 def baseline_ref():
     added = subprocess.run(
         ["git", "log", "--diff-filter=A", "--format=%H", "--", "modeling_marnet/training/image_decoding.py"],
@@ -433,7 +520,7 @@ def plot(per_core_results, path):
 
 def main():
     args = parse_args()
-    steps = args.only or ("per_core", "parity", "end_to_end", "pipeline")
+    steps = args.only or ("per_core", "parity", "decode", "end_to_end", "pipeline")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="marnet-data-loader-"))
     results = {
         "date": time.strftime("%Y-%m-%d"),
@@ -442,8 +529,11 @@ def main():
             "processor": platform.processor(),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "note": args.note,
         },
-        "config": {key: value for key, value in vars(args).items() if key not in ("output", "plot", "work_dir")},
+        "config": {
+            key: value for key, value in vars(args).items() if key not in ("output", "plot", "work_dir", "note")
+        },
     }
     try:
         if {"per_core", "parity", "gpu_decode_check"} & set(steps):
@@ -461,6 +551,9 @@ def main():
             plot(results["per_core"], args.plot)
         if "parity" in steps:
             results["parity_levels"] = parity(data, args.image_size)
+        if "decode" in steps:
+            results["decode"] = decode_rates(args.images, args.rounds)
+            results["decode_ratio"] = decode_ratios(results["decode"])
         if "gpu_decode_check" in steps:
             results["gpu_decode_check"] = gpu_decode_check(data, args.image_size, args.batch_size)
         if "end_to_end" in steps:

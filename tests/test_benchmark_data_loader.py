@@ -1,4 +1,5 @@
-"""benchmarks/data_loader.py on a few photos: the per-core rows, the pixel parity, the JSON and the plot it writes."""
+"""benchmarks/data_loader.py on a few photos: the per-core rows, the pixel parity, the decoders side by side, the JSON
+and the plot it writes."""
 
 import json
 import sys
@@ -8,10 +9,10 @@ from train_fixtures import REPO_ROOT, run_command
 SCRIPT = REPO_ROOT / "benchmarks" / "data_loader.py"
 
 
-def test_per_core_rows_and_parity_are_written(tmp_path):
+def test_per_core_rows_parity_and_decoders_are_written(tmp_path):
     output, plot = tmp_path / "data_loader.json", tmp_path / "data_loader.png"
     result = run_command(
-        [sys.executable, str(SCRIPT), "--only", "per_core", "parity", "--images", "2", "--rounds", "1"]
+        [sys.executable, str(SCRIPT), "--only", "per_core", "parity", "decode", "--images", "2", "--rounds", "1"]
         + ["--batch-size", "2", "--presets", "crop_flip", "--output", str(output), "--plot", str(plot)]
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,4 +28,9 @@ def test_per_core_rows_and_parity_are_written(tmp_path):
         ratios = results["per_core_ratio"][size]
         assert ratios["eval"] == results["per_core"][size]["eval new"] / results["per_core"][size]["eval old"]
     assert all(levels <= 1 for levels in results["parity_levels"].values())
+    for size, formats in results["decode"].items():
+        assert set(formats) == {"jpeg", "png", "webp"}
+        jpeg, ratios = formats["jpeg"], results["decode_ratio"][size]["jpeg"]
+        assert set(jpeg) == {"torchvision", "torchcodec", "pil"} and all(rate > 0 for rate in jpeg.values())
+        assert ratios["torchcodec / torchvision"] == jpeg["torchcodec"] / jpeg["torchvision"]
     assert plot.stat().st_size > 0

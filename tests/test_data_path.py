@@ -3,7 +3,7 @@ persistent workers, the deferred (`--gpu_decode`) path, loader defaults, and the
 folders.
 
 The contract is the image processor on the image as `datasets` decodes it (PIL, EXIF orientation applied) converted
-to RGB: the new path must give the same pixel values within one 8-bit level.
+to RGB: the new path must give the same pixel values within one 8-bit level, and the same decoded pixels exactly.
 """
 
 import io
@@ -14,7 +14,9 @@ import PIL.Image
 import pytest
 import skimage.data
 import torch
+import torchvision.io
 from torch.utils.data import DataLoader
+from torchcodec.decoders import decode_png
 from transformers import (
     AutoImageProcessor,
     BitImageProcessor,
@@ -24,6 +26,7 @@ from transformers import (
     pipeline,
 )
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+from transformers.image_transforms import convert_to_rgb
 
 from marnet_cli.errors import CLIError
 from modeling_marnet import MARNetForImageClassification
@@ -38,7 +41,7 @@ from modeling_marnet.training.examples import (
     default_num_workers,
     model_inputs,
 )
-from modeling_marnet.training.image_decoding import decode_rgb
+from modeling_marnet.training.image_decoding import decode_rgb, decode_with_torchcodec, torchcodec_decoder
 from modeling_marnet.training.image_paths import ImageFiles
 from tiny_marnet import IMAGE_SIZE, tiny_config
 from train_fixtures import (
@@ -57,10 +60,10 @@ def encode(image, image_format, **options):
     return buffer.getvalue()
 
 
-def exif_rotated(image):
+def exif_rotated(image, image_format="JPEG", **options):
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
-    return encode(image, "JPEG", quality=90, exif=exif.tobytes())
+    return encode(image, image_format, exif=exif.tobytes(), **options)
 
 
 def with_alpha(image):
@@ -75,6 +78,11 @@ def palette_with_transparency(image):
     return encode(palette, "PNG")
 
 
+def colour_key(image):
+    """An RGB PNG whose tRNS chunk marks the colour of the top-left pixel transparent."""
+    return encode(image, "PNG", transparency=image.getpixel((0, 0)))
+
+
 def sixteen_bit(image):
     grey = np.asarray(image.convert("L"), dtype=np.uint16) * 257
     return encode(PIL.Image.fromarray(grey), "PNG")  # mode I;16
@@ -84,17 +92,38 @@ ENCODINGS = {
     "jpeg RGB": lambda image: encode(image, "JPEG", quality=90),
     "jpeg L": lambda image: encode(image.convert("L"), "JPEG", quality=90),
     "jpeg CMYK": lambda image: encode(image.convert("CMYK"), "JPEG", quality=90),
-    "jpeg EXIF-rotated": exif_rotated,
+    "jpeg EXIF-rotated": lambda image: exif_rotated(image, quality=90),
+    "jpeg progressive": lambda image: encode(image, "JPEG", quality=90, progressive=True),
     "png RGB": lambda image: encode(image, "PNG"),
     "png L": lambda image: encode(image.convert("L"), "PNG"),
+    "png LA": lambda image: encode(with_alpha(image).convert("LA"), "PNG"),
     "png RGBA": lambda image: encode(with_alpha(image), "PNG"),
     "png P": lambda image: encode(image.convert("P", palette=PIL.Image.Palette.ADAPTIVE), "PNG"),
+    "png EXIF-rotated": lambda image: exif_rotated(image, "PNG"),
     "png P transparent": palette_with_transparency,
+    "png RGB colour key": colour_key,
     "png 16-bit": sixteen_bit,
     "webp": lambda image: encode(image, "WEBP", quality=90),
+    "webp RGBA": lambda image: encode(with_alpha(image), "WEBP", quality=90),
+    "webp lossless": lambda image: encode(image, "WEBP", lossless=True),
+    "webp EXIF-rotated": lambda image: exif_rotated(image, "WEBP", quality=90),
+    "webp animated": lambda image: encode(image, "WEBP", save_all=True, append_images=[image.rotate(180)]),
     "gif": lambda image: encode(image.convert("P"), "GIF"),
+    "gif transparent": lambda image: encode(image.convert("P"), "GIF", transparency=0),
     "bmp": lambda image: encode(image, "BMP"),
 }
+# The encodings that training/image_decoding.py leaves to PIL; TorchCodec decodes the others.
+DECODED_BY_PIL = {
+    "png P transparent",  # tRNS: the processor composites what PIL's info["transparency"] names on white
+    "png RGB colour key",
+    "png 16-bit",  # TorchCodec scales 16-bit samples to 8 bits otherwise than PIL
+    "webp animated",  # TorchCodec decodes every frame, PIL the first
+    "gif",  # formats whose size pixel_limit.py does not read from the header: PIL checks its own limit
+    "gif transparent",
+    "bmp",
+}
+# Of those, the ones TorchCodec decodes to other pixels, with `flatten_transparency` (as processors convert them).
+TORCHCODEC_DIFFERS = ("png P transparent", "png RGB colour key", "png 16-bit")
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +150,46 @@ def pil_reference(data):
     return datasets.Image().decode_example({"bytes": data, "path": None}).convert("RGB")
 
 
-def as_tensor(image):
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # (3, H, W)
+def as_tensor(pixels):
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # (3, H, W)
+
+
+def flattened_reference(data):
+    """`pil_reference` with transparent palette or colour-key pixels white, as processors with `do_convert_rgb`
+    composite them."""
+    return as_tensor(convert_to_rgb(pil_reference(data), return_numpy=True))
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
-def test_decoded_pixels_are_those_pil_gives(name, encoded):
-    decoded = decode_rgb({"bytes": encoded[name], "path": None})
-    expected = as_tensor(pil_reference(encoded[name]))
-    assert decoded.dtype == torch.uint8 and decoded.shape == expected.shape
-    assert (decoded.int() - expected.int()).abs().max() <= 1
+def test_decoded_pixels_are_exactly_those_pil_gives(name, encoded):
+    data = encoded[name]
+    for flatten_transparency, expected in ((False, as_tensor(pil_reference(data))), (True, flattened_reference(data))):
+        decoded = decode_rgb({"bytes": data, "path": None}, flatten_transparency)
+        assert decoded.dtype == torch.uint8 and decoded.shape == expected.shape
+        levels = int((decoded.int() - expected.int()).abs().max())
+        assert levels == 0, f"{name}, flatten_transparency={flatten_transparency}: {levels} levels from PIL's pixels"
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_each_encoding_goes_to_the_decoder_of_the_routing(name, encoded):
+    """With the test above: what goes to TorchCodec gives PIL's pixels, so the routing may move nothing else to it
+    without that test failing."""
+    decoder = torchcodec_decoder(encoded[name])
+    assert (decoder is None) == (name in DECODED_BY_PIL), f"{name} goes to {'PIL' if decoder is None else decoder}"
+
+
+@pytest.mark.parametrize("name", TORCHCODEC_DIFFERS)
+def test_what_pil_decodes_torchcodec_would_decode_otherwise(name, encoded):
+    """Why these stay on PIL; when a TorchCodec release gives PIL's pixels, this fails and they may move to it."""
+    differs = decode_with_torchcodec(decode_png, encoded[name]) != flattened_reference(encoded[name])
+    assert differs.any()
+
+
+def test_torchvisions_deprecated_decoders_fail_the_suite(encoded):
+    """setup.cfg's filterwarnings turns torchvision's deprecation of its decoders into an error: this fails when
+    torchvision words it otherwise and that entry stops matching."""
+    with pytest.raises(DeprecationWarning, match="decoding and encoding capabilities of TorchVision are deprecated"):
+        torchvision.io.decode_jpeg(torch.frombuffer(bytearray(encoded["jpeg RGB"]), dtype=torch.uint8))
 
 
 def test_images_stored_as_paths_are_read_from_disk(encoded, tmp_path):
@@ -212,7 +271,7 @@ def test_deferred_decoding_gives_the_workers_pixels(split):
     expected = MARNetCollator()([examples[row] for row in rows])
     batch = MARNetCollator()([deferred[row] for row in rows])
     left_encoded = [name for name, image in zip(ENCODINGS, batch["images"]) if isinstance(image, np.ndarray)]
-    assert left_encoded == ["jpeg RGB", "jpeg L"]  # CMYK and EXIF-rotated JPEGs are decoded by the workers
+    assert left_encoded == ["jpeg RGB", "jpeg L", "jpeg progressive"]  # CMYK, EXIF-rotated: decoded by the workers
     decoded = DeviceDecoding(examples.preprocessing, "cpu")(batch)
     assert "images" not in decoded and torch.equal(decoded["labels"], expected["labels"])
     assert torch.equal(decoded["pixel_values"], expected["pixel_values"])

@@ -21,13 +21,13 @@ from modeling_marnet.training.data import load_splits
 from modeling_marnet.training.examples import ImagePreprocessing, ImageTextExamples
 from modeling_marnet.training.image_decoding import decode_rgb
 from modeling_marnet.training.image_paths import MAX_IMAGE_FILE_BYTES, ImageFiles, dataset_folders
-from modeling_marnet.training.pixel_limit import RefusedImage
+from modeling_marnet.training.pixel_limit import RefusedImage, webp_size
 from train_fixtures import save_dataset
 
 
-def encode(image, image_format):
+def encode(image, image_format, **options):
     buffer = io.BytesIO()
-    image.save(buffer, image_format)
+    image.save(buffer, image_format, **options)
     return buffer.getvalue()
 
 
@@ -163,6 +163,21 @@ def jpeg_declaring(width, height, extra_small_frame=False, garbage=False):
     return data[:frame] + prefix + bytes(segment) + data[frame + 2 + length :]
 
 
+UPRIGHT_EXIF = PIL.Image.Exif()
+UPRIGHT_EXIF[0x0112] = 1  # orientation: as stored
+# Pillow's options for each kind of WebP, by the first chunk it writes (an EXIF chunk makes it write the extended one).
+WEBP_KINDS = {"VP8 (lossy)": {}, "VP8L (lossless)": {"lossless": True}, "VP8X (extended)": {"exif": UPRIGHT_EXIF}}
+
+
+def webp_declaring(width, height):
+    """A small extended (VP8X) WebP whose canvas is patched to width x height."""
+    image = PIL.Image.new("RGB", (16, 16), (10, 10, 200))
+    data = bytearray(encode(image, "WEBP", **WEBP_KINDS["VP8X (extended)"]))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
 @pytest.fixture(scope="module")
 def png_bomb():
     return png_declaring(20000, 20000)
@@ -173,6 +188,7 @@ BOMBS = {
     "JPEG": lambda png_bomb: jpeg_declaring(20000, 20000),
     "JPEG, second frame header": lambda png_bomb: jpeg_declaring(20000, 20000, extra_small_frame=True),
     "JPEG, bytes before the marker": lambda png_bomb: jpeg_declaring(20000, 20000, garbage=True),
+    "WebP": lambda png_bomb: webp_declaring(20000, 20000),
 }
 
 
@@ -189,7 +205,15 @@ def test_decompression_bombs_are_refused_before_decoding(png_bomb, bomb, defer_d
     assert "more than PIL.Image.MAX_IMAGE_PIXELS (89,478,485)" in message
 
 
-@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "BMP", "GIF"])
+@pytest.mark.parametrize("kind", WEBP_KINDS)
+def test_webp_sizes_are_read_from_each_kind_of_first_chunk(kind):
+    """The size checked against the limit is the one libwebp decodes, whichever chunk holds it."""
+    data = encode(PIL.Image.new("RGB", (40, 30), (0, 0, 250)), "WEBP", **WEBP_KINDS[kind])
+    assert data[12:16] == kind.split()[0].ljust(4).encode()
+    assert webp_size(data) == (40, 30)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "BMP", "GIF"])
 def test_the_limit_is_pils_own_setting_for_every_format(monkeypatch, image_format):
     """Between one and two times the limit PIL itself only warns; the data path refuses. Raising the limit (None:
     none) lets the image through, as in PIL."""

@@ -12,7 +12,7 @@ from .pixel_limit import RefusedImage
 
 logger = get_logger(__name__)
 
-# What torchvision's and PIL's decoders raise on truncated, corrupt or hostile image bytes.
+# What TorchCodec's and PIL's decoders raise on truncated, corrupt or hostile image bytes.
 DECODE_ERRORS = (OSError, RuntimeError, ValueError, SyntaxError, PIL.Image.DecompressionBombError)
 TEXT_DTYPES = ("string", "large_string")
 

@@ -1,9 +1,10 @@
 """`--gpu_decode`: JPEGs decoded with nvJPEG on the training process's GPU instead of by the CPU workers.
 
 The workers then only read the encoded bytes ([`deferred_image`]); the training step decodes the batch with one
-batched `decode_jpeg(..., device="cuda")` and runs each image's preprocessing (augmentation, the processor's resize
-and crop) there ([`DeviceDecoding`]). What nvJPEG would decode differently from the CPU path is still decoded by the
-workers: other formats, CMYK JPEGs, and EXIF-rotated JPEGs (torchvision applies EXIF orientation on CPU only).
+batched TorchCodec `decode_jpeg(..., device="cuda")` and runs each image's preprocessing (augmentation, the
+processor's resize and crop) there ([`DeviceDecoding`]). What nvJPEG might decode differently from the CPU path is
+still decoded by the workers: other formats, CMYK JPEGs, and EXIF-rotated JPEGs (TorchCodec rotates on CUDA too, but
+with its own EXIF reader, which stops at bytes between segments that libjpeg skips; not measured on a GPU).
 
 Outputs follow the CPU path up to rounding: nvJPEG's IDCT and the GPU's float resampling (torchvision resizes uint8
 on CUDA in float) may differ from libjpeg-turbo and the CPU's uint8 kernels by about one 8-bit level, and the
@@ -16,7 +17,7 @@ import io
 import numpy as np
 import PIL.Image
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchcodec.decoders import decode_jpeg
 
 from marnet_cli.errors import CLIError
 
@@ -77,7 +78,7 @@ class DeviceDecoding:
         encoded = [position for position, image in enumerate(images) if isinstance(image, np.ndarray)]
         if encoded:
             decoded = decode_jpeg(
-                [torch.from_numpy(images[position]) for position in encoded], ImageReadMode.RGB, device=self.device
+                [torch.from_numpy(images[position]) for position in encoded], mode="RGB", device=self.device
             )
             for position, image in zip(encoded, decoded):
                 images[position] = image  # (3, H, W)

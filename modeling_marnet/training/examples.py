@@ -1,4 +1,4 @@
-"""Examples and batches for the DataLoader: each row's image decoded (torchvision, or PIL where it must), augmented
+"""Examples and batches for the DataLoader: each row's image decoded (TorchCodec, or PIL where it must), augmented
 and resized as uint8 in the workers, batches collated as uint8, and the training step's conversion of a batch into
 the model's inputs (the processor's normalisation, once per batch, on the accelerator). See `pixels.py` for how the
 image processor's steps are split between the two.
@@ -43,7 +43,7 @@ class ImagePreprocessing:
 
 
 class ImageTextExamples(torch.utils.data.Dataset):
-    """Rows of one split as dicts of `pixel_values` (the image decoded by torchvision, or PIL where it must, then
+    """Rows of one split as dicts of `pixel_values` (the image decoded by TorchCodec, or PIL where it must, then
     `preprocessing`), `labels` and the privileged text: row `i` of `text_embeds` (N, D) when given, else the raw
     `text` string (for a text encoder trained jointly), else nothing; with `ingredient_column`, the row's ingredients
     as multi-hot `ingredient_labels` (num_ingredients,). With `defer_decoding` (`--gpu_decode`) the image is left for

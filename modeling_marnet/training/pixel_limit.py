@@ -2,11 +2,11 @@
 more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (PIL's own limit, 89,478,485 by default; `None` turns it off, as in
 PIL) is refused before a pixel is decoded.
 
-A 49 KB PNG can declare 20000 x 20000 pixels, which torchvision's `decode_png` / `decode_jpeg` (CPU or nvJPEG) would
-decode into a 1.2 GB tensor: they have no limit of their own. So the sizes of PNGs and JPEGs are read here from
-their headers (the IHDR chunk, every JPEG frame header before the first scan) before torchvision sees them; an image
-whose size cannot be read that way goes to PIL, whose check is made strict (PIL only warns between one and two times
-the limit).
+A 49 KB PNG can declare 20000 x 20000 pixels, which TorchCodec's `decode_png` / `decode_jpeg` (CPU or nvJPEG) would
+decode into a 1.2 GB tensor: they have no limit of their own. So the sizes of PNGs, JPEGs and WebPs are read here
+from their headers (the IHDR chunk, every JPEG frame header before the first scan, WebP's first chunk) before
+TorchCodec sees them; an image whose size cannot be read that way goes to PIL, whose check is made strict (PIL only
+warns between one and two times the limit).
 """
 
 import contextlib
@@ -27,6 +27,7 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
 JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = 0xDA, 0xD9
+WEBP_FIRST_CHUNK = slice(12, 16)  # after "RIFF", the file size and "WEBP"; its data starts at byte 20
 
 
 def png_size(data):
@@ -57,6 +58,27 @@ def jpeg_size(data):
     return max(sizes, key=lambda size: size[0] * size[1], default=None)
 
 
+def is_webp(data):
+    """Whether `data` starts as a WebP file does (a RIFF container of form type WEBP)."""
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def webp_size(data):
+    """(width, height) of a WebP from its first chunk, as libwebp reads it: the canvas of an extended file (VP8X,
+    which libwebp requires a still image's bitstream to match), else the lossy (VP8) or lossless (VP8L) bitstream's
+    header; None when that chunk is none of these or cut short."""
+    chunk = data[WEBP_FIRST_CHUNK]
+    if chunk == b"VP8X" and len(data) >= 30:  # flags (4 bytes), then width - 1 and height - 1 (24 bits each)
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 " and len(data) >= 30:  # frame tag (3 bytes), start code (3), then 14-bit width and height
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:  # signature byte, then width - 1 and height - 1 (14 bits each)
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF)
+    return None
+
+
 def check_pixel_count(width, height):
     """A [`RefusedImage`] when width x height is above `PIL.Image.MAX_IMAGE_PIXELS` (read at each call, so a
     limit raised in Python applies)."""
@@ -70,13 +92,15 @@ def check_pixel_count(width, height):
 
 
 def header_checked(data):
-    """Whether the encoded image `data` is a PNG or JPEG whose header size is within the limit (then torchvision
+    """Whether the encoded image `data` is a PNG, JPEG or WebP whose header size is within the limit (then TorchCodec
     may decode it); False when its size is not in such a header (PIL must decode it, see [`pil_pixel_limit`]).
     Raises [`RefusedImage`] above the limit."""
     if data.startswith(PNG_SIGNATURE):
         size = png_size(data)
     elif data.startswith(JPEG_SIGNATURE):
         size = jpeg_size(data)
+    elif is_webp(data):
+        size = webp_size(data)
     else:
         size = None
     if size is None:
