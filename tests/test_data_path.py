@@ -284,6 +284,22 @@ def test_gpu_decode_refuses_without_cuda_or_with_a_processor_that_runs_whole():
         check_gpu_decode(torch.device("cuda"), ConvNextImageProcessor())
 
 
+def test_without_torchcodec_pil_decodes_the_same_pixels_and_gpu_decode_refuses(encoded, monkeypatch, caplog):
+    """A torch without the CUDA runtime TorchCodec's wheel links (or no TorchCodec): PIL decodes, one warning."""
+    from modeling_marnet.training import image_decoding
+
+    monkeypatch.setattr(image_decoding, "TORCHCODEC_UNAVAILABLE", "OSError: libcudart.so.13: cannot open")
+    image_decoding._warn_torchcodec_unavailable.cache_clear()
+    for name, data in encoded.items():
+        expected = torch.from_numpy(np.array(pil_reference(data))).permute(2, 0, 1)
+        assert torch.equal(decode_rgb({"bytes": data, "path": None}), expected), name
+    warnings = [r.getMessage() for r in caplog.records if "TorchCodec could not be loaded" in r.getMessage()]
+    assert len(warnings) == 1 and "libcudart.so.13" in warnings[0] and "CPU wheel" in warnings[0]
+    with pytest.raises(CLIError, match=r"TorchCodec's nvJPEG, which could not be loaded \(OSError: libcudart"):
+        check_gpu_decode(torch.device("cuda"), ViTImageProcessor())
+    image_decoding._warn_torchcodec_unavailable.cache_clear()
+
+
 def test_default_workers_share_the_cores_among_the_processes_of_the_node(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(40)))
     assert default_num_workers(1) == MAX_DEFAULT_WORKERS

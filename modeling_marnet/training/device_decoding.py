@@ -17,10 +17,10 @@ import io
 import numpy as np
 import PIL.Image
 import torch
-from torchcodec.decoders import decode_jpeg
 
 from marnet_cli.errors import CLIError
 
+from . import image_decoding
 from .image_decoding import JPEG_SIGNATURE, image_bytes
 from .pixel_limit import header_checked
 from .pixels import splits_into_steps
@@ -35,6 +35,12 @@ def check_gpu_decode(device, image_processor):
             f"--gpu_decode decodes JPEGs with nvJPEG on the training process's CUDA GPU, but this run's device is "
             f"{device} (torch.cuda.is_available() is {torch.cuda.is_available()}). Drop --gpu_decode: the DataLoader "
             "workers then decode on CPU."
+        )
+    if image_decoding.TORCHCODEC_UNAVAILABLE is not None:
+        raise CLIError(
+            "--gpu_decode decodes with TorchCodec's nvJPEG, which could not be loaded "
+            f"({image_decoding.TORCHCODEC_UNAVAILABLE}). "
+            "Install the torchcodec build that matches your torch and CUDA, or drop --gpu_decode."
         )
     if not splits_into_steps(image_processor):
         raise CLIError(
@@ -77,7 +83,7 @@ class DeviceDecoding:
         images = list(batch["images"])
         encoded = [position for position, image in enumerate(images) if isinstance(image, np.ndarray)]
         if encoded:
-            decoded = decode_jpeg(
+            decoded = image_decoding.decode_jpeg(
                 [torch.from_numpy(images[position]) for position in encoded], mode="RGB", device=self.device
             )
             for position, image in zip(encoded, decoded):

@@ -27,13 +27,14 @@ Routing ([`torchcodec_decoder`]), measured pixel by pixel against PIL and pinned
 torchvision's decoders, used here before, are deprecated since torchvision 0.29 (a DeprecationWarning at each decode).
 """
 
+import functools
+import logging
 import re
 
 import datasets
 import numpy as np
 import PIL.Image
 import torch
-from torchcodec.decoders import decode_jpeg, decode_png, decode_webp
 from transformers.image_transforms import convert_to_rgb
 
 from .pixel_limit import (
@@ -46,6 +47,15 @@ from .pixel_limit import (
     pil_pixel_limit,
 )
 
+try:  # TorchCodec's wheel links the CUDA runtime it was built for; without it (or without TorchCodec) PIL decodes
+    from torchcodec.decoders import decode_jpeg, decode_png, decode_webp
+except (ImportError, OSError) as error:
+    decode_jpeg = decode_png = decode_webp = None
+    TORCHCODEC_UNAVAILABLE = f"{type(error).__name__}: {error}"
+else:
+    TORCHCODEC_UNAVAILABLE = None
+
+logger = logging.getLogger(__name__)
 PNG_BIT_DEPTH_OFFSET = 24  # in the IHDR chunk, which always comes first
 WEBP_FLAGS_OFFSET, WEBP_ANIMATION_FLAG = 20, 0x02  # the first byte of a VP8X chunk's data
 # TorchCodec's errors start with where they were raised: "read_header_and_start, /path/DecodeJpeg.cpp:208, ".
@@ -76,6 +86,9 @@ def torchcodec_decoder(data):
     the limit."""
     if not header_checked(data):  # TorchCodec decodes only sizes checked in the header
         return None
+    if TORCHCODEC_UNAVAILABLE is not None:
+        _warn_torchcodec_unavailable()
+        return None
     if data.startswith(JPEG_SIGNATURE):
         return decode_jpeg
     if is_plain_png(data):
@@ -83,6 +96,16 @@ def torchcodec_decoder(data):
     if is_still_webp(data):
         return decode_webp
     return None
+
+
+@functools.cache
+def _warn_torchcodec_unavailable():
+    logger.warning(
+        "TorchCodec could not be loaded (%s), so PIL decodes every image: the same pixels, more slowly. Fix: "
+        "install the torchcodec build that matches your torch (for a CPU-only torch, the CPU wheel from "
+        "https://download.pytorch.org/whl/cpu).",
+        TORCHCODEC_UNAVAILABLE,
+    )
 
 
 def is_plain_png(data):
