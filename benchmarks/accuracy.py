@@ -53,6 +53,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired_stats import format_interval, interval, seeds_for_half_width  # noqa: E402
+
 FUSION_MODES = ("concat", "add", "mul", "sum", "hm")
 # The paper read literally where it is open (modeling_marnet.PAPER_LITERAL), as marnet-train options.
 PAPER_LITERAL = [
@@ -273,6 +276,12 @@ def parse_args(argv=None):
     )
     runs.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     runs.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    runs.add_argument(
+        "--target-half-width",
+        type=float,
+        default=1.0,
+        help="points: the tables give how many seeds a 95 %% interval this narrow would need (from the paired std)",
+    )
     runs.add_argument(
         "--train-fractions",
         nargs="+",
@@ -897,26 +906,31 @@ def final(args, context, chosen):
                 values["top5_mean"], values["top5_std"] = mean_std(values["top5"])
                 differences = [a - b for a, b in zip(values["top1"], baseline)]
                 values["paired_difference_mean"], values["paired_difference_std"] = mean_std(differences)
+                if len(differences) > 1:  # in points: the 95 % interval, and the seeds a +-target interval needs
+                    values["paired_difference_interval"] = interval([100 * d for d in differences])
+                    values["seeds_for_target"] = seeds_for_half_width(
+                        100 * values["paired_difference_std"], args.target_half_width
+                    )
             results[f"{proxy}@{fraction:g}"] = group
     return results, [records[run] for run in dict.fromkeys(runs)]
 
 
-def markdown_table(group):
-    """One results group as a Markdown table (percent; paired difference to the baseline, by seed)."""
+def markdown_table(group, target_half_width=1.0):
+    """One results group as a Markdown table (percent; paired difference to the baseline, by seed: its mean with
+    the 95 % interval, its std, and the seeds an interval of +-`target_half_width` points would need)."""
     lines = [
-        "| row | configuration | test top-1 (%) | test top-5 (%) | paired top-1 difference (points) "
-        "| validation top-1 (%) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| row | configuration | test top-1 (%) | test top-5 (%) | paired top-1 difference, 95 % interval (points) "
+        f"| paired std | seeds for ±{target_half_width:g} | validation top-1 (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, values in group.items():
-        difference = (
-            ""
-            if row == BASELINE_ROW
-            else f"{100 * values['paired_difference_mean']:+.2f} ± {100 * values['paired_difference_std']:.2f}"
-        )
+        paired = values.get("paired_difference_interval")
+        difference = "" if row == BASELINE_ROW or paired is None else format_interval(paired, signed=True)
+        std = "" if row == BASELINE_ROW or paired is None else f"{paired['std']:.2f}"
+        seeds = "" if row == BASELINE_ROW else values.get("seeds_for_target") or ""
         lines.append(
             f"| {row} | {values['variant']} | {100 * values['top1_mean']:.2f} ± {100 * values['top1_std']:.2f}"
-            f" | {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {difference} "
+            f" | {100 * values['top5_mean']:.2f} ± {100 * values['top5_std']:.2f} | {difference} | {std} | {seeds} "
             f"| {100 * statistics.fmean(values['validation_top1']):.2f} |"
         )
     return "\n".join(lines)
@@ -1093,7 +1107,7 @@ def main(argv=None):
     if len(args.train_fractions) > 1:
         plot_training_fractions(args, results, args.output.with_name(args.output.stem + "_fractions.png"))
     for name, group in results.items():
-        print(f"\n{name}\n{markdown_table(group)}")
+        print(f"\n{name}\n{markdown_table(group, args.target_half_width)}")
     print(f"wrote {args.output} and its plots")
     return 0
 

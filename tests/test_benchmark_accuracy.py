@@ -154,8 +154,17 @@ def test_prints_a_markdown_table_per_group_with_paired_differences(finished):
     paths, completed = finished
     report = json.loads(paths["output"].read_text())
     marnet = report["results"]["original@0.5"]["marnet"]
-    expected = f"| {100 * marnet['paired_difference_mean']:+.2f} ± {100 * marnet['paired_difference_std']:.2f} |"
-    assert expected in completed.stdout
+    differences = [
+        100 * (a - b) for a, b in zip(marnet["top1"], report["results"]["original@0.5"]["baseline"]["top1"])
+    ]
+    half_width = 12.706 * statistics.stdev(differences) / 2**0.5  # two seeds: t(0.975, 1) standard errors
+    paired = marnet["paired_difference_interval"]
+    assert paired["mean"] == pytest.approx(statistics.fmean(differences))
+    assert paired["half_width"] == pytest.approx(half_width, rel=1e-3)
+    expected = (
+        f"| {paired['mean']:+.2f} ± {paired['half_width']:.2f} | {paired['std']:.2f} | {marnet['seeds_for_target']} |"
+    )
+    assert expected in completed.stdout and "seeds for ±1 |" in completed.stdout
 
 
 def test_rerun_reuses_finished_runs(finished):
