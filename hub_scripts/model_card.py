@@ -6,9 +6,12 @@ config.json, the safetensors headers); nothing is typed in by hand.
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
+
+from modeling_marnet.training.model_setup import needs_text
 
 from .sources import source_hub_id
 
@@ -242,14 +245,25 @@ def marnet_limitations_section(run, dataset_label):
     return "## Limitations\n\n" + "\n".join(f"- {item}" for item in items)
 
 
+def run_used_text(run):
+    """Whether the run learnt from privileged text, from its own record: `training_args.json`'s `text_encoding` is
+    None when no text encoder ran (the baseline, an `image_only_training` fine-tune). Records written before that
+    entry existed: the rule marnet-train applies to the config (`model_setup.needs_text`)."""
+    if "text_encoding" in run.training_args:
+        return run.training_args["text_encoding"] is not None
+    return needs_text(SimpleNamespace(**{"image_only_training": False, **run.config}))
+
+
 def privileged_text_section(run, text_encoder_label):
     config = run.config
-    uses_text = config.get("use_alignment") or config.get("reconstruction") != "none"
-    if not uses_text:
-        return (
-            "## Text is privileged information\n\nNot in this run: the configuration has neither alignment nor "
-            "reconstruction, so this is the visual-only baseline and no text was used. The model takes images only."
+    if not run_used_text(run):
+        text_heads = config.get("use_alignment") or config.get("reconstruction") != "none"
+        why = (
+            "the run trained on images alone (`image_only_training`), so the text-trained parts kept their weights"
+            if text_heads
+            else "the configuration has neither alignment nor reconstruction: this is the visual-only baseline"
         )
+        return f"## Text is privileged information\n\nNot in this run: no text was used; {why}. The model takes images only."
     text = (
         f"## Text is privileged information\n\nThe text encoder {text_encoder_label} turned each training image's "
         "text into a feature used by the training losses, and only there. This repo holds no text encoder and the "

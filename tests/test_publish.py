@@ -471,3 +471,24 @@ def test_files_that_are_not_the_folders_own_regular_files_are_never_published(
     error = capsys.readouterr().err
     assert status == 1 and message in error and "Traceback" not in error
     assert recording_api == [] and not repo.exists()
+
+
+@pytest.mark.parametrize(
+    ("record", "config_changes", "used"),
+    [
+        ({"text_encoding": {"pooling": "mean"}}, {}, True),
+        ({"text_encoding": None, "text_encoder": None}, {}, False),  # an image-only fine-tune of a full MARNet
+        ({}, {"image_only_training": True}, False),  # a record from before `text_encoding`: the config decides
+        ({}, {"use_alignment": False, "reconstruction": "none", "classifier_input": "visual"}, False),
+    ],
+)
+def test_card_says_whether_text_was_used_from_the_runs_own_record(tmp_path, record, config_changes, used):
+    run = tmp_path / "run"
+    write_training_output(run, **record)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **config_changes}))
+    repo = tmp_path / "repo"
+    assert main([str(run), "--repo-id", REPO_ID, "--dry-run", "--output-dir", str(repo)]) == 0
+    text = ModelCard.load(repo / "README.md").text
+    assert ("Not in this run: no text was used" not in text) == used
+    assert ("turned each training image's text into a feature" in text) == used
