@@ -293,33 +293,42 @@ def seed_summary(per_level, head, args):
 
 
 def summarize(scores, args):
-    """Per row and head: the metrics per seed, their intervals, and the paired differences to the baseline."""
+    """Per row and head: the metrics per seed, their intervals, the paired differences to the baseline's logits
+    (`paired`) and, for a branch, to the row's own logits (`paired_to_logits`: what the branch gains or loses
+    against the prediction the model returns)."""
     baseline = next(iter(args.rows))
+    base = {seed: seed_summary(levels_, "logits", args) for seed, levels_ in scores[baseline].items()}
     summary = {}
     for row, seeds in scores.items():
         heads = [head for head in next(iter(seeds.values()))[CLEAN]]
+        per_head = {
+            head: {seed: seed_summary(levels_, head, args) for seed, levels_ in seeds.items()} for head in heads
+        }
         summary[row] = {}
-        for head in heads:
-            per_seed = {seed: seed_summary(levels_, head, args) for seed, levels_ in seeds.items()}
+        for head, per_seed in per_head.items():
             keys = next(iter(per_seed.values()))
             entry = {
                 "per_seed": per_seed,
                 "mean": {key: interval([m[key] for m in per_seed.values()]) for key in keys},
             }
             if row != baseline:
-                base = {seed: seed_summary(levels_, "logits", args) for seed, levels_ in scores[baseline].items()}
-                entry["paired"] = {
-                    key: interval(
-                        paired_differences(
-                            {s: m[key] for s, m in per_seed.items()}, {s: m[key] for s, m in base.items()}
-                        )
-                    )
-                    for key in keys
-                }
+                entry["paired"] = _paired(per_seed, base, keys)
                 std = entry["paired"]["corrupted"]["std"]
                 entry["seeds_for_target"] = None if std is None else seeds_for_half_width(std, args.target_half_width)
+            if head != "logits":
+                entry["paired_to_logits"] = _paired(per_seed, per_head["logits"], keys)
             summary[row][head] = entry
     return summary
+
+
+def _paired(per_seed, reference, keys):
+    """{metric: 95 % interval of the per-seed differences per_seed - reference}."""
+    return {
+        key: interval(
+            paired_differences({s: m[key] for s, m in per_seed.items()}, {s: m[key] for s, m in reference.items()})
+        )
+        for key in keys
+    }
 
 
 def stability(summary, baseline):

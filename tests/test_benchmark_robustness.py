@@ -116,6 +116,10 @@ def test_branches_variants_and_paired_differences(report):
     # Two seeds: the 95 % interval is t(0.975, 1) = 12.706 standard errors wide on each side.
     assert paired["half_width"] == pytest.approx(12.706 * abs(differences[0] - differences[1]) / 2, rel=1e-3)
     assert set(results["stability"]["marnet"]) >= {"clean", "corrupted", "family/noise", "family/occlusion"}
+    branch = results["summary"]["marnet"]["reconstruction"]
+    gains = [branch["per_seed"][s]["family/noise"] - marnet["per_seed"][s]["family/noise"] for s in ("0", "1")]
+    assert branch["paired_to_logits"]["family/noise"]["mean"] == pytest.approx(sum(gains) / 2)
+    assert "paired_to_logits" not in marnet
     assert paths["output"].with_suffix(".png").stat().st_size > 10_000
 
 
