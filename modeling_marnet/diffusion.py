@@ -2,6 +2,7 @@
 (eq. 14-23)."""
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,13 +71,13 @@ class MARNetMLP(nn.Module):
         self.activation = nn.SiLU()
 
     def forward(self, hidden):
-        return self.forward_from_first_layer(self.layers[0](hidden))
+        return self.layers[-1](self.trunk(self.layers[0](hidden)))
 
-    def forward_from_first_layer(self, hidden):
-        """The rest of the MLP, given the (B, hidden) pre-activation of the first layer."""
-        for layer in self.layers[1:]:
+    def trunk(self, hidden):
+        """(B, hidden) pre-activation of the first layer -> (B, hidden) input of the last layer."""
+        for layer in self.layers[1:-1]:
             hidden = layer(self.activation(hidden))
-        return hidden
+        return self.activation(hidden)
 
 
 class MARNetDenoiser(nn.Module):
@@ -99,24 +100,36 @@ class MARNetDenoiser(nn.Module):
         time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
         return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
 
-    def condition(self, vision_features):
-        """`W_v x_v + b`, the step-independent part of the first layer: (B, H_v) -> (B, hidden)."""
+    def step_inputs(self, vision_features, time_embeds):
+        """The first layer's terms that do not depend on the sample, for every reverse step at once:
+        (B, H_v) condition `x_v`, (S, E) timestep embeddings -> S tensors (B, hidden) `W_t emb(t_i) + W_v x_v + b`."""
         first = self.mlp.layers[0]
         start = self.text_hidden_size + self.timestep_embedding_dim
-        return F.linear(vision_features, first.weight[:, start:], first.bias)
+        condition = F.linear(vision_features, first.weight[:, start:], first.bias)  # (B, hidden)
+        time_terms = F.linear(time_embeds, first.weight[:, self.text_hidden_size : start])  # (S, hidden)
+        return (condition + time_terms[:, None]).unbind(0)  # S x (B, hidden)
 
-    def time_terms(self, timesteps, dtype):
-        """`W_t emb(t)` for every reverse step at once: (S,) int timesteps -> (S, hidden)."""
-        first = self.mlp.layers[0]
-        start = self.text_hidden_size
-        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(dtype)  # (S, E)
-        return F.linear(time_embeds, first.weight[:, start : start + self.timestep_embedding_dim])
+    def output_bias(self):
+        """`b_out` (D_s,), the last layer's bias, which `scaled_denoise` expects inside its `offset`."""
+        return self.mlp.layers[-1].bias
 
-    def denoise(self, noisy_text, time_term, condition):
-        """`X_theta` from precomputed terms: (B, D_s) noisy feature, (hidden,) time term, (B, hidden) condition."""
-        first_text = self.mlp.layers[0].weight[:, : self.text_hidden_size]
-        hidden = torch.addmm(condition + time_term, noisy_text, first_text.t())  # (B, hidden)
-        return self.mlp.forward_from_first_layer(hidden)
+    def scaled_denoise(self, noisy_text, step_input, scale, offset):
+        """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the step's input of
+        `step_inputs`: (B, D_s) noisy feature, (B, hidden) step input, float scale, (B or 1, D_s) offset holding
+        `scale * output_bias()` -> (B, D_s). A whole reverse step (eq. 22-23) is one such call."""
+        layers = self.mlp.layers
+        hidden = torch.addmm(step_input, noisy_text, layers[0].weight[:, : self.text_hidden_size].t())  # (B, hidden)
+        return torch.addmm(offset, self.mlp.trunk(hidden), layers[-1].weight.t(), alpha=scale)
+
+
+class ReversePlan(NamedTuple):
+    """The constants of one reverse process (S steps, width D_s) on one device and dtype; see `reverse_plan`."""
+
+    start: torch.Tensor  # (D_s,) x_T
+    time_embeds: torch.Tensor  # (S, E) emb(t_i)
+    coefficients: tuple  # S x (c_x0, c_xt) Python floats
+    output_scales: torch.Tensor  # (S, 1) c_x0
+    noise_terms: torch.Tensor  # (S, D_s) c_noise * z_{i+1}
 
 
 class MARNetNoiseSchedule:
@@ -191,6 +204,26 @@ class MARNetNoiseSchedule:
             self._cache[key] = noise.to(device=device, dtype=dtype)
         return self._cache[key]
 
+    def reverse_plan(self, num_inference_steps, sampler, timestep_embedding_dim, device, dtype):
+        """Everything of the reverse process that depends on the config alone, as the sampler's loop reads it: a
+        [`ReversePlan`] of the seeded start `x_T`, the timestep embeddings, the step coefficients of
+        `reverse_coefficients` (as floats, and `c_x0` as a tensor) and the scaled noise of each step. Cached per
+        config values, steps, sampler, seed, device and dtype, so a loop step creates no tensor and no Python list."""
+        width = self.config.text_hidden_size
+        key = self._key("plan", num_inference_steps, sampler, self.config.sampler_seed, width, timestep_embedding_dim)
+        key = (*key, str(device), dtype)
+        if key not in self._cache:
+            timesteps, coefficients = self.reverse_coefficients(num_inference_steps, sampler)  # (S,), (S, 3)
+            noise = self.sampler_noise(num_inference_steps, width, device, dtype)  # (S + 1, D_s)
+            self._cache[key] = ReversePlan(
+                start=noise[0],
+                time_embeds=timestep_embedding(timesteps.to(device), timestep_embedding_dim).to(dtype),
+                coefficients=tuple((c_x0, c_xt) for c_x0, c_xt, _ in coefficients.tolist()),
+                output_scales=coefficients[:, :1].to(device=device, dtype=dtype),
+                noise_terms=noise[1:] * coefficients[:, 2:].to(device=device, dtype=dtype),
+            )
+        return self._cache[key]
+
 
 class MARNetCrossModalReconstruction(nn.Module):
     """CDR branch: reconstructs the text feature from the image (`x_CDR`, eq. 2).
@@ -237,18 +270,40 @@ class MARNetCrossModalReconstruction(nn.Module):
     def sample(self, vision_features):
         """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent.
 
-        Differentiable: in training (`reconstruction_training="sample"`) gradients flow through every step."""
-        batch_size, dtype, device = vision_features.shape[0], vision_features.dtype, vision_features.device
-        steps = self.config.num_inference_steps
-        timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler)
-        noise = self.schedule.sampler_noise(steps, self.config.text_hidden_size, device, dtype)  # (S + 1, D_s)
+        Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last
+        `config.reconstruction_backprop_steps` steps (every step by default)."""
+        plan = self.schedule.reverse_plan(
+            self.config.num_inference_steps,
+            self.config.sampler,
+            self.config.timestep_embedding_dim,
+            vision_features.device,
+            vision_features.dtype,
+        )
         # Everything that does not depend on the current sample is computed once for all steps.
-        condition = self.denoiser.condition(vision_features)  # (B, hidden)
-        time_terms = self.denoiser.time_terms(timesteps.to(device), dtype)  # (S, hidden)
-        sample = noise[0].expand(batch_size, -1)  # x_T, (B, D_s)
-        for i, (c_x0, c_xt, c_noise) in enumerate(coefficients.tolist()):
-            predicted_clean = self.denoiser.denoise(sample, time_terms[i], condition)  # X_theta(x_s^t, t, x_v)
-            sample = c_x0 * predicted_clean + c_xt * sample  # posterior mean, eq. 22
-            if c_noise:
-                sample = sample + c_noise * noise[i + 1]  # eq. 23
+        step_inputs = self.denoiser.step_inputs(vision_features, plan.time_embeds)  # S x (B, hidden)
+        # c_noise z_{i+1} + c_x0 b_out: the part of each step's offset that does not depend on the sample.
+        offsets = torch.addcmul(plan.noise_terms, plan.output_scales, self.denoiser.output_bias()).unbind(0)
+        steps = list(zip(plan.coefficients, step_inputs, offsets))
+        untracked = len(steps) - self._tracked_steps(len(steps))
+        sample = plan.start.expand(vision_features.shape[0], -1)  # x_T, (B, D_s)
+        if untracked:
+            with torch.no_grad():
+                sample = self._reverse_steps(sample, steps[:untracked])
+        return self._reverse_steps(sample, steps[untracked:])
+
+    def _tracked_steps(self, num_steps):
+        """How many of the last reverse steps gradients flow through: all but in training with a
+        `reconstruction_backprop_steps` limit (and all where no gradient is recorded anyway)."""
+        limit = self.config.reconstruction_backprop_steps
+        if limit is None or not (self.training and torch.is_grad_enabled()):
+            return num_steps
+        return min(limit, num_steps)
+
+    def _reverse_steps(self, sample, steps):
+        """Applies `x_next = c_x0 * X_theta(x_t, t, x_v) + c_xt * x_t + c_noise * z` (eq. 22-23) for each
+        `((c_x0, c_xt), step input (B, hidden), offset (D_s,))` of `steps` to `sample` (B, D_s)."""
+        for (c_x0, c_xt), step_input, offset in steps:
+            if c_xt:
+                offset = torch.add(offset, sample, alpha=c_xt)  # (B, D_s)
+            sample = self.denoiser.scaled_denoise(sample, step_input, c_x0, offset)  # eq. 22 mean + eq. 23 noise
         return sample
