@@ -367,3 +367,18 @@ def test_a_vision_config_without_an_auto_model_is_refused():
 
     with pytest.raises(ValueError, match="`vision_config` is a NotAVisionConfig, which has no AutoModel class"):
         MARNetModel(tiny_config("full", vision_config=NotAVisionConfig()))
+
+
+def test_training_and_inference_steps_compile_without_graph_breaks():
+    """`torch.compile(fullgraph=True)` (dynamo alone, no code generation) of a training step with labels and text and
+    of an inference call: no value read back from a tensor (label range checks, step coefficients)."""
+    model = make_model("full")
+    pixel_values, text_embeds, labels = tiny_batch()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    for mode, kwargs in (("train", {"labels": labels, "text_embeds": text_embeds}), ("eval", {})):
+        getattr(model, mode)()
+        torch.manual_seed(0)
+        expected = model(pixel_values, **kwargs)  # the eager call also fills the reverse process's cache
+        torch.manual_seed(0)
+        torch.testing.assert_close(compiled(pixel_values, **kwargs).logits, expected.logits)
+    torch._dynamo.reset()
