@@ -100,23 +100,26 @@ class MARNetDenoiser(nn.Module):
         time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
         return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
 
-    def step_inputs(self, vision_features, time_embeds):
-        """The first layer's terms that do not depend on the sample, for every reverse step at once:
-        (B, H_v) condition `x_v`, (S, E) timestep embeddings -> S tensors (B, hidden) `W_t emb(t_i) + W_v x_v + b`."""
+    def condition(self, vision_features):
+        """`W_v x_v + b`, the first layer's term shared by every step and timestep: (B, H_v) -> (B, hidden)."""
         first = self.mlp.layers[0]
         start = self.text_hidden_size + self.timestep_embedding_dim
-        condition = F.linear(vision_features, first.weight[:, start:], first.bias)  # (B, hidden)
-        time_terms = F.linear(time_embeds, first.weight[:, self.text_hidden_size : start])  # (S, hidden)
-        return (condition + time_terms[:, None]).unbind(0)  # S x (B, hidden)
+        return F.linear(vision_features, first.weight[:, start:], first.bias)
+
+    def time_terms(self, time_embeds):
+        """`W_t emb(t)`, the first layer's timestep term: (N, E) timestep embeddings -> (N, hidden)."""
+        start = self.text_hidden_size
+        return F.linear(time_embeds, self.mlp.layers[0].weight[:, start : start + self.timestep_embedding_dim])
 
     def output_bias(self):
         """`b_out` (D_s,), the last layer's bias, which `scaled_denoise` expects inside its `offset`."""
         return self.mlp.layers[-1].bias
 
     def scaled_denoise(self, noisy_text, step_input, scale, offset):
-        """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the step's input of
-        `step_inputs`: (B, D_s) noisy feature, (B, hidden) step input, float scale, (B or 1, D_s) offset holding
-        `scale * output_bias()` -> (B, D_s). A whole reverse step (eq. 22-23) is one such call."""
+        """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the sample-independent
+        terms of the first layer: (B, D_s) noisy feature, (B, hidden) step input `condition + time term`, float
+        scale, (B or 1, D_s) offset holding `scale * output_bias()` -> (B, D_s). A whole reverse step (eq. 22-23) is
+        one such call; `scale=1, offset=output_bias()` is `X_theta` itself."""
         layers = self.mlp.layers
         hidden = torch.addmm(step_input, noisy_text, layers[0].weight[:, : self.text_hidden_size].t())  # (B, hidden)
         return torch.addmm(offset, self.mlp.trunk(hidden), layers[-1].weight.t(), alpha=scale)
@@ -250,15 +253,18 @@ class MARNetCrossModalReconstruction(nn.Module):
         if self.config.reconstruction == "mlp":
             reconstructed = self.mapper(vision_features)
             return reconstructed, F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
+        condition = self.denoiser.condition(vision_features)  # (B, hidden), shared by L_MSE and the sampler
         if text_embeds is None:
-            return self.sample(vision_features), None
+            return self.sample_from_condition(condition), None
         timesteps = self.training_timesteps(text_embeds.shape[0], text_embeds.device)
         noisy_text = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)  # x_s^t, eq. 15
-        predicted_clean = self.denoiser(noisy_text, timesteps, vision_features)  # X_theta(x_s^t, t, x_v)
-        loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19
+        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(condition.dtype)  # (B, E)
+        step_input = condition + self.denoiser.time_terms(time_embeds)  # (B, hidden)
+        predicted_clean = self.denoiser.scaled_denoise(noisy_text, step_input, 1.0, self.denoiser.output_bias())
+        loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19, X_theta(x_s^t, t, x_v) against x_s
         if self.training and self.config.reconstruction_training == "one_step":
             return predicted_clean, loss
-        return self.sample(vision_features), loss
+        return self.sample_from_condition(condition), loss
 
     def training_timesteps(self, batch_size, device):
         """(B,) timesteps of `L_MSE`: uniform over [0, T), or over the timesteps the sampler visits."""
@@ -272,20 +278,25 @@ class MARNetCrossModalReconstruction(nn.Module):
 
         Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last
         `config.reconstruction_backprop_steps` steps (every step by default)."""
+        return self.sample_from_condition(self.denoiser.condition(vision_features))
+
+    def sample_from_condition(self, condition):
+        """`sample` from the denoiser's `condition(x_v)` (B, hidden) -> (B, D_s)."""
         plan = self.schedule.reverse_plan(
             self.config.num_inference_steps,
             self.config.sampler,
             self.config.timestep_embedding_dim,
-            vision_features.device,
-            vision_features.dtype,
+            condition.device,
+            condition.dtype,
         )
         # Everything that does not depend on the current sample is computed once for all steps.
-        step_inputs = self.denoiser.step_inputs(vision_features, plan.time_embeds)  # S x (B, hidden)
+        time_terms = self.denoiser.time_terms(plan.time_embeds)  # (S, hidden)
+        step_inputs = (condition + time_terms[:, None]).unbind(0)  # S x (B, hidden)
         # c_noise z_{i+1} + c_x0 b_out: the part of each step's offset that does not depend on the sample.
         offsets = torch.addcmul(plan.noise_terms, plan.output_scales, self.denoiser.output_bias()).unbind(0)
         steps = list(zip(plan.coefficients, step_inputs, offsets))
         untracked = len(steps) - self._tracked_steps(len(steps))
-        sample = plan.start.expand(vision_features.shape[0], -1)  # x_T, (B, D_s)
+        sample = plan.start.expand(condition.shape[0], -1)  # x_T, (B, D_s)
         if untracked:
             with torch.no_grad():
                 sample = self._reverse_steps(sample, steps[:untracked])

@@ -154,3 +154,23 @@ def test_reverse_process_is_the_step_formula_applied_from_the_seeded_noise(overr
     with torch.no_grad():
         expected = reference_sample(cdr, x_v, model.config.num_inference_steps, model.config.sampler)
         torch.testing.assert_close(cdr.sample(x_v), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("diffusion_timesteps", ["uniform", "inference"])
+def test_eq_19_reconstruction_loss_is_the_mse_of_the_x0_prediction_from_the_noised_text(diffusion_timesteps):
+    from modeling_marnet import MARNetForImageClassification
+
+    config = tiny_config("cdr", reconstruction_training="one_step", diffusion_timesteps=diffusion_timesteps)
+    cdr = MARNetForImageClassification(config).train().marnet.reconstruction
+    with torch.no_grad():  # weights of unit gain, so that a wrong term is not lost under the tolerance
+        for parameter in cdr.denoiser.parameters():
+            parameter.normal_(0.0, parameter.shape[-1] ** -0.5)
+    x_v, x_s = torch.randn(4, 32), torch.randn(4, 16)
+    torch.manual_seed(3)
+    predicted, loss = cdr(x_v, x_s)
+    torch.manual_seed(3)  # the same t and eps
+    t = cdr.training_timesteps(4, x_s.device)
+    x_t = cdr.schedule.add_noise(x_s, torch.randn_like(x_s), t)  # eq. 15
+    expected = cdr.denoiser(x_t, t, x_v)  # X_theta(x_s^t, t, x_v) on the concatenated input
+    torch.testing.assert_close(predicted, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, torch.mean((expected - x_s) ** 2), rtol=1e-5, atol=1e-6)
