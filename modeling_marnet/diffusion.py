@@ -100,29 +100,34 @@ class MARNetDenoiser(nn.Module):
         time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
         return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
 
-    def condition(self, vision_features):
-        """`W_v x_v + b`, the first layer's term shared by every step and timestep: (B, H_v) -> (B, hidden)."""
+    def prepare(self, vision_features):
+        """The first layer split by input once per forward, as a [`DenoiserTerms`] whose condition is
+        `W_v x_v + b`: (B, H_v) -> (B, hidden). One autograd node however many steps use the blocks (a slice per use
+        would each backpropagate a full-size zero gradient)."""
         first = self.mlp.layers[0]
-        start = self.text_hidden_size + self.timestep_embedding_dim
-        return F.linear(vision_features, first.weight[:, start:], first.bias)
-
-    def time_terms(self, time_embeds):
-        """`W_t emb(t)`, the first layer's timestep term: (N, E) timestep embeddings -> (N, hidden)."""
-        start = self.text_hidden_size
-        return F.linear(time_embeds, self.mlp.layers[0].weight[:, start : start + self.timestep_embedding_dim])
+        text, time = self.text_hidden_size, self.timestep_embedding_dim
+        text_weight, time_weight, vision_weight = first.weight.split((text, time, first.in_features - text - time), 1)
+        return DenoiserTerms(F.linear(vision_features, vision_weight, first.bias), time_weight, text_weight.t())
 
     def output_bias(self):
         """`b_out` (D_s,), the last layer's bias, which `scaled_denoise` expects inside its `offset`."""
         return self.mlp.layers[-1].bias
 
-    def scaled_denoise(self, noisy_text, step_input, scale, offset):
+    def scaled_denoise(self, noisy_text, step_input, scale, offset, text_weight_t):
         """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the sample-independent
-        terms of the first layer: (B, D_s) noisy feature, (B, hidden) step input `condition + time term`, float
-        scale, (B or 1, D_s) offset holding `scale * output_bias()` -> (B, D_s). A whole reverse step (eq. 22-23) is
-        one such call; `scale=1, offset=output_bias()` is `X_theta` itself."""
-        layers = self.mlp.layers
-        hidden = torch.addmm(step_input, noisy_text, layers[0].weight[:, : self.text_hidden_size].t())  # (B, hidden)
-        return torch.addmm(offset, self.mlp.trunk(hidden), layers[-1].weight.t(), alpha=scale)
+        terms of the first layer: (B, D_s) noisy feature, (B, hidden) step input `W_v x_v + b + W_t emb(t)`, float
+        scale, (B or 1, D_s) offset holding `scale * output_bias()`, `W_s^T` (D_s, hidden) of `prepare` ->
+        (B, D_s). A whole reverse step (eq. 22-23) is one such call; `scale=1, offset=output_bias()` is `X_theta`."""
+        hidden = torch.addmm(step_input, noisy_text, text_weight_t)  # (B, hidden)
+        return torch.addmm(offset, self.mlp.trunk(hidden), self.mlp.layers[-1].weight.t(), alpha=scale)
+
+
+class DenoiserTerms(NamedTuple):
+    """The denoiser's first layer for one batch of conditions, from [`MARNetDenoiser.prepare`]."""
+
+    condition: torch.Tensor  # (B, hidden) W_v x_v + b
+    time_weight: torch.Tensor  # (hidden, E) W_t
+    text_weight_t: torch.Tensor  # (D_s, hidden) W_s^T
 
 
 class ReversePlan(NamedTuple):
@@ -253,18 +258,20 @@ class MARNetCrossModalReconstruction(nn.Module):
         if self.config.reconstruction == "mlp":
             reconstructed = self.mapper(vision_features)
             return reconstructed, F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
-        condition = self.denoiser.condition(vision_features)  # (B, hidden), shared by L_MSE and the sampler
+        terms = self.denoiser.prepare(vision_features)  # shared by L_MSE and the sampler
         if text_embeds is None:
-            return self.sample_from_condition(condition), None
+            return self._sample(terms), None
         timesteps = self.training_timesteps(text_embeds.shape[0], text_embeds.device)
         noisy_text = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)  # x_s^t, eq. 15
-        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(condition.dtype)  # (B, E)
-        step_input = condition + self.denoiser.time_terms(time_embeds)  # (B, hidden)
-        predicted_clean = self.denoiser.scaled_denoise(noisy_text, step_input, 1.0, self.denoiser.output_bias())
-        loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19, X_theta(x_s^t, t, x_v) against x_s
+        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(noisy_text.dtype)  # (B, E)
+        step_input = terms.condition + F.linear(time_embeds, terms.time_weight)  # (B, hidden)
+        predicted_clean = self.denoiser.scaled_denoise(
+            noisy_text, step_input, 1.0, self.denoiser.output_bias(), terms.text_weight_t
+        )  # X_theta(x_s^t, t, x_v)
+        loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19
         if self.training and self.config.reconstruction_training == "one_step":
             return predicted_clean, loss
-        return self.sample_from_condition(condition), loss
+        return self._sample(terms), loss
 
     def training_timesteps(self, batch_size, device):
         """(B,) timesteps of `L_MSE`: uniform over [0, T), or over the timesteps the sampler visits."""
@@ -278,10 +285,11 @@ class MARNetCrossModalReconstruction(nn.Module):
 
         Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last
         `config.reconstruction_backprop_steps` steps (every step by default)."""
-        return self.sample_from_condition(self.denoiser.condition(vision_features))
+        return self._sample(self.denoiser.prepare(vision_features))
 
-    def sample_from_condition(self, condition):
-        """`sample` from the denoiser's `condition(x_v)` (B, hidden) -> (B, D_s)."""
+    def _sample(self, terms):
+        """`sample` from the denoiser's [`DenoiserTerms`] of `x_v` -> (B, D_s)."""
+        condition = terms.condition  # (B, hidden)
         plan = self.schedule.reverse_plan(
             self.config.num_inference_steps,
             self.config.sampler,
@@ -290,7 +298,7 @@ class MARNetCrossModalReconstruction(nn.Module):
             condition.dtype,
         )
         # Everything that does not depend on the current sample is computed once for all steps.
-        time_terms = self.denoiser.time_terms(plan.time_embeds)  # (S, hidden)
+        time_terms = F.linear(plan.time_embeds, terms.time_weight)  # (S, hidden)
         step_inputs = (condition + time_terms[:, None]).unbind(0)  # S x (B, hidden)
         # c_noise z_{i+1} + c_x0 b_out: the part of each step's offset that does not depend on the sample.
         offsets = torch.addcmul(plan.noise_terms, plan.output_scales, self.denoiser.output_bias()).unbind(0)
@@ -299,8 +307,8 @@ class MARNetCrossModalReconstruction(nn.Module):
         sample = plan.start.expand(condition.shape[0], -1)  # x_T, (B, D_s)
         if untracked:
             with torch.no_grad():
-                sample = self._reverse_steps(sample, steps[:untracked])
-        return self._reverse_steps(sample, steps[untracked:])
+                sample = self._reverse_steps(sample, steps[:untracked], terms.text_weight_t)
+        return self._reverse_steps(sample, steps[untracked:], terms.text_weight_t)
 
     def _tracked_steps(self, num_steps):
         """How many of the last reverse steps gradients flow through: all but in training with a
@@ -310,11 +318,11 @@ class MARNetCrossModalReconstruction(nn.Module):
             return num_steps
         return min(limit, num_steps)
 
-    def _reverse_steps(self, sample, steps):
+    def _reverse_steps(self, sample, steps, text_weight_t):
         """Applies `x_next = c_x0 * X_theta(x_t, t, x_v) + c_xt * x_t + c_noise * z` (eq. 22-23) for each
         `((c_x0, c_xt), step input (B, hidden), offset (D_s,))` of `steps` to `sample` (B, D_s)."""
         for (c_x0, c_xt), step_input, offset in steps:
             if c_xt:
                 offset = torch.add(offset, sample, alpha=c_xt)  # (B, D_s)
-            sample = self.denoiser.scaled_denoise(sample, step_input, c_x0, offset)  # eq. 22 mean + eq. 23 noise
+            sample = self.denoiser.scaled_denoise(sample, step_input, c_x0, offset, text_weight_t)  # eq. 22-23
         return sample
