@@ -2,7 +2,7 @@
 (eq. 14-23)."""
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +122,8 @@ class MARNetDenoiser(nn.Module):
         return torch.addmm(offset, self.mlp.trunk(hidden), self.mlp.layers[-1].weight.t(), alpha=scale)
 
 
-class DenoiserTerms(NamedTuple):
+@dataclass(frozen=True)
+class DenoiserTerms:
     """The denoiser's first layer for one batch of conditions, from [`MARNetDenoiser.prepare`]."""
 
     condition: torch.Tensor  # (B, hidden) W_v x_v + b
@@ -130,7 +131,8 @@ class DenoiserTerms(NamedTuple):
     text_weight_t: torch.Tensor  # (D_s, hidden) W_s^T
 
 
-class ReversePlan(NamedTuple):
+@dataclass(frozen=True)
+class ReversePlan:
     """The constants of one reverse process (S steps, width D_s) on one device and dtype; see `reverse_plan`."""
 
     start: torch.Tensor  # (D_s,) x_T
