@@ -73,6 +73,12 @@ def interleaved_samples(functions, repeats, device):
     return samples
 
 
+def interleaved_medians(functions, repeats, device):
+    """Median seconds of each named function, run alternately after one warm-up call each."""
+    samples = interleaved_samples(functions, repeats, device)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def compared(samples, name, reference="backbone"):
     """Median seconds of `name` and of `reference`, and the median and quartiles of their side-by-side ratios."""
     ratios = [seconds / reference_seconds for seconds, reference_seconds in zip(samples[name], samples[reference])]
