@@ -85,7 +85,8 @@ class MARNetDenoiser(nn.Module):
 
     The input is `[x_s^t, emb(t), x_v]` (sinusoidal `emb`). The first layer is linear, so its output splits into
     `W_s x_s^t + W_t emb(t) + (W_v x_v + b)`: the reverse process computes the visual term once per image instead of
-    once per step, which is most of the first layer's work (`x_v` is the widest input).
+    once per step, which is most of the first layer's work (`x_v` is the widest input), and `L_MSE`'s prediction
+    reuses it (`prepare`, `scaled_denoise`). `forward` is the definition on the concatenated input.
     """
 
     def __init__(self, config):
