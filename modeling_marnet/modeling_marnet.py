@@ -249,6 +249,15 @@ def _infer_vision_hidden_size(vision_model, vision_config):
     )
 
 
+def _value_range(labels):
+    """(min, max) of `labels` as Python numbers, or (None, None) under `torch.compile`, where reading a tensor's value
+    would break the graph (the losses still refuse out-of-range class ids there)."""
+    if torch.compiler.is_compiling():
+        return None, None
+    low, high = torch.aminmax(labels)
+    return low.item(), high.item()
+
+
 def _rename_checkpoint_keys(module, state_dict, prefix, *args):
     """`load_state_dict` pre-hook: the keys of `state_dict` renamed by `module._checkpoint_key_mapping`, in place."""
     for key in list(state_dict):
@@ -665,8 +674,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
                 )
             if labels.dtype.is_floating_point:
                 raise ValueError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= num_labels:
+            low, high = _value_range(labels)
+            if low is not None and (low < 0 or high >= num_labels):
                 raise ValueError(
                     f"`labels` must be class ids in [0, {num_labels - 1}] (num_labels={num_labels}), "
                     f"got values from {low} to {high}."
@@ -681,10 +690,11 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
                 "single-label classification "
                 "pass integer class ids of shape (batch_size,), or set `config.problem_type`."
             )
-        if problem_type == "multi_label_classification" and (labels.min() < 0 or labels.max() > 1):
+        low, high = _value_range(labels) if problem_type == "multi_label_classification" else (None, None)
+        if low is not None and (low < 0 or high > 1):
             raise ValueError(
                 f"`labels` must be multi-hot targets in [0, 1] for problem_type='multi_label_classification', got "
-                f"values from {labels.min().item()} to {labels.max().item()}."
+                f"values from {low} to {high}."
             )
         return labels.reshape(expected)
 

@@ -78,6 +78,11 @@ def test_ablation_rows_apply_their_switches(name):
         ),
         ("visual_features", "pooled", "`visual_features` must be one of 'tower', 'projection', got 'pooled'"),
         ("reconstruction_training", "x0", "`reconstruction_training` must be one of 'sample', 'one_step', got 'x0'"),
+        (
+            "reconstruction_backprop_steps",
+            -1,
+            "`reconstruction_backprop_steps` must be None (every step) or an integer >= 0, got -1",
+        ),
         ("diffusion_timesteps", "late", "`diffusion_timesteps` must be one of 'uniform', 'inference', got 'late'"),
         ("text_normalization", "l2", "`text_normalization` must be one of 'none', 'unit_rms', got 'l2'"),
         ("alignment_targets", "label", "`alignment_targets` must be one of 'instance', 'class', got 'label'"),

@@ -106,20 +106,71 @@ def test_sum_and_harmonic_fusions():
     assert torch.isfinite(fuse_logits(torch.full((1, 2), -200.0), torch.full((1, 2), -200.0), "hm")).all()
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_reverse_process_is_the_step_formula_applied_from_the_seeded_noise(sampler):
+def reference_sample(cdr, x_v, steps, sampler):
+    """The reverse process transcribed step by step: the concatenated denoiser input, eq. 22-23 with the seeded
+    noise, no precomputed term."""
+    width = cdr.config.text_hidden_size
+    noise = torch.randn(steps + 1, width, generator=torch.Generator().manual_seed(cdr.config.sampler_seed))
+    timesteps, coefficients = cdr.schedule.reverse_coefficients(steps, sampler)
+    x = noise[0].expand(x_v.shape[0], -1)
+    for i, t in enumerate(timesteps):
+        x0 = cdr.denoiser(x, t.expand(x_v.shape[0]), x_v)  # X_theta(x_s^t, t, x_v) on the concatenated input
+        c_x0, c_xt, c_noise = coefficients[i].float()
+        x = c_x0 * x0 + c_xt * x + c_noise * noise[i + 1]  # eq. 23
+    return x
+
+
+# The default heads (1024-wide denoiser, 128-d timestep embedding, T = 1000, 10 DDPM steps) and other samplers and
+# lengths on the tiny heads.
+SAMPLE_SETTINGS = [
+    (
+        "full-size",
+        {
+            "text_hidden_size": 384,
+            "denoiser_hidden_size": 1024,
+            "timestep_embedding_dim": 128,
+            "num_train_timesteps": 1000,
+            "num_inference_steps": 10,
+            "projection_dim": 256,
+        },
+    ),
+    ("ddim", {"sampler": "ddim"}),
+    ("ddpm-50", {"num_inference_steps": 50}),
+    ("ddim-1", {"sampler": "ddim", "num_inference_steps": 1}),
+]
+
+
+@pytest.mark.parametrize("overrides", [fields for _, fields in SAMPLE_SETTINGS], ids=[n for n, _ in SAMPLE_SETTINGS])
+def test_reverse_process_is_the_step_formula_applied_from_the_seeded_noise(overrides):
     torch.manual_seed(0)
     from modeling_marnet import MARNetForImageClassification
 
-    model = MARNetForImageClassification(tiny_config("cdr", sampler=sampler)).eval()
+    model = MARNetForImageClassification(tiny_config("cdr", **overrides)).eval()
     cdr = model.marnet.reconstruction
+    with torch.no_grad():  # weights of unit gain: the initial std of 0.02 would hide a wrong term under the tolerance
+        for parameter in cdr.denoiser.parameters():
+            parameter.normal_(0.0, parameter.shape[-1] ** -0.5)
     x_v = torch.randn(3, 32)
-    noise = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))  # sampler_seed=0, S + 1 rows
-    timesteps, coefficients = cdr.schedule.reverse_coefficients(5, sampler)
-    x = noise[0].expand(3, -1)
     with torch.no_grad():
-        for i, t in enumerate(timesteps):
-            x0 = cdr.denoiser(x, t.expand(3), x_v)  # X_theta(x_s^t, t, x_v) on the concatenated input
-            c_x0, c_xt, c_noise = coefficients[i].float()
-            x = c_x0 * x0 + c_xt * x + c_noise * noise[i + 1]  # eq. 23
-        torch.testing.assert_close(cdr.sample(x_v), x, rtol=1e-5, atol=1e-5)
+        expected = reference_sample(cdr, x_v, model.config.num_inference_steps, model.config.sampler)
+        torch.testing.assert_close(cdr.sample(x_v), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("diffusion_timesteps", ["uniform", "inference"])
+def test_eq_19_reconstruction_loss_is_the_mse_of_the_x0_prediction_from_the_noised_text(diffusion_timesteps):
+    from modeling_marnet import MARNetForImageClassification
+
+    config = tiny_config("cdr", reconstruction_training="one_step", diffusion_timesteps=diffusion_timesteps)
+    cdr = MARNetForImageClassification(config).train().marnet.reconstruction
+    with torch.no_grad():  # weights of unit gain, so that a wrong term is not lost under the tolerance
+        for parameter in cdr.denoiser.parameters():
+            parameter.normal_(0.0, parameter.shape[-1] ** -0.5)
+    x_v, x_s = torch.randn(4, 32), torch.randn(4, 16)
+    torch.manual_seed(3)
+    predicted, loss = cdr(x_v, x_s)
+    torch.manual_seed(3)  # the same t and eps
+    t = cdr.training_timesteps(4, x_s.device)
+    x_t = cdr.schedule.add_noise(x_s, torch.randn_like(x_s), t)  # eq. 15
+    expected = cdr.denoiser(x_t, t, x_v)  # X_theta(x_s^t, t, x_v) on the concatenated input
+    torch.testing.assert_close(predicted, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, torch.mean((expected - x_s) ** 2), rtol=1e-5, atol=1e-6)

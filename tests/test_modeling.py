@@ -121,13 +121,53 @@ def test_inference_is_deterministic_and_independent_of_the_batch(sampler):
 def test_number_of_reverse_steps_is_read_from_the_config_at_call_time():
     model = make_model("cdr").eval()
     calls = []
-    model.marnet.reconstruction.denoiser.mlp.layers[-1].register_forward_hook(lambda *args: calls.append(1))
+    model.marnet.reconstruction.denoiser.mlp.layers[1].register_forward_hook(lambda *args: calls.append(1))
     pixel_values, _, _ = tiny_batch(batch_size=2)
     with torch.no_grad():
         model(pixel_values)
         model.config.num_inference_steps = 3
         model(pixel_values)
     assert len(calls) == 5 + 3
+
+
+def test_reverse_process_settings_changed_after_loading_take_effect(tmp_path):
+    pixel_values, _, _ = tiny_batch(batch_size=2)
+    model = make_model("cdr")
+    with torch.no_grad():  # weights of unit gain, so that every setting gives visibly different logits
+        for parameter in model.marnet.reconstruction.parameters():
+            parameter.normal_(0.0, parameter.shape[-1] ** -0.5)
+    model.save_pretrained(tmp_path)
+    loaded = MARNetForImageClassification.from_pretrained(tmp_path).eval()
+    settings = ({"num_inference_steps": 3}, {"num_inference_steps": 3, "sampler": "ddim"}, {"sampler_seed": 7}, {})
+    with torch.no_grad():
+        before = loaded(pixel_values).logits  # the reverse process of the saved settings is cached now
+        for changes in settings:
+            for name in ("num_inference_steps", "sampler", "sampler_seed"):
+                setattr(loaded.config, name, changes.get(name, getattr(model.config, name)))
+            built = MARNetForImageClassification.from_pretrained(tmp_path, **changes).eval()
+            logits = loaded(pixel_values).logits
+            assert torch.equal(logits, built(pixel_values).logits), changes
+            assert torch.equal(logits, before) == (not changes), changes
+
+
+@pytest.mark.parametrize("backprop_steps, passes", [(None, 5), (5, 5), (2, 2), (0, 0)])
+def test_backprop_steps_limit_the_reverse_steps_gradients_flow_through(backprop_steps, passes):
+    pixel_values, text_embeds, labels = tiny_batch()
+    model = make_model("cdr", reconstruction_backprop_steps=backprop_steps).train()
+    reference = make_model("cdr").train()
+    backward_passes = []
+    trunk_layer = model.marnet.reconstruction.denoiser.mlp.layers[1]
+    trunk_layer.register_full_backward_hook(lambda *args: backward_passes.append(1))
+    torch.manual_seed(1)  # the same L_MSE noise and timesteps for both
+    output = model(pixel_values, labels=labels, text_embeds=text_embeds)
+    torch.manual_seed(1)
+    expected = reference(pixel_values, labels=labels, text_embeds=text_embeds)
+    torch.testing.assert_close(output.loss, expected.loss, rtol=0, atol=0)  # the forward pass is unchanged
+    output.loss.backward()
+    assert len(backward_passes) == passes + 1  # the tracked reverse steps and the L_MSE prediction
+    assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(pixel_values).logits, reference.eval()(pixel_values).logits)
 
 
 def test_sampler_seed_is_the_only_source_of_reverse_process_noise():
@@ -327,3 +367,18 @@ def test_a_vision_config_without_an_auto_model_is_refused():
 
     with pytest.raises(ValueError, match="`vision_config` is a NotAVisionConfig, which has no AutoModel class"):
         MARNetModel(tiny_config("full", vision_config=NotAVisionConfig()))
+
+
+def test_training_and_inference_steps_compile_without_graph_breaks():
+    """`torch.compile(fullgraph=True)` (dynamo alone, no code generation) of a training step with labels and text and
+    of an inference call: no value read back from a tensor (label range checks, step coefficients)."""
+    model = make_model("full")
+    pixel_values, text_embeds, labels = tiny_batch()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    for mode, kwargs in (("train", {"labels": labels, "text_embeds": text_embeds}), ("eval", {})):
+        getattr(model, mode)()
+        torch.manual_seed(0)
+        expected = model(pixel_values, **kwargs)  # the eager call also fills the reverse process's cache
+        torch.manual_seed(0)
+        torch.testing.assert_close(compiled(pixel_values, **kwargs).logits, expected.logits)
+    torch._dynamo.reset()
