@@ -147,8 +147,8 @@ class MARNetNoiseSchedule:
     """The forward process (eq. 14-15) and reverse-step coefficients (eq. 21-23) built from a `MARNetConfig`.
 
     Not an `nn.Module` and holds no buffers: everything is a pure function of the config, computed on first use in
-    float64 on the CPU, cached per (config values, device, dtype). A model loaded on the meta device, moved, or whose
-    `num_inference_steps` is changed after loading therefore always uses the right numbers.
+    float64 on the CPU, cached per (config values, device, dtype, inference mode). A model loaded on the meta
+    device, moved, or whose `num_inference_steps` is changed after loading therefore always uses the right numbers.
     """
 
     def __init__(self, config):
@@ -156,8 +156,11 @@ class MARNetNoiseSchedule:
         self._cache = {}
 
     def _key(self, *extra):
+        # Tensors made under `torch.inference_mode()` cannot be saved for backward: training after an inference-mode
+        # call must not reuse them.
         c = self.config
-        return (c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, *extra)
+        mode = torch.is_inference_mode_enabled()
+        return (c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, mode, *extra)
 
     def alphas_cumprod(self):
         """`abar_t = prod_{s<=t} (1 - beta_s)` (eq. 15), float64 CPU, shape (T,)."""
@@ -208,7 +211,7 @@ class MARNetNoiseSchedule:
     def sampler_noise(self, num_inference_steps, width, device, dtype):
         """The fixed Gaussian draw of the reverse process: (S + 1, width); row 0 is `x_T`, row i + 1 the noise
         added at step i. Seeded by `config.sampler_seed` and shared by every image of every batch."""
-        key = ("noise", self.config.sampler_seed, num_inference_steps, width, str(device), dtype)
+        key = self._key("noise", self.config.sampler_seed, num_inference_steps, width, str(device), dtype)
         if key not in self._cache:
             generator = torch.Generator(device="cpu").manual_seed(self.config.sampler_seed)
             noise = torch.randn(num_inference_steps + 1, width, generator=generator, dtype=torch.float32, device="cpu")

@@ -382,3 +382,18 @@ def test_training_and_inference_steps_compile_without_graph_breaks():
         torch.manual_seed(0)
         torch.testing.assert_close(compiled(pixel_values, **kwargs).logits, expected.logits)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("reconstruction_training", ["sample", "one_step"])
+def test_training_after_an_inference_mode_call(reconstruction_training):
+    """The reverse process's cached constants made under `torch.inference_mode()` (as benchmarks and evaluation
+    loops call the model) are not reused by a training step, which must save them for backward."""
+    model = MARNetForImageClassification(tiny_config("full", reconstruction_training=reconstruction_training))
+    pixel_values, text_embeds, labels = tiny_batch()
+    with torch.inference_mode():
+        expected = model.eval()(pixel_values).logits
+    output = model.train()(pixel_values, labels=labels, text_embeds=text_embeds)
+    output.loss.backward()
+    assert all(p.grad is not None for p in model.marnet.reconstruction.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(pixel_values).logits, expected)  # the same constants, whatever the mode
