@@ -444,6 +444,53 @@ def report(results):
     return "\n".join(lines)
 
 
+def markdown(results):
+    """The tables BENCHMARKS.md copies, in Markdown: (1) per row, clean and mean corrupted top-1 and the paired
+    differences to the baseline with 95 % intervals; (2) the paired difference per corruption family; (3) per row
+    and head, the seed std per family and each branch's paired difference to the model's logits."""
+    summary = results["summary"]
+    families = [key for key in next(iter(summary.values()))["logits"]["mean"] if key.startswith("family/")]
+    names = [key.split("/")[1] for key in families]
+    seeds = next(iter(summary.values()))["logits"]["mean"][CLEAN]["n"]
+    lines = [
+        f"| row | clean top-1 (%) | corrupted top-1 (%) | paired clean (points) | paired corrupted (points) "
+        f"| seeds for ±{results['target_half_width']:g} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row, heads in summary.items():
+        entry, paired = heads["logits"], heads["logits"].get("paired")
+        differences = (
+            [format_interval(paired[key], signed=True) for key in (CLEAN, "corrupted")] if paired else ["", ""]
+        )
+        lines.append(
+            f"| {row} | {format_interval(entry['mean'][CLEAN])} | {format_interval(entry['mean']['corrupted'])} "
+            f"| {differences[0]} | {differences[1]} | {entry.get('seeds_for_target') or ''} |"
+        )
+    lines += ["", f"| row (paired difference, points, {seeds} seeds) | " + " | ".join(names) + " |"]
+    lines.append("| --- |" + " --- |" * len(names))
+    for row, heads in summary.items():
+        if paired := heads["logits"].get("paired"):
+            lines.append(
+                f"| {row} | " + " | ".join(format_interval(paired[key], signed=True) for key in families) + " |"
+            )
+    keys = [CLEAN, "corrupted", *families]
+    header = [f"seed std {key.split('/')[-1]}" for key in keys] + [
+        "branch - logits, corrupted",
+        "branch - logits, noise",
+    ]
+    lines += ["", "| row, head | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
+    for row, heads in summary.items():
+        for head, entry in heads.items():
+            cells = ["" if entry["mean"][key]["std"] is None else f"{entry['mean'][key]['std']:.2f}" for key in keys]
+            gains = entry.get("paired_to_logits", {})
+            cells += [
+                format_interval(gains[key], signed=True) if key in gains else ""
+                for key in ("corrupted", "family/noise")
+            ]
+            lines.append(f"| {row}, {head} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     baseline = next(iter(args.rows))
@@ -478,6 +525,7 @@ def main(argv=None):
     atomic_write_json(args.output, results)
     plot(results, args, args.output.with_suffix(".png"))
     print(report(results))
+    print(markdown(results))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
     return 0
 

@@ -189,3 +189,14 @@ def test_every_kth_image(report, tmp_path):
     subset = json.loads((tmp_path / "every.json").read_text())
     assert subset["num_images"] == 3 and subset["every"] == 3  # rows 0, 3 and 6 of 9
     assert all(round(value * 3 / 100, 6).is_integer() for value in subset["top1"]["vit"]["0"]["clean"].values())
+
+
+def test_markdown_tables_copy_the_summary(report):
+    _, results = report
+    text = load_script().markdown(results)
+    marnet = results["summary"]["marnet"]
+    paired = marnet["logits"]["paired"]["corrupted"]
+    assert f"| {paired['mean']:+.2f} ± {paired['half_width']:.2f} | {marnet['logits']['seeds_for_target']} |" in text
+    gain = marnet["reconstruction"]["paired_to_logits"]["family/noise"]
+    row = next(line for line in text.splitlines() if line.startswith("| marnet, reconstruction |"))
+    assert row.endswith(f"| {gain['mean']:+.2f} ± {gain['half_width']:.2f} |")
