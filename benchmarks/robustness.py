@@ -168,10 +168,8 @@ class ScoredModel:
     top1: dict = field(default_factory=dict)
 
     def load(self):
-        if self.model is None:
-            model = AutoModelForImageClassification.from_pretrained(self.folder).eval()
-            for name, value in self.changes.items():
-                setattr(model.config, name, value)
+        if self.model is None:  # the changes given at loading: fields that decide which modules are built apply too
+            model = AutoModelForImageClassification.from_pretrained(self.folder, **self.changes).eval()
             self.model = model.to(memory_format=torch.channels_last)
         return self.model
 

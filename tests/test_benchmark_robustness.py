@@ -17,6 +17,7 @@ from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, REPO_ROOT, save_dataset
 LABELS = {"id2label": dict(enumerate(CLASS_COLOURS)), "label2id": {n: i for i, n in enumerate(CLASS_COLOURS)}}
 VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 37}
 VIT.update(image_size=IMAGE_SIZE, patch_size=10)
+VARIANTS = ["--variant", "ddim:sampler=ddim", "--variant", "visual:classifier_input=visual"]
 
 
 def load_script():
@@ -73,7 +74,7 @@ def report(tmp_path_factory):
         "--output",
         str(paths["output"]),
     ]
-    argv += ["--variant", "ddim:sampler=ddim", "--cache-dir", str(paths["cache"])]
+    argv += [*VARIANTS, "--cache-dir", str(paths["cache"])]
     assert load_script().main(argv) == 0
     paths["argv"] = argv
     return paths, json.loads(paths["output"].read_text())
@@ -101,7 +102,10 @@ def test_scores_are_marnet_evals_on_the_same_corrupted_images(report, capsys):
 
 def test_branches_variants_and_paired_differences(report):
     paths, results = report
-    assert set(results["top1"]) == {"vit", "marnet", "marnet[ddim]"}  # the variant applies to MARNet only
+    assert set(results["top1"]) == {"vit", "marnet", "marnet[ddim]", "marnet[visual]"}  # variants: MARNet only
+    for seed, levels in results["top1"]["marnet"].items():  # classifier_input=visual returns the x_v branch
+        for level, heads in levels.items():
+            assert results["top1"]["marnet[visual]"][seed][level]["logits"] == pytest.approx(heads["visual"])
     assert set(results["top1"]["vit"]["0"]["clean"]) == {"logits"}
     assert set(results["top1"]["marnet"]["0"]["clean"]) == {"logits", "visual", "reconstruction"}
     marnet = results["summary"]["marnet"]["logits"]
@@ -142,10 +146,10 @@ def test_rows_on_different_seeds_are_refused(report, tmp_path, capsys):
 def test_cached_scores_are_reused_until_the_weights_change(report, tmp_path, capsys):
     paths, results = report
     argv = [*paths["argv"][: paths["argv"].index("--output")], "--output", str(tmp_path / "again.json")]
-    argv += ["--variant", "ddim:sampler=ddim", "--cache-dir", str(paths["cache"])]
+    argv += [*VARIANTS, "--cache-dir", str(paths["cache"])]
     capsys.readouterr()
     assert load_script().main(argv) == 0
-    assert "clean: 0 of 6 models scored" in capsys.readouterr().out
+    assert "clean: 0 of 8 models scored" in capsys.readouterr().out
     assert json.loads((tmp_path / "again.json").read_text())["top1"] == results["top1"]
 
     changed = tmp_path / "changed"  # the baseline row again, its seed 1 retrained (other weights, same folder name)
@@ -155,7 +159,7 @@ def test_cached_scores_are_reused_until_the_weights_change(report, tmp_path, cap
     argv[argv.index(f"vit={paths['baseline']}")] = f"vit={changed}"
     assert load_script().main(argv) == 0
     out = capsys.readouterr().out
-    assert "clean: 2 of 6 models scored" in out  # the copied folder's seed 0 and its retrained seed 1, not MARNet
+    assert "clean: 2 of 8 models scored" in out  # the copied folder's seed 0 and its retrained seed 1, not MARNet
 
 
 def test_report_gives_each_branch_its_seed_std(report):
