@@ -11,8 +11,6 @@ from types import SimpleNamespace
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from modeling_marnet.training.model_setup import needs_text
-
 from .sources import source_hub_id
 
 MARNET_CITATION = """\
@@ -251,6 +249,8 @@ def run_used_text(run):
     entry existed: the rule marnet-train applies to the config (`model_setup.needs_text`)."""
     if "text_encoding" in run.training_args:
         return run.training_args["text_encoding"] is not None
+    from modeling_marnet.training.model_setup import needs_text  # imports torch: not for `marnet-publish --help`
+
     return needs_text(SimpleNamespace(**{"image_only_training": False, **run.config}))
 
 

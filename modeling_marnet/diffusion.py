@@ -147,8 +147,8 @@ class MARNetNoiseSchedule:
     """The forward process (eq. 14-15) and reverse-step coefficients (eq. 21-23) built from a `MARNetConfig`.
 
     Not an `nn.Module` and holds no buffers: everything is a pure function of the config, computed on first use in
-    float64 on the CPU, cached per (config values, device, dtype, inference mode). A model loaded on the meta
-    device, moved, or whose `num_inference_steps` is changed after loading therefore always uses the right numbers.
+    float64 on the CPU, cached per (config values, device, dtype). A model loaded on the meta device, moved, or whose
+    `num_inference_steps` is changed after loading therefore always uses the right numbers.
     """
 
     def __init__(self, config):
@@ -156,20 +156,26 @@ class MARNetNoiseSchedule:
         self._cache = {}
 
     def _key(self, *extra):
-        # Tensors made under `torch.inference_mode()` cannot be saved for backward: training after an inference-mode
-        # call must not reuse them.
         c = self.config
-        mode = torch.is_inference_mode_enabled()
-        return (c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, mode, *extra)
+        return (c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, *extra)
+
+    def _cached(self, key, make):
+        """`make()` once per key. Made outside inference mode even when first asked for under
+        `torch.inference_mode()`: training saves these tensors for backward, which inference tensors refuse."""
+        if key not in self._cache:
+            with torch.inference_mode(False):
+                self._cache[key] = make()
+        return self._cache[key]
 
     def alphas_cumprod(self):
         """`abar_t = prod_{s<=t} (1 - beta_s)` (eq. 15), float64 CPU, shape (T,)."""
-        key = self._key("abar")
-        if key not in self._cache:
-            c = self.config
-            betas = make_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end)
-            self._cache[key] = torch.cumprod(1.0 - betas, dim=0)
-        return self._cache[key]
+        c = self.config
+        return self._cached(
+            self._key("abar"),
+            lambda: torch.cumprod(
+                1.0 - make_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end), 0
+            ),
+        )
 
     def add_noise(self, clean, noise, timesteps):
         """`x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps` (eq. 15): (B, D), (B, D), (B,) -> (B, D)."""
@@ -186,37 +192,43 @@ class MARNetNoiseSchedule:
 
         Returns the (S,) int64 timesteps and the (S, 3) float64 `(c_x0, c_xt, c_noise)`, both on the CPU.
         """
-        key = self._key("reverse", num_inference_steps, sampler)
-        if key not in self._cache:
-            timesteps = inference_timesteps(self.config.num_train_timesteps, num_inference_steps)
-            abar_all = self.alphas_cumprod()
-            abar = abar_all[timesteps]  # (S,)
-            abar_next = torch.cat([abar_all[timesteps[1:]], torch.ones(1, dtype=torch.float64)])  # (S,)
-            if sampler == "ddpm":
-                beta = 1.0 - abar / abar_next
-                alpha = 1.0 - beta
-                c_x0 = abar_next.sqrt() * beta / (1.0 - abar)  # eq. 22, first term
-                c_xt = alpha.sqrt() * (1.0 - abar_next) / (1.0 - abar)  # eq. 22, second term
-                c_noise = ((1.0 - abar_next) / (1.0 - abar) * beta).sqrt()  # sqrt(beta_hat), eq. 21
-            elif sampler == "ddim":
-                c_eps = (1.0 - abar_next).sqrt() / (1.0 - abar).sqrt()
-                c_x0 = abar_next.sqrt() - c_eps * abar.sqrt()
-                c_xt = c_eps
-                c_noise = torch.zeros_like(abar)
-            else:
-                raise ValueError(f"`sampler` must be 'ddpm' or 'ddim', got {sampler!r}.")
-            self._cache[key] = (timesteps, torch.stack([c_x0, c_xt, c_noise], dim=-1))  # (S,), (S, 3)
-        return self._cache[key]
+        return self._cached(
+            self._key("reverse", num_inference_steps, sampler),
+            lambda: self._make_reverse_coefficients(num_inference_steps, sampler),
+        )
+
+    def _make_reverse_coefficients(self, num_inference_steps, sampler):
+        timesteps = inference_timesteps(self.config.num_train_timesteps, num_inference_steps)
+        abar_all = self.alphas_cumprod()
+        abar = abar_all[timesteps]  # (S,)
+        abar_next = torch.cat([abar_all[timesteps[1:]], torch.ones(1, dtype=torch.float64)])  # (S,)
+        if sampler == "ddpm":
+            beta = 1.0 - abar / abar_next
+            alpha = 1.0 - beta
+            c_x0 = abar_next.sqrt() * beta / (1.0 - abar)  # eq. 22, first term
+            c_xt = alpha.sqrt() * (1.0 - abar_next) / (1.0 - abar)  # eq. 22, second term
+            c_noise = ((1.0 - abar_next) / (1.0 - abar) * beta).sqrt()  # sqrt(beta_hat), eq. 21
+        elif sampler == "ddim":
+            c_eps = (1.0 - abar_next).sqrt() / (1.0 - abar).sqrt()
+            c_x0 = abar_next.sqrt() - c_eps * abar.sqrt()
+            c_xt = c_eps
+            c_noise = torch.zeros_like(abar)
+        else:
+            raise ValueError(f"`sampler` must be 'ddpm' or 'ddim', got {sampler!r}.")
+        return timesteps, torch.stack([c_x0, c_xt, c_noise], dim=-1)  # (S,), (S, 3)
 
     def sampler_noise(self, num_inference_steps, width, device, dtype):
         """The fixed Gaussian draw of the reverse process: (S + 1, width); row 0 is `x_T`, row i + 1 the noise
         added at step i. Seeded by `config.sampler_seed` and shared by every image of every batch."""
-        key = self._key("noise", self.config.sampler_seed, num_inference_steps, width, str(device), dtype)
-        if key not in self._cache:
+
+        def make():
             generator = torch.Generator(device="cpu").manual_seed(self.config.sampler_seed)
             noise = torch.randn(num_inference_steps + 1, width, generator=generator, dtype=torch.float32, device="cpu")
-            self._cache[key] = noise.to(device=device, dtype=dtype)
-        return self._cache[key]
+            return noise.to(device=device, dtype=dtype)
+
+        return self._cached(
+            self._key("noise", self.config.sampler_seed, num_inference_steps, width, str(device), dtype), make
+        )
 
     def reverse_plan(self, num_inference_steps, sampler, timestep_embedding_dim, device, dtype):
         """Everything of the reverse process that depends on the config alone, as the sampler's loop reads it: a
@@ -225,18 +237,19 @@ class MARNetNoiseSchedule:
         config values, steps, sampler, seed, device and dtype, so a loop step creates no tensor and no Python list."""
         width = self.config.text_hidden_size
         key = self._key("plan", num_inference_steps, sampler, self.config.sampler_seed, width, timestep_embedding_dim)
-        key = (*key, str(device), dtype)
-        if key not in self._cache:
+
+        def make():
             timesteps, coefficients = self.reverse_coefficients(num_inference_steps, sampler)  # (S,), (S, 3)
             noise = self.sampler_noise(num_inference_steps, width, device, dtype)  # (S + 1, D_s)
-            self._cache[key] = ReversePlan(
+            return ReversePlan(
                 start=noise[0],
                 time_embeds=timestep_embedding(timesteps.to(device), timestep_embedding_dim).to(dtype),
                 coefficients=tuple((c_x0, c_xt) for c_x0, c_xt, _ in coefficients.tolist()),
                 output_scales=coefficients[:, :1].to(device=device, dtype=dtype),
                 noise_terms=noise[1:] * coefficients[:, 2:].to(device=device, dtype=dtype),
             )
-        return self._cache[key]
+
+        return self._cached((*key, str(device), dtype), make)
 
 
 class MARNetCrossModalReconstruction(nn.Module):
