@@ -399,7 +399,8 @@ def plot(results, args, path):
     axis.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=7)
     axis.set_title(f"paired difference to {rows[0]} (95 % interval)")
     axis.set_ylabel("points")
-    axis.legend(fontsize=7)
+    if others:  # a baseline alone has no paired difference to label
+        axis.legend(fontsize=7)
     for axis in axes[panels:]:
         axis.set_visible(False)
     axes[0].legend(fontsize=6)
