@@ -8,8 +8,6 @@ difference from eager is reported with its compile time. `speed.py` gives the ba
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from machine import machine_record
 from modeling_marnet import MARNetConfig
 from modeling_marnet.diffusion import MARNetCrossModalReconstruction
 
@@ -82,12 +81,7 @@ def main():
             )
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine_record(),
         "torch": torch.__version__,
         "reverse_steps": config.num_inference_steps,
         "denoiser_hidden_size": config.denoiser_hidden_size,

@@ -11,8 +11,6 @@ median of the ratios of the calls made side by side, with their quartiles (the r
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
+from machine import machine_record
 from modeling_marnet import MARNetForImageClassification
 
 RESULTS = Path(__file__).parent / "results"
@@ -179,12 +178,7 @@ def main():
 
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine_record(),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "dtype": args.dtype,
         "image_size": image_size,
