@@ -157,7 +157,8 @@ def levels(args):
 @dataclass
 class ScoredModel:
     """One (row, seed) to score: its run folder, the config changes of its variant ({} for none), its image
-    processor, the model itself once loaded, and its top-1 per level key (from the cache or scored here)."""
+    processor, the model itself once loaded, its top-1 per level key (from the cache or scored here) and its cache
+    file."""
 
     row: str
     seed: int
@@ -166,6 +167,7 @@ class ScoredModel:
     processor: object
     model: object = None
     top1: dict = field(default_factory=dict)
+    cache: Path | None = None  # its --cache-dir file
 
     def load(self):
         if self.model is None:  # the changes given at loading: fields that decide which modules are built apply too
@@ -181,9 +183,9 @@ def load_models(args):
         for seed, folder in seeds.items():
             processor = AutoImageProcessor.from_pretrained(folder)
             models.append(ScoredModel(row, seed, folder, {}, processor))
-            config = AutoConfig.from_pretrained(folder)
-            if args.variant_rows is not None and row not in args.variant_rows:
+            if not args.variants or (args.variant_rows is not None and row not in args.variant_rows):
                 continue
+            config = AutoConfig.from_pretrained(folder)
             for variant, changes in args.variants.items():
                 if all(hasattr(config, name) for name in changes):
                     models.append(ScoredModel(f"{row}[{variant}]", seed, folder, changes, processor))
@@ -241,9 +243,9 @@ def score(args):
         split = split.select(range(0, len(split), args.every))
     models = load_models(args)
     for entry in models:
-        cached = cache_file(args, entry)
-        if cached is not None and cached.is_file():
-            entry.top1 = json.loads(cached.read_text())
+        entry.cache = cache_file(args, entry)
+        if entry.cache is not None and entry.cache.is_file():
+            entry.top1 = json.loads(entry.cache.read_text())
     groups = {}
     for entry in models:
         groups.setdefault(entry.processor.to_json_string(), []).append(entry)
@@ -257,8 +259,8 @@ def score(args):
             for entry in missing:
                 entry.top1[key] = top1_per_branch(entry.load(), prepared)
                 scored += 1
-                if (cached := cache_file(args, entry)) is not None:
-                    atomic_write_json(cached, entry.top1)  # an interrupted call keeps what it scored
+                if entry.cache is not None:
+                    atomic_write_json(entry.cache, entry.top1)  # an interrupted call keeps what it scored
         print(f"{key}: {scored} of {len(models)} models scored in {time.perf_counter() - started:.1f} s", flush=True)
     scores = {}
     for entry in models:
@@ -427,7 +429,8 @@ def report(results):
             f"{format_interval(paired['corrupted'], signed=True) if paired else '':>18} "
             f"{entry.get('seeds_for_target', '')}"
         )
-    families = [f"family/{family}" for family in FAMILIES if f"family/{family}" in entry["mean"]]
+    means = next(iter(results["summary"].values()))["logits"]["mean"]
+    families = [f"family/{family}" for family in FAMILIES if f"family/{family}" in means]
     lines += [
         "",
         f"{'seed std of top-1 (points)':48} {'clean':>7} {'corrupted':>9} "
