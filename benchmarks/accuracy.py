@@ -912,10 +912,8 @@ def final(args, context, chosen):
                 differences = [a - b for a, b in zip(values["top1"], baseline)]
                 values["paired_difference_mean"], values["paired_difference_std"] = mean_std(differences)
                 if len(differences) > 1:  # in points: the 95 % interval, and the seeds a +-target interval needs
-                    values["paired_difference_interval"] = interval([100 * d for d in differences])
-                    values["seeds_for_target"] = seeds_for_half_width(
-                        100 * values["paired_difference_std"], args.target_half_width
-                    )
+                    paired = values["paired_difference_interval"] = interval([100 * d for d in differences])
+                    values["seeds_for_target"] = seeds_for_half_width(paired["std"], args.target_half_width)
             results[f"{proxy}@{fraction:g}"] = group
     return results, [records[run] for run in dict.fromkeys(runs)]
 
