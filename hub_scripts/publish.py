@@ -8,14 +8,14 @@ conversion's records, and a model card generated from them. `marnet-train --push
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from marnet_cli.errors import UsageError, command
 from marnet_cli.files import refuse_dangling_symlink
-from marnet_cli.options import MARNetArgumentParser
+from marnet_cli.options import REQUIRED, MARNetArgumentParser, option
 
 from .model_card import marnet_card, vision_tower_card
 from .repo_folder import write_repo_folder
@@ -36,33 +36,24 @@ examples:
 class PublishArguments:
     """Options of `marnet-publish`, named as marnet-train's publishing options."""
 
-    source: Path = field(
-        metadata={"positional": True, "help": "marnet-train --output_dir, or marnet-convert-efficientnet --output_dir"}
+    source: Path = option(
+        REQUIRED, positional=True, help="marnet-train --output_dir, or marnet-convert-efficientnet --output_dir"
     )
-    hub_model_id: str | None = field(
-        default=None, metadata={"aliases": ["--repo_id"], "help": "Target Hub model repo, owner/name."}
+    hub_model_id: str | None = option(aliases=["--repo_id"], help="Target Hub model repo, owner/name.")
+    output_dir: Path | None = option(
+        help="Where to assemble the repo folder (required with --dry_run; must not exist)."
     )
-    output_dir: Path | None = field(
-        default=None, metadata={"help": "Where to assemble the repo folder (required with --dry_run; must not exist)."}
+    dry_run: bool = option(False, help="Only write the repo folder and list what would be sent.")
+    hub_private_repo: bool = option(False, aliases=["--private"], help="Create the repo as private.")
+    hub_revision: str | None = option(
+        aliases=["--revision"], help="Branch to commit to (created if missing; default main)."
     )
-    dry_run: bool = field(default=False, metadata={"help": "Only write the repo folder and list what would be sent."})
-    hub_private_repo: bool = field(
-        default=False, metadata={"aliases": ["--private"], "help": "Create the repo as private."}
-    )
-    hub_revision: str | None = field(
-        default=None,
-        metadata={"aliases": ["--revision"], "help": "Branch to commit to (created if missing; default main)."},
-    )
-    commit_message: str | None = field(default=None, metadata={"help": "Default: says what was published."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
-    license: str | None = field(
-        default=None, metadata={"help": f"License of a MARNet model (default {DEFAULT_LICENSE})."}
-    )
-    dataset_repo: str | None = field(
-        default=None, metadata={"help": "Hub dataset repo to link (default: the run's dataset, if a Hub id)."}
-    )
-    base_model: str | None = field(
-        default=None, metadata={"help": "Hub repo of the vision tower (default: the run's vision_model, if a Hub id)."}
+    commit_message: str | None = option(help="Default: says what was published.")
+    create_pr: bool = option(False, help="Open a pull request instead of committing.")
+    license: str | None = option(help=f"License of a MARNet model (default {DEFAULT_LICENSE}).")
+    dataset_repo: str | None = option(help="Hub dataset repo to link (default: the run's dataset, if a Hub id).")
+    base_model: str | None = option(
+        help="Hub repo of the vision tower (default: the run's vision_model, if a Hub id)."
     )
 
     def __post_init__(self):

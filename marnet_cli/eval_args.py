@@ -1,11 +1,11 @@
 """Options of `marnet-eval`, with the names `marnet-train` uses for the same things."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from .errors import UsageError
-from .options import MARNetArgumentParser
+from .options import MARNetArgumentParser, config_option, model_option, option, require, trust_remote_code_option
 
 DESCRIPTION = """\
 Top-1/top-5 accuracy and loss of an image classifier (a MARNet run folder or any other) on dataset splits, printed
@@ -22,55 +22,33 @@ example:
 class EvalArguments:
     """Every option of `marnet-eval`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    config: str | None = field(
-        default=None, metadata={"help": "YAML or JSON file of option values; the command line overrides them."}
+    config: str | None = config_option()
+    model_name_or_path: str | None = model_option()
+    dataset: str | None = option(
+        aliases=["--dataset_name"], help="Hub id, `save_to_disk` directory or Parquet file(s)."
     )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "aliases": ["--model"],
-            "help": "Model directory (a marnet-train output folder, one of its checkpoints/best-model) or Hub id, "
-            "with its image processor.",
-        },
+    split: list[str] | None = option(
+        action="extend", help="Split(s) to evaluate, the first one reported on top (default: test)."
     )
-    dataset: str | None = field(
-        default=None,
-        metadata={"aliases": ["--dataset_name"], "help": "Hub id, `save_to_disk` directory or Parquet file(s)."},
+    image_column: str = option("image", aliases=["--image_column_name"])
+    label_column: str = option("label", aliases=["--label_column_name"])
+    max_eval_samples: int | None = option(help="Keep the first N rows of each split.")
+    per_device_eval_batch_size: int = option(64, aliases=["--batch_size"])
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(
+        help="Default: Accelerate's config or `accelerate launch --mixed_precision`."
     )
-    split: list[str] | None = field(
-        default=None,
-        metadata={"action": "extend", "help": "Split(s) to evaluate, the first one reported on top (default: test)."},
+    num_inference_steps: int | None = option(help="Override MARNet's reverse diffusion steps.")
+    corruption: str | None = option(
+        help="Corrupt every image after decoding and before the image processor: gaussian_noise, shot_noise, "
+        "impulse_noise, gaussian_blur, defocus_blur, pixelate, jpeg_compression, contrast or occlusion "
+        "(ImageNet-C style, deterministic per image; docs/robustness.md)."
     )
-    image_column: str = field(default="image", metadata={"aliases": ["--image_column_name"]})
-    label_column: str = field(default="label", metadata={"aliases": ["--label_column_name"]})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each split."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"aliases": ["--batch_size"]})
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
-        default=None, metadata={"help": "Default: Accelerate's config or `accelerate launch --mixed_precision`."}
-    )
-    num_inference_steps: int | None = field(
-        default=None, metadata={"help": "Override MARNet's reverse diffusion steps."}
-    )
-    corruption: str | None = field(
-        default=None,
-        metadata={
-            "help": "Corrupt every image after decoding and before the image processor: gaussian_noise, shot_noise, "
-            "impulse_noise, gaussian_blur, defocus_blur, pixelate, jpeg_compression, contrast or occlusion "
-            "(ImageNet-C style, deterministic per image; docs/robustness.md).",
-        },
-    )
-    severity: int | None = field(
-        default=None, metadata={"help": "Severity of --corruption, 1 (mild) to 5 (severe); required with it."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a Hub model to run its own code."})
-    metrics_file: str | None = field(
-        default=None, metadata={"aliases": ["--output"], "help": "Also write the metrics JSON to this file."}
-    )
+    severity: int | None = option(help="Severity of --corruption, 1 (mild) to 5 (severe); required with it.")
+    trust_remote_code: bool = trust_remote_code_option()
+    metrics_file: str | None = option(aliases=["--output"], help="Also write the metrics JSON to this file.")
 
     def __post_init__(self):
-        for name in ("model_name_or_path", "dataset"):
-            if not getattr(self, name):
-                raise UsageError(f"--{name} is required (on the command line or in --config).")
+        require(self, "model_name_or_path", "dataset")
         self.split = self.split or ["test"]
         if self.metrics_file is not None and Path(self.metrics_file).is_dir():
             raise UsageError(

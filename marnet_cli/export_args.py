@@ -1,11 +1,11 @@
 """Options of `marnet-export`, with the names `marnet-eval` uses for the same things."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
 from .files import refuse_dangling_symlink
-from .options import MARNetArgumentParser
+from .options import MARNetArgumentParser, config_option, model_option, option, require, trust_remote_code_option
 
 ONNX_NAME = "model.onnx"
 PROCESSOR_NAME = "preprocessor_config.json"
@@ -28,32 +28,19 @@ example:
 class ExportArguments:
     """Every option of `marnet-export`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    config: str | None = field(
-        default=None, metadata={"help": "YAML or JSON file of option values; the command line overrides them."}
+    config: str | None = config_option()
+    model_name_or_path: str | None = model_option()
+    output_dir: Path | None = option(
+        help="Folder to write; an earlier export there is replaced all at once, nothing else is."
     )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "aliases": ["--model"],
-            "help": "Model directory (a marnet-train output folder, one of its checkpoints/best-model) or Hub id, "
-            "with its image processor.",
-        },
+    num_inference_steps: int | None = option(
+        help="Override MARNet's reverse diffusion steps (the exported graph has them unrolled)."
     )
-    output_dir: Path | None = field(
-        default=None,
-        metadata={"help": "Folder to write; an earlier export there is replaced all at once, nothing else is."},
-    )
-    num_inference_steps: int | None = field(
-        default=None,
-        metadata={"help": "Override MARNet's reverse diffusion steps (the exported graph has them unrolled)."},
-    )
-    atol: float = field(default=1e-4, metadata={"help": "Largest |ONNX Runtime - PyTorch| logit difference accepted."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a Hub model to run its own code."})
+    atol: float = option(1e-4, help="Largest |ONNX Runtime - PyTorch| logit difference accepted.")
+    trust_remote_code: bool = trust_remote_code_option()
 
     def __post_init__(self):
-        for name in ("model_name_or_path", "output_dir"):
-            if not getattr(self, name):
-                raise UsageError(f"--{name} is required (on the command line or in --config).")
+        require(self, "model_name_or_path", "output_dir")
         refuse_dangling_symlink(self.output_dir, "--output_dir")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise UsageError(f"--output_dir {self.output_dir} is a file: choose a folder path.")

@@ -4,7 +4,8 @@ Every option is accepted in both spellings (`--output_dir` and `--output-dir`), 
 `--help` shows the defaults. A dataclass with a `config` field also reads a YAML or JSON file of option values
 (`--config run.yaml`, or the file as the only argument, as in transformers' examples); the command line overrides it.
 
-Field metadata understood on top of `HfArgumentParser`'s (`help`, `aliases`, argparse keywords):
+Options are declared with [`option`] (and the shared [`config_option`], [`model_option`]); the field metadata
+understood on top of `HfArgumentParser`'s (`help`, `aliases`, argparse keywords):
 
 - `group`: the `--help` section the option is listed in;
 - `positional`: the field is a positional argument (no `--`).
@@ -26,6 +27,7 @@ from .errors import UsageError
 from .files import file_kind
 
 CONFIG_FIELD = "config"
+REQUIRED = dataclasses.MISSING  # the `default` of an `option` that must be given
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -152,6 +154,53 @@ class MARNetArgumentParser(HfArgumentParser):
             action = actions[str(key).replace("-", "_")]
             converted[action.dest] = _file_value(action, value, f"--config {path}: `{key}`")
         return converted
+
+
+def option(default=None, *, help=None, group=None, **metadata):
+    """One command-line option, declared as a field of a command's options dataclass (every CLI declares its
+    options this way).
+
+    Args:
+        default: the value when the option is not given (a list is copied for each parse), or [`REQUIRED`] for a
+            positional argument without one.
+        help (`str`, *optional*): the `--help` text; the default is appended to it.
+        group (`str`, *optional*): the `--help` section the option is listed in.
+        metadata: the rest of [`MARNetArgumentParser`]'s field metadata: `aliases`, `positional`, and argparse
+            keywords (`choices`, `metavar`, `action`, ...).
+    """
+    metadata = {"help": help, "group": group, **metadata}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def config_option():
+    """`--config FILE`, the options file every command reads (see [`MARNetArgumentParser.parse`])."""
+    return option(
+        help="YAML or JSON file of option values (keys as the options, `_` or `-`); the command line overrides them."
+    )
+
+
+def model_option():
+    """`--model_name_or_path`, the model a command reads (marnet-eval, marnet-export)."""
+    return option(
+        aliases=["--model"],
+        help="Model directory (a marnet-train output folder, one of its checkpoints/best-model) or Hub id, with its "
+        "image processor.",
+    )
+
+
+def trust_remote_code_option():
+    return option(False, help="Allow a Hub model to run its own code.")
+
+
+def require(arguments, *names):
+    """Raises [`UsageError`] naming the first of `names` (fields of `arguments`) left empty."""
+    for name in names:
+        if not getattr(arguments, name):
+            raise UsageError(f"--{name} is required (on the command line or in --config).")
 
 
 def _copy_field(field, resolved_type, metadata):

@@ -8,12 +8,12 @@ to the text encoder's own sentence-transformers files.
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .errors import UsageError
 from .example_flags import handle_example_flags
-from .options import MARNetArgumentParser
+from .options import MARNetArgumentParser, config_option, option
 
 # The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
 # no torch.
@@ -45,60 +45,52 @@ example:
 """
 
 
-def _option(default=None, help=None, group=None, **metadata):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "group": group, **metadata})
-    return field(default=default, metadata={"help": help, "group": group, **metadata})
-
-
 @dataclass
 class TrainArguments:
     """Every option of `marnet-train`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    config: str | None = _option(
-        help="YAML or JSON file of option values (keys as the options, `_` or `-`); the command line overrides them."
-    )
+    config: str | None = config_option()
 
     # data
-    dataset: str | None = _option(
+    dataset: str | None = option(
         group="data",
         aliases=["--dataset_name"],
         help="Hub dataset id, a `save_to_disk` directory, a Parquet file or a directory of Parquet files named by "
         "split.",
     )
-    dataset_config_name: str | None = _option(
+    dataset_config_name: str | None = option(
         group="data", help="The configuration of a Hub dataset that has several (load_dataset's `name`)."
     )
-    train_dir: str | None = _option(
+    train_dir: str | None = option(
         group="data",
         help="Instead of --dataset_name: a folder of class sub-folders (root/<class>/<image>), read by datasets' "
         "imagefolder. It has no text column: train it with --ablation baseline.",
     )
-    validation_dir: str | None = _option(group="data", help="With --train_dir: the validation images, laid out alike.")
-    train_split: str = _option("train", group="data")
-    validation_split: str = _option("validation", group="data")
-    test_split: str = _option("test", group="data", help="Used for the final metrics when the dataset has it.")
-    train_val_split: float | None = _option(
+    validation_dir: str | None = option(group="data", help="With --train_dir: the validation images, laid out alike.")
+    train_split: str = option("train", group="data")
+    validation_split: str = option("validation", group="data")
+    test_split: str = option("test", group="data", help="Used for the final metrics when the dataset has it.")
+    train_val_split: float | None = option(
         group="data",
         help="For a dataset without --validation_split: hold out this fraction of the training split (stratified by "
         "label) to validate on.",
     )
-    image_column: str = _option("image", group="data", aliases=["--image_column_name"])
-    label_column: str = _option(
+    image_column: str = option("image", group="data", aliases=["--image_column_name"])
+    label_column: str = option(
         "label", group="data", aliases=["--label_column_name"], help="A ClassLabel column: its names become id2label."
     )
-    text_column: str = _option("text", group="data", help="Privileged text, used in training only.")
-    ingredient_column: str = _option(
+    text_column: str = option("text", group="data", help="Privileged text, used in training only.")
+    ingredient_column: str = option(
         "ingredients",
         group="data",
         help="Multi-label targets of the ingredient head (a list of ClassLabel per row, as Vireo-Food172's "
         "`ingredients`), used in training only by models with ingredient_loss_weight > 0 (--ablation ingredients).",
     )
-    max_train_samples: int | None = _option(group="data", help="Keep the first N training rows (quick runs).")
-    max_eval_samples: int | None = _option(
+    max_train_samples: int | None = option(group="data", help="Keep the first N training rows (quick runs).")
+    max_eval_samples: int | None = option(
         group="data", help="Keep the first N rows of the validation and test splits (quick runs)."
     )
-    augment: str = _option(
+    augment: str = option(
         "none",
         group="data",
         nargs="?",
@@ -107,35 +99,35 @@ class TrainArguments:
         help="Training augmentation: crop_flip (random resized crop + horizontal flip; the value of a bare "
         "--augment), or that followed by RandAugment, TrivialAugment or AutoAugment (ImageNet policy).",
     )
-    color_jitter: float = _option(
+    color_jitter: float = option(
         0.0,
         group="data",
         help="Brightness, contrast and saturation jitter of training images (timm's factor, e.g. 0.4); 0: none.",
     )
-    image_size: int | None = _option(group="data", help="Override the image processor's output size (square).")
+    image_size: int | None = option(group="data", help="Override the image processor's output size (square).")
 
     # model
-    model_name_or_path: str | None = _option(
+    model_name_or_path: str | None = option(
         group="model", help="An existing MARNet checkpoint (directory or Hub id) to continue or fine-tune."
     )
-    vision_model: str | None = _option(
+    vision_model: str | None = option(
         group="model",
         help="A pretrained vision tower (directory or Hub id; ViT, any transformers vision model, timm through "
         "TimmWrapper) to build a new MARNet on.",
     )
-    ablation: Literal[ABLATION_NAMES] | None = _option(
+    ablation: Literal[ABLATION_NAMES] | None = option(
         group="model",
         help="Paper ablation row of a new model (default: full). `baseline` is visual only and needs no text; "
         "`ingredients` is the baseline predicting --ingredient_column as auxiliary targets (no text).",
     )
-    fusion_mode: Literal[FUSION_MODES] | None = _option(group="model", help="Fusion of the branches of a new model.")
-    alignment: Literal[ALIGNMENT_METHODS] | None = _option(
+    fusion_mode: Literal[FUSION_MODES] | None = option(group="model", help="Fusion of the branches of a new model.")
+    alignment: Literal[ALIGNMENT_METHODS] | None = option(
         group="model",
         help="Alignment loss of a new model (the paper's Table 1; default ita). `team` runs as 'TEAM, pooled text' "
         "from marnet-train (docs/alignment_methods.md).",
     )
-    num_inference_steps: int | None = _option(group="model", help="Reverse diffusion steps at evaluation/inference.")
-    marnet_config: list[str] = _option(
+    num_inference_steps: int | None = option(group="model", help="Reverse diffusion steps at evaluation/inference.")
+    marnet_config: list[str] = option(
         [],
         group="model",
         action="extend",
@@ -143,124 +135,124 @@ class TrainArguments:
         help="Any other MARNetConfig field, e.g. alignment_loss_weight=0.2 (values parsed as JSON when they can "
         "be). Repeatable.",
     )
-    ignore_mismatched_sizes: bool = _option(
+    ignore_mismatched_sizes: bool = option(
         False,
         group="model",
         help="With --model_name_or_path: fine-tune the checkpoint on the dataset's labels, with fresh classifier "
         "heads where the number of labels differs.",
     )
-    trust_remote_code: bool = _option(
+    trust_remote_code: bool = option(
         False,
         group="model",
         help="Allow the text encoder, image processor and checkpoints to run code from their Hub repos.",
     )
 
     # privileged text
-    text_encoder: str | None = _option(
+    text_encoder: str | None = option(
         group="privileged text",
         help="Text encoder (directory or Hub id; BERT-like or sentence-transformers) that turns the text into the "
         "privileged features.",
     )
-    text_pooling: Literal["mean", "mean_sqrt_len", "max", "cls", "last", "pooler"] | None = _option(
+    text_pooling: Literal["mean", "mean_sqrt_len", "max", "cls", "last", "pooler"] | None = option(
         group="privileged text",
         help="Token pooling (default: the encoder's sentence-transformers pooling, else mean over the attention "
         "mask).",
     )
-    text_max_length: int | None = _option(
+    text_max_length: int | None = option(
         group="privileged text",
         help="Tokens per text (default: the encoder's sentence-transformers max_seq_length, else the tokenizer's "
         "maximum).",
     )
-    train_text_encoder: bool = _option(
+    train_text_encoder: bool = option(
         False,
         group="privileged text",
         help="Fine-tune the text encoder jointly. Default: frozen, its features computed once and cached.",
     )
-    text_cache_dir: str | None = _option(
+    text_cache_dir: str | None = option(
         group="privileged text",
         help="Where frozen text features are cached (default: $HF_HOME/marnet/text_features; one cache per node).",
     )
 
     # optimization
-    num_train_epochs: float = _option(3.0, group="optimization")
-    max_steps: int | None = _option(
+    num_train_epochs: float = option(3.0, group="optimization")
+    max_steps: int | None = option(
         group="optimization", aliases=["--max_train_steps"], help="Optimizer steps; overrides --num_train_epochs."
     )
-    learning_rate: float = _option(5e-5, group="optimization", help="Peak learning rate of the MARNet heads.")
-    tower_lr_multiplier: float = _option(
+    learning_rate: float = option(5e-5, group="optimization", help="Peak learning rate of the MARNet heads.")
+    tower_lr_multiplier: float = option(
         1.0,
         group="optimization",
         help="Learning rate of the pretrained towers (vision, and a jointly trained text encoder) as a multiple of "
         "--learning_rate.",
     )
-    auxiliary_warmup_ratio: float = _option(
+    auxiliary_warmup_ratio: float = option(
         0.0,
         group="optimization",
         help="Fraction of the steps over which the auxiliary losses (alignment, reconstruction, text "
         "classification, distillation) ramp linearly from 0 to their weights.",
     )
-    weight_decay: float = _option(0.05, group="optimization", help="Not applied to biases, norms, logit_scale.")
-    lr_scheduler_type: str = _option(
+    weight_decay: float = option(0.05, group="optimization", help="Not applied to biases, norms, logit_scale.")
+    lr_scheduler_type: str = option(
         "cosine",
         group="optimization",
         help="Any transformers.get_scheduler type: linear, cosine, cosine_with_restarts, polynomial, constant, "
         "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, ...",
     )
-    lr_scheduler_kwargs: dict | str | None = _option(
+    lr_scheduler_kwargs: dict | str | None = option(
         group="optimization", help="Extra arguments of the scheduler, as a JSON object, e.g. '{\"min_lr_rate\": 0.1}'."
     )
-    warmup_ratio: float = _option(0.1, group="optimization", help="Fraction of the steps of linear warmup.")
-    warmup_steps: int | None = _option(
+    warmup_ratio: float = option(0.1, group="optimization", help="Fraction of the steps of linear warmup.")
+    warmup_steps: int | None = option(
         group="optimization", aliases=["--num_warmup_steps"], help="Warmup steps; overrides --warmup_ratio."
     )
-    max_grad_norm: float = _option(1.0, group="optimization", help="Clip the gradient norm to this (0: no clipping).")
-    label_smoothing_factor: float = _option(
+    max_grad_norm: float = option(1.0, group="optimization", help="Clip the gradient norm to this (0: no clipping).")
+    label_smoothing_factor: float = option(
         0.0,
         group="optimization",
         aliases=["--label_smoothing"],
         help="Label smoothing of every classification loss term.",
     )
-    per_device_train_batch_size: int = _option(32, group="optimization")
-    per_device_eval_batch_size: int = _option(64, group="optimization")
-    gradient_accumulation_steps: int | None = _option(
+    per_device_train_batch_size: int = option(32, group="optimization")
+    per_device_eval_batch_size: int = option(64, group="optimization")
+    gradient_accumulation_steps: int | None = option(
         group="optimization", help="Batches per optimizer step (default: Accelerate's config, else 1)."
     )
-    seed: int = _option(42, group="optimization")
-    skip_nonfinite_loss: bool = _option(
+    seed: int = option(42, group="optimization")
+    skip_nonfinite_loss: bool = option(
         False,
         group="optimization",
         help="Skip an optimizer step whose loss is NaN or infinite (with a warning; metrics.json counts them) instead "
         "of stopping with an error.",
     )
-    full_determinism: bool = _option(
+    full_determinism: bool = option(
         False,
         group="optimization",
         help="Deterministic algorithms everywhere (transformers' enable_full_determinism): reproducible, slower.",
     )
 
     # hardware
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = _option(
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(
         group="hardware", help="Default: Accelerate's config or `accelerate launch --mixed_precision`."
     )
-    gradient_checkpointing: bool = _option(
+    gradient_checkpointing: bool = option(
         False,
         group="hardware",
         help="Recompute the vision tower's activations in the backward pass (less memory, slower).",
     )
-    torch_compile: bool = _option(False, group="hardware", help="Compile the model with torch.compile (inductor).")
-    channels_last: bool = _option(
+    torch_compile: bool = option(False, group="hardware", help="Compile the model with torch.compile (inductor).")
+    channels_last: bool = option(
         False,
         group="hardware",
         help="Run the vision tower in channels-last memory format (faster for convolutional towers on CPU and "
         "recent GPUs).",
     )
-    dataloader_num_workers: int | None = _option(
+    dataloader_num_workers: int | None = option(
         group="hardware",
         help="DataLoader worker processes per training process, which decode, augment and resize the images "
         "(default: the CPU cores available, divided among the node's training processes, at most 16; 0: in the "
         "training process).",
     )
-    gpu_decode: bool = _option(
+    gpu_decode: bool = option(
         False,
         group="hardware",
         help="Decode JPEGs with nvJPEG on the GPU in the training step (and augment and resize there) instead of in "
@@ -268,63 +260,63 @@ class TrainArguments:
     )
 
     # evaluation and checkpoints
-    output_dir: str | None = _option(
+    output_dir: str | None = option(
         group="evaluation and checkpoints",
         help="Where the best model, metrics.json, training_args.json, checkpoints/ and logs/ go.",
     )
-    overwrite_output_dir: bool = _option(False, group="evaluation and checkpoints")
-    eval_strategy: Literal["epoch", "steps", "no"] = _option(
+    overwrite_output_dir: bool = option(False, group="evaluation and checkpoints")
+    eval_strategy: Literal["epoch", "steps", "no"] = option(
         "epoch", group="evaluation and checkpoints", aliases=["--evaluation_strategy"]
     )
-    eval_steps: int = _option(500, group="evaluation and checkpoints", help="With --eval_strategy steps.")
-    metric_for_best_model: Literal[BEST_MODEL_METRICS] = _option(
+    eval_steps: int = option(500, group="evaluation and checkpoints", help="With --eval_strategy steps.")
+    metric_for_best_model: Literal[BEST_MODEL_METRICS] = option(
         "top1",
         group="evaluation and checkpoints",
         help="top1, top5 or loss; Trainer's names for them (accuracy, eval_accuracy, eval_loss) are taken too.",
     )
-    early_stopping_patience: int | None = _option(
+    early_stopping_patience: int | None = option(
         group="evaluation and checkpoints",
         help="Stop after this many evaluations without improvement of --metric_for_best_model.",
     )
-    checkpointing_steps: str = _option(
+    checkpointing_steps: str = option(
         "500",
         group="evaluation and checkpoints",
         aliases=["--save_steps"],
         help="Save resumable state every N optimizer steps, or `epoch` at the end of every epoch (0: never).",
     )
-    save_strategy: Literal["steps", "epoch", "no"] | None = _option(
+    save_strategy: Literal["steps", "epoch", "no"] | None = option(
         group="evaluation and checkpoints",
         help="As Trainer's: `steps` saves every --save_steps, `epoch` sets --checkpointing_steps epoch, `no` sets it "
         "to 0.",
     )
-    save_total_limit: int = _option(2, group="evaluation and checkpoints", help="Keep the last K checkpoints.")
-    resume_from_checkpoint: str | None = _option(
+    save_total_limit: int = option(2, group="evaluation and checkpoints", help="Keep the last K checkpoints.")
+    resume_from_checkpoint: str | None = option(
         group="evaluation and checkpoints", help="`latest` or a checkpoint directory."
     )
-    allow_changed_arguments: bool = _option(
+    allow_changed_arguments: bool = option(
         False,
         group="evaluation and checkpoints",
         help="Resume even when settings differ from the checkpoint's run (it then continues, not exactly).",
     )
 
     # logging
-    report_to: list[str] = _option(
+    report_to: list[str] = option(
         ["tensorboard"],
         group="logging",
         help="Trackers, any that Accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, "
         "swanlab, trackio), `all` (those installed) or `none`; several are separated by spaces or commas.",
     )
-    run_name: str | None = _option(
+    run_name: str | None = option(
         group="logging", help="Name of the run in the trackers (default: the name of --output_dir)."
     )
-    project: str = _option(
+    project: str = option(
         "marnet",
         group="logging",
         aliases=["--project_name"],
         help="Tracker project (W&B, Comet, trackio, SwanLab, MLflow experiment); TensorBoard writes logs/<project>/.",
     )
-    logging_steps: int = _option(10, group="logging")
-    gradient_norm_steps: int = _option(
+    logging_steps: int = option(10, group="logging")
+    gradient_norm_steps: int = option(
         0,
         group="logging",
         help="Every N optimizer steps, log how much gradient each weighted loss term sends into the vision tower "
@@ -332,19 +324,19 @@ class TrainArguments:
     )
 
     # publishing
-    push_to_hub: bool = _option(
+    push_to_hub: bool = option(
         False,
         group="publishing",
         help="Publish the best model at the end, as marnet-publish does (model card from the measured metrics).",
     )
-    hub_model_id: str | None = _option(
+    hub_model_id: str | None = option(
         group="publishing",
         aliases=["--push_to_hub_model_id"],
         help="The Hub repo, owner/name; a bare name takes the token owner's user name (asked of the Hub at start).",
     )
-    hub_private_repo: bool = _option(False, group="publishing", help="Create the repo as private.")
-    hub_revision: str | None = _option(group="publishing", help="Branch to commit to (created if missing).")
-    hub_dry_run: bool = _option(
+    hub_private_repo: bool = option(False, group="publishing", help="Create the repo as private.")
+    hub_revision: str | None = option(group="publishing", help="Branch to commit to (created if missing).")
+    hub_dry_run: bool = option(
         False, group="publishing", help="Write the repo folder to <output_dir>/hub_repo and send nothing."
     )
 
@@ -411,13 +403,13 @@ def _trackers(values):
     return [] if names == ["none"] else names
 
 
-def _json_object(text, option):
+def _json_object(text, name):
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UsageError(f"{option} must be a JSON object, got {text!r} ({error}).") from None
+        raise UsageError(f"{name} must be a JSON object, got {text!r} ({error}).") from None
     if not isinstance(value, dict):
-        raise UsageError(f"{option} must be a JSON object, got {text!r}.")
+        raise UsageError(f"{name} must be a JSON object, got {text!r}.")
     return value
 
 

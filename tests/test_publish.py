@@ -188,6 +188,33 @@ def test_local_paths_never_reach_the_published_folder(tmp_path):
     assert (published_config["_name_or_path"], published_config["vision_config"]["_name_or_path"]) == ("food", "vit")
 
 
+def test_every_path_option_of_marnet_train_is_one_publishing_strips():
+    """Publishing reduces the options in two lists to base names; each must still be an option marnet-train records
+    (a renamed option must fail here, not silently publish a path), and every option that takes a path must be in
+    one of them."""
+    import dataclasses
+    import typing
+
+    from hub_scripts.sources import LOCAL_PATH_OPTIONS
+    from marnet_cli.run_folder import SOURCE_OPTIONS
+    from marnet_cli.train_args import TrainArguments
+
+    recorded_as = {"config": "config_file"}  # train.training_record's name for it
+    recorded = {recorded_as.get(field.name, field.name) for field in dataclasses.fields(TrainArguments)}
+    stripped = set(SOURCE_OPTIONS) | set(LOCAL_PATH_OPTIONS)
+    assert stripped <= recorded, f"not options of marnet-train: {sorted(stripped - recorded)}"
+    takes_path = {
+        recorded_as.get(name, name)
+        for name, hint in typing.get_type_hints(TrainArguments).items()
+        if (hint is str or str in typing.get_args(hint))
+        and (
+            name.endswith(("_dir", "_path", "_checkpoint"))
+            or name in ("config", "dataset", "vision_model", "text_encoder")
+        )
+    }
+    assert len(takes_path) == 10 and takes_path <= stripped, f"published as given: {sorted(takes_path - stripped)}"
+
+
 def test_relative_local_paths_are_not_taken_for_hub_ids(tmp_path):
     # marnet-train ran elsewhere, on `datasets/vireo-food172` (a relative path) and a Hub tower; it recorded which
     # sources were local. Here the path does not exist, and it looks like a Hub id.
