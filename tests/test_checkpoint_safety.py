@@ -24,49 +24,19 @@ from train_fixtures import (
     make_dataset_dict,
     offline_env,
     save_dataset,
-    save_text_encoder,
-    save_vision_tower,
-    tiny_model_args,
+    train_argv,
 )
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoint_safety")
-    workspace = {
-        "root": root,
-        "dataset": save_dataset(root / "dataset"),
-        "tower": save_vision_tower(root / "tower"),
-        "bert": save_text_encoder(root / "bert"),
-    }
+def workspace(workspace):
     # Checkpoints at steps 2 and 4, then an evaluation that saves the best model.
-    assert main(train_args(workspace, root / "run", "--max-steps", 4)) == 0
+    assert main(train_args(workspace, workspace["root"] / "run", "--max-steps", 4)) == 0
     return workspace
 
 
 def train_args(workspace, output_dir, *extra):
-    return [
-        "--dataset",
-        str(workspace["dataset"]),
-        "--vision-model",
-        str(workspace["tower"]),
-        "--text-encoder",
-        str(workspace["bert"]),
-        "--text-cache-dir",
-        str(workspace["root"] / "cache"),
-        "--output-dir",
-        str(output_dir),
-        "--per-device-train-batch-size",
-        "4",
-        "--checkpointing-steps",
-        "2",
-        "--save-total-limit",
-        "3",
-        "--report-to",
-        "none",
-        *tiny_model_args(),
-        *map(str, extra),
-    ]
+    return train_argv(workspace, output_dir, "--checkpointing-steps", 2, "--save-total-limit", 3, *extra)
 
 
 def resume(workspace, output_dir, *extra, max_steps=6):

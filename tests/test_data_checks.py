@@ -14,41 +14,12 @@ from train_fixtures import (
     CLASS_COLOURS,
     make_dataset_dict,
     save_dataset,
-    save_text_encoder,
-    save_vision_tower,
-    tiny_model_args,
+    train_argv,
 )
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data_checks")
-    return {"root": root, "tower": save_vision_tower(root / "tower"), "bert": save_text_encoder(root / "bert")}
-
-
 def train_args(workspace, dataset, output_dir, *extra):
-    return [
-        "--dataset",
-        str(dataset),
-        "--vision-model",
-        str(workspace["tower"]),
-        "--text-encoder",
-        str(workspace["bert"]),
-        "--text-cache-dir",
-        str(workspace["root"] / "cache"),
-        "--output-dir",
-        str(output_dir),
-        "--max-steps",
-        "2",
-        "--per-device-train-batch-size",
-        "4",
-        "--checkpointing-steps",
-        "0",
-        "--report-to",
-        "none",
-        *tiny_model_args(),
-        *map(str, extra),
-    ]
+    return train_argv(workspace, output_dir, "--max-steps", 2, "--checkpointing-steps", 0, *extra, dataset=dataset)
 
 
 def with_train_texts(texts, feature=None):

@@ -10,43 +10,11 @@ from safetensors.torch import load_file, save_file
 from transformers import BertTokenizer
 
 from marnet_cli.commands import train as main
-from train_fixtures import save_dataset, save_text_encoder, save_vision_tower, tiny_model_args
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nonfinite")
-    return {
-        "root": root,
-        "dataset": save_dataset(root / "dataset"),
-        "tower": save_vision_tower(root / "tower"),
-        "bert": save_text_encoder(root / "bert"),
-    }
+from train_fixtures import save_text_encoder, train_argv
 
 
 def train_args(workspace, output_dir, *extra):
-    return [
-        "--dataset",
-        str(workspace["dataset"]),
-        "--vision-model",
-        str(workspace["tower"]),
-        "--text-encoder",
-        str(workspace["bert"]),
-        "--text-cache-dir",
-        str(workspace["root"] / "cache"),
-        "--output-dir",
-        str(output_dir),
-        "--max-steps",
-        "8",
-        "--per-device-train-batch-size",
-        "4",
-        "--checkpointing-steps",
-        "2",
-        "--report-to",
-        "none",
-        *tiny_model_args(),
-        *map(str, extra),
-    ]
+    return train_argv(workspace, output_dir, "--max-steps", 8, "--checkpointing-steps", 2, *extra)
 
 
 def test_a_diverging_run_stops_before_the_first_nonfinite_step(workspace, tmp_path, capsys):

@@ -16,10 +16,7 @@ from train_fixtures import (
     make_dataset_dict,
     module_command,
     run_command,
-    save_dataset,
-    save_text_encoder,
     save_timm_tower,
-    save_vision_tower,
     tiny_model_args,
 )
 
@@ -50,18 +47,6 @@ ARGS_KEYS = {
     "image_size",
     "num_processes",
 }
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    return {
-        "parquet": save_dataset(root / "parquet", parquet=True),
-        "disk": save_dataset(root / "disk"),
-        "tower": save_vision_tower(root / "tower"),
-        "bert": save_text_encoder(root / "bert"),
-        "root": root,
-    }
 
 
 def history(output_dir):
@@ -142,7 +127,7 @@ def test_saved_model_runs_in_the_pipeline_with_dataset_labels(trained, workspace
     assert model.config.text_hidden_size == 16
     assert not any("text_encoder" in name for name in model.state_dict())
     classifier = pipeline("image-classification", model=str(output_dir))
-    image = load_image_dataset(workspace["disk"])["test"][0]["image"]
+    image = load_image_dataset(workspace["dataset"])["test"][0]["image"]
     predictions = classifier(image, top_k=4)
     assert {prediction["label"] for prediction in predictions} == set(CLASS_COLOURS)
 
@@ -157,7 +142,7 @@ def test_checkpoints_rotate_and_logs_are_written(trained):
 
 def test_frozen_text_embeddings_are_cached_by_encoder_and_dataset(workspace, tmp_path):
     encoder, tokenizer = load_text_encoder(str(workspace["bert"]), "mean", 32)
-    train = load_image_dataset(workspace["disk"])["train"]
+    train = load_image_dataset(workspace["dataset"])["train"]
     accelerator = Accelerator(cpu=True)
     first, first_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", tmp_path)
     again, again_hit = cached_text_embeddings(accelerator, encoder, tokenizer, train, "text", tmp_path)
@@ -180,7 +165,7 @@ def test_joint_text_encoder_accumulation_and_early_stopping(workspace, trained, 
         module_command(
             "modeling_marnet.train",
             "--dataset",
-            workspace["disk"],
+            workspace["dataset"],
             "--vision-model",
             workspace["tower"],
             "--text-encoder",

@@ -4,7 +4,6 @@ status 2 when the command line itself is wrong, 1 when the data or models are.""
 import json
 
 import datasets
-import pytest
 from transformers import ViTImageProcessor
 
 from marnet_cli.commands import train as main
@@ -16,45 +15,13 @@ from train_fixtures import (
     module_command,
     run_command,
     save_dataset,
-    save_text_encoder,
     save_timm_tower,
-    save_vision_tower,
-    tiny_model_args,
+    train_argv,
 )
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("errors")
-    return {
-        "root": root,
-        "dataset": save_dataset(root / "dataset"),
-        "no_text": save_dataset(root / "no_text", make_dataset_dict(with_text=False)),
-        "tower": save_vision_tower(root / "tower"),
-        "bert16": save_text_encoder(root / "bert16", hidden_size=16),
-        "bert24": save_text_encoder(root / "bert24", hidden_size=24),
-    }
-
-
 def train_args(workspace, output_dir, *extra, dataset=None):
-    return [
-        "--dataset",
-        str(dataset or workspace["dataset"]),
-        "--vision-model",
-        str(workspace["tower"]),
-        "--text-encoder",
-        str(workspace["bert16"]),
-        "--output-dir",
-        str(output_dir),
-        "--max-steps",
-        "2",
-        "--per-device-train-batch-size",
-        "4",
-        "--report-to",
-        "none",
-        *tiny_model_args(),
-        *map(str, extra),
-    ]
+    return train_argv(workspace, output_dir, "--max-steps", 2, *extra, dataset=dataset)
 
 
 def expect_error(capsys, argv, status, *fragments):

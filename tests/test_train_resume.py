@@ -9,7 +9,6 @@ the hidden partial directory and before it is renamed, the worst moment for a cr
 import json
 import signal
 
-import pytest
 from safetensors.torch import load_file
 
 from modeling_marnet.training.checkpointing import KILL_HOOK_ENV
@@ -17,22 +16,8 @@ from train_fixtures import (
     module_command,
     offline_env,
     run_command,
-    save_dataset,
-    save_text_encoder,
-    save_vision_tower,
-    tiny_model_args,
+    train_argv,
 )
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    return {
-        "root": root,
-        "dataset": save_dataset(root / "dataset"),
-        "tower": save_vision_tower(root / "tower"),
-        "bert": save_text_encoder(root / "bert"),
-    }
 
 
 def train(workspace, output_dir, *extra, env=None):
@@ -41,33 +26,12 @@ def train(workspace, output_dir, *extra, env=None):
     return run_command(
         module_command(
             "modeling_marnet.train",
-            "--dataset",
-            workspace["dataset"],
-            "--vision-model",
-            workspace["tower"],
-            "--text-encoder",
-            workspace["bert"],
-            "--text-cache-dir",
-            workspace["root"] / "cache",
-            "--output-dir",
-            output_dir,
-            "--max-steps",
-            8,
-            "--per-device-train-batch-size",
-            4,
-            "--learning-rate",
-            3e-3,
-            "--checkpointing-steps",
-            2,
-            "--save-total-limit",
-            2,
-            "--logging-steps",
-            1,
-            "--report-to",
-            "none",
-            "--augment",
-            *tiny_model_args(),
-            *extra,
+            *train_argv(
+                workspace,
+                output_dir,
+                *("--max-steps", 8, "--learning-rate", 3e-3, "--checkpointing-steps", 2, "--save-total-limit", 2),
+                *("--logging-steps", 1, "--augment", *extra),
+            ),
         ),
         env=env,
     )

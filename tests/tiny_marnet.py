@@ -8,6 +8,8 @@ from modeling_marnet import MARNetConfig
 IMAGE_SIZE = 30
 TEXT_WIDTH = 16
 NUM_LABELS = 5
+# MARNet heads as small as the tower (MARNetConfig fields; `--marnet-config` options in training tests).
+TINY_HEADS = {"projection_dim": 8, "denoiser_hidden_size": 24, "timestep_embedding_dim": 8, "num_train_timesteps": 50}
 
 
 def tiny_vit_config(**overrides):
@@ -28,10 +30,7 @@ def tiny_config(ablation="full", **overrides):
     fields = dict(
         vision_config=tiny_vit_config(),
         text_hidden_size=TEXT_WIDTH,
-        projection_dim=8,
-        denoiser_hidden_size=24,
-        timestep_embedding_dim=8,
-        num_train_timesteps=50,
+        **TINY_HEADS,
         num_inference_steps=5,
         id2label={i: f"dish_{i}" for i in range(NUM_LABELS)},
     )

@@ -14,10 +14,11 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BertConfig, BertModel, BertTokenizerFast, ViTConfig, ViTImageProcessor, ViTModel
+from transformers import BertConfig, BertModel, BertTokenizerFast, ViTImageProcessor, ViTModel
+
+from tiny_marnet import IMAGE_SIZE, TEXT_WIDTH, TINY_HEADS, tiny_vit_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = 30
 CLASS_COLOURS = {
     "tomato_soup": (220, 30, 30),
     "pea_soup": (30, 200, 40),
@@ -25,7 +26,6 @@ CLASS_COLOURS = {
     "banana_bread": (230, 220, 40),
 }
 INGREDIENTS = ["tomato", "pea", "blueberry", "banana", "flour"]
-TEXT_WIDTH = 16
 
 
 def _example(class_id, index, rng):
@@ -76,16 +76,7 @@ def save_dataset(directory, dataset_dict=None, parquet=False):
 def save_vision_tower(directory):
     """A tiny ViT tower (hidden 32, 2 layers, 30 px) with its image processor; the same weights on every run."""
     torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=IMAGE_SIZE,
-        patch_size=10,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_vit_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ViTModel(config, add_pooling_layer=False).save_pretrained(directory)
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(directory)
     return Path(directory)
@@ -115,9 +106,19 @@ def save_text_encoder(directory, hidden_size=TEXT_WIDTH):
 
 def tiny_model_args(num_inference_steps=3):
     """`--marnet-config` options that make the MARNet heads as small as the tower."""
-    fields = {"projection_dim": 8, "denoiser_hidden_size": 24, "timestep_embedding_dim": 8, "num_train_timesteps": 50}
-    args = [f"--marnet-config={key}={value}" for key, value in fields.items()]
+    args = [f"--marnet-config={key}={value}" for key, value in TINY_HEADS.items()]
     return args + ["--num-inference-steps", str(num_inference_steps)]
+
+
+def train_argv(workspace, output_dir, *extra, dataset=None, text_encoder="bert"):
+    """`marnet-train` options of a tiny run on `workspace` (the conftest fixture): its dataset (or `dataset`), tower
+    and text encoder (`None`: no text), text features cached in the module's folder, batch 4, no trackers, tiny heads;
+    then `extra`, which may override any of them."""
+    argv = ["--dataset", dataset or workspace["dataset"], "--vision-model", workspace["tower"]]
+    if text_encoder is not None:
+        argv += ["--text-encoder", workspace[text_encoder], "--text-cache-dir", workspace["root"] / "cache"]
+    argv += ["--output-dir", output_dir, "--per-device-train-batch-size", 4, "--report-to", "none"]
+    return [*map(str, argv), *tiny_model_args(), *map(str, extra)]
 
 
 def offline_env(**extra):
