@@ -19,8 +19,6 @@ from train_fixtures import (
     CLASS_COLOURS,
     make_dataset_dict,
     save_dataset,
-    save_text_encoder,
-    save_vision_tower,
     tiny_model_args,
 )
 
@@ -67,9 +65,8 @@ def example_arguments(command, replace=None):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("example-models")
-    return save_vision_tower(root / "tower"), save_text_encoder(root / "bert")
+def models(tiny_inputs):
+    return tiny_inputs["tower"], tiny_inputs["bert"]
 
 
 class StubHfApi:

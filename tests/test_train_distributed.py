@@ -25,10 +25,7 @@ from train_fixtures import (
     module_command,
     offline_env,
     run_command,
-    save_dataset,
-    save_text_encoder,
-    save_vision_tower,
-    tiny_model_args,
+    train_argv,
     two_process_launcher,
 )
 
@@ -37,42 +34,19 @@ MAX_STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    dataset = save_dataset(root / "dataset")  # train 24 = 3 global batches of 8; validation 11, test 9
-    tower, bert = save_vision_tower(root / "tower"), save_text_encoder(root / "bert")
+def runs(workspace):
+    root = workspace["root"]  # the dataset: train 24 = 3 global batches of 8; validation 11, test 9
 
     def train_args(output_dir, per_device_batch):
-        return [
-            "--dataset",
-            dataset,
-            "--vision-model",
-            tower,
-            "--text-encoder",
-            bert,
-            "--text-cache-dir",
-            root / "cache",
-            "--output-dir",
+        return train_argv(
+            workspace,
             output_dir,
-            "--ablation",
-            "ema",
-            "--max-steps",
-            MAX_STEPS,
-            "--learning-rate",
-            LEARNING_RATE,
+            *("--ablation", "ema", "--max-steps", MAX_STEPS, "--learning-rate", LEARNING_RATE),
             "--per-device-train-batch-size",
             per_device_batch,
             # 2 processes x 4 = 8 rows per evaluation round: 11 and 9 rows need padding duplicates.
-            "--per-device-eval-batch-size",
-            4,
-            "--checkpointing-steps",
-            MAX_STEPS,
-            "--logging-steps",
-            1,
-            "--report-to",
-            "none",
-            *tiny_model_args(),
-        ]
+            *("--per-device-eval-batch-size", 4, "--checkpointing-steps", MAX_STEPS, "--logging-steps", 1),
+        )
 
     launcher = two_process_launcher()
     two = run_command(

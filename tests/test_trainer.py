@@ -23,7 +23,7 @@ from hub_scripts.publish import main as publish_main
 from marnet_cli.commands import evaluate as evaluate_command
 from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetImageClassifierOutput
 from tiny_marnet import tiny_config
-from train_fixtures import make_dataset_dict, save_dataset, save_text_encoder, save_vision_tower
+from train_fixtures import make_dataset_dict, save_dataset
 
 TINY_HEADS = {
     "projection_dim": 8,
@@ -40,10 +40,9 @@ def compute_metrics(p):
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(workspace):
     """The README's "Train with transformers.Trainer" recipe on the tiny colour dataset, a tiny ViT and a tiny BERT."""
-    root = tmp_path_factory.mktemp("trainer")
-    tower, text_encoder_dir = save_vision_tower(root / "tower"), save_text_encoder(root / "bert")
+    root, tower, text_encoder_dir = workspace["root"], workspace["tower"], workspace["bert"]
     dataset = make_dataset_dict()
     label_names = dataset["train"].features["label"].names
 
