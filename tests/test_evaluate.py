@@ -15,6 +15,7 @@ from modeling_marnet.corruptions import corrupt
 from modeling_marnet.evaluate import main
 from modeling_marnet.training.data import load_image_dataset
 from test_hostile_images import png_declaring
+from tiny_marnet import TEXT_WIDTH, TINY_HEADS
 from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, make_dataset_dict, save_dataset, save_vision_tower
 
 
@@ -26,11 +27,8 @@ def saved_model(tmp_path_factory):
     ).config.vision_config
     config = MARNetConfig(
         vision_config=vision_config,
-        text_hidden_size=16,
-        projection_dim=8,
-        denoiser_hidden_size=24,
-        timestep_embedding_dim=8,
-        num_train_timesteps=50,
+        text_hidden_size=TEXT_WIDTH,
+        **TINY_HEADS,
         num_inference_steps=3,
         id2label=dict(enumerate(CLASS_COLOURS)),
         label2id={n: i for i, n in enumerate(CLASS_COLOURS)},

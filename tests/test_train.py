@@ -18,6 +18,7 @@ from train_fixtures import (
     run_command,
     save_timm_tower,
     tiny_model_args,
+    train_argv,
 )
 
 METRIC_KEYS = {
@@ -212,22 +213,14 @@ def test_timm_tower_output_folder_has_a_reloadable_image_processor(workspace, tm
     result = run_command(
         module_command(
             "modeling_marnet.train",
-            "--dataset",
-            workspace["parquet"],
-            "--vision-model",
-            save_timm_tower(tmp_path / "t"),
-            "--ablation",
-            "baseline",
-            "--output-dir",
-            output_dir,
-            "--max-steps",
-            2,
-            "--per-device-train-batch-size",
-            4,
-            "--report-to",
-            "none",
-            "--checkpointing-steps",
-            0,
+            *train_argv(
+                workspace,
+                output_dir,
+                *("--vision-model", save_timm_tower(tmp_path / "t"), "--ablation", "baseline"),
+                *("--max-steps", 2, "--checkpointing-steps", 0),
+                dataset=workspace["parquet"],
+                text_encoder=None,
+            ),
         )
     )
     assert result.returncode == 0, result.stderr[-3000:]

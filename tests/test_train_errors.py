@@ -8,6 +8,7 @@ from transformers import ViTImageProcessor
 
 from marnet_cli.commands import train as main
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
+from tiny_marnet import TEXT_WIDTH, TINY_HEADS
 from train_fixtures import (
     CLASS_COLOURS,
     IMAGE_SIZE,
@@ -50,22 +51,14 @@ def test_visual_only_training_works_without_text_and_says_so(workspace, tmp_path
     result = run_command(
         module_command(
             "modeling_marnet.train",
-            "--dataset",
-            workspace["no_text"],
-            "--vision-model",
-            workspace["tower"],
-            "--ablation",
-            "baseline",
-            "--output-dir",
-            output_dir,
-            "--max-steps",
-            3,
-            "--per-device-train-batch-size",
-            8,
-            "--report-to",
-            "none",
-            "--checkpointing-steps",
-            0,
+            *train_argv(
+                workspace,
+                output_dir,
+                *("--ablation", "baseline", "--max-steps", 3, "--per-device-train-batch-size", 8),
+                *("--checkpointing-steps", 0),
+                dataset=workspace["no_text"],
+                text_encoder=None,
+            ),
         )
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,11 +134,8 @@ def test_text_encoder_width_must_match_the_checkpoint(workspace, tmp_path, capsy
     vision_config = MARNetForImageClassification.from_vision_pretrained(str(workspace["tower"])).config.vision_config
     config = MARNetConfig(
         vision_config=vision_config,
-        text_hidden_size=16,
-        projection_dim=8,
-        denoiser_hidden_size=24,
-        timestep_embedding_dim=8,
-        num_train_timesteps=50,
+        text_hidden_size=TEXT_WIDTH,
+        **TINY_HEADS,
         num_inference_steps=3,
         id2label=dict(enumerate(CLASS_COLOURS)),
     )
