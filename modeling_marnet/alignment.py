@@ -18,7 +18,7 @@ class MARNetProjection(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
         self.activation = nn.LeakyReLU(negative_slope)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(features))
 
 
@@ -58,13 +58,13 @@ class MARNetEmbeddingAlignment(nn.Module):
 
     def forward(
         self,
-        image_embeds,
-        text_embeds=None,
-        labels=None,
-        image_token_embeds=None,
-        text_token_embeds=None,
-        text_attention_mask=None,
-    ):
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_token_embeds: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Projects the features and, with text, computes the alignment loss.
 
         Args:

@@ -91,7 +91,13 @@ def _gather_without_grad(tensor):
 
 
 @_accepts_renamed_keywords
-def image_text_contrastive_loss(image_projected_embeds, text_projected_embeds, logit_scale, gather=True, labels=None):
+def image_text_contrastive_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`L_ITA = L_v2s + L_s2v` (eq. 9-11): symmetric InfoNCE over the batch on cosine similarities (eq. 5).
 
     Args:
@@ -174,7 +180,14 @@ def _same_label(labels, all_labels):
 
 
 @_accepts_renamed_keywords
-def ita_loss(image_projected_embeds, text_projected_embeds, labels=None, *, logit_scale, gather=True):
+def ita_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+) -> torch.Tensor:
     """`L_ITA = L_v2s + L_s2v` (MARNet eq. 5-11), the paper's own alignment, with the signature shared by every method.
 
     Args:
@@ -193,7 +206,15 @@ def ita_loss(image_projected_embeds, text_projected_embeds, labels=None, *, logi
 
 
 @_accepts_renamed_keywords
-def sdm_loss(image_projected_embeds, text_projected_embeds, labels=None, *, logit_scale, epsilon=1e-8, gather=True):
+def sdm_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    logit_scale: torch.Tensor,
+    epsilon: float = 1e-8,
+    gather: bool = True,
+) -> torch.Tensor:
     """Similarity Distribution Matching (IRRA, Jiang & Ye, CVPR 2023, Sec. 3.3): `L_sdm = L_i2t + L_t2i`.
 
     In IRRA's notation, with `sim` the cosine similarity and `y_ij = 1` when image i and text j match:
@@ -246,8 +267,14 @@ def sdm_loss(image_projected_embeds, text_projected_embeds, labels=None, *, logi
 
 @_accepts_renamed_keywords
 def swd_loss(
-    image_projected_embeds, text_projected_embeds, labels=None, *, num_projections=128, projections=None, gather=True
-):
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    num_projections: int = 128,
+    projections: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
     """Sliced Wasserstein Discrepancy (Lee et al., CVPR 2019, Sec. 3) between the image and the text embeddings.
 
     Lee et al. define, for distributions `mu` and `nu` on `R^d` and `R_theta` the projection on the direction
@@ -298,7 +325,15 @@ def swd_loss(
 
 
 @_accepts_renamed_keywords
-def cdd_loss(image_projected_embeds, text_projected_embeds, labels=None, *, kernel_num=5, kernel_mul=2.0, gather=True):
+def cdd_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    kernel_num: int = 5,
+    kernel_mul: float = 2.0,
+    gather: bool = True,
+) -> torch.Tensor:
     """Contrastive Domain Discrepancy (CAN, Kang et al., CVPR 2019, Sec. 3.2): intra- minus inter-class MMD.
 
     With `k` a kernel, source samples `x^s` (here: images) and target samples `x^t` (here: texts), the squared MMD
@@ -372,7 +407,13 @@ def cdd_loss(image_projected_embeds, text_projected_embeds, labels=None, *, kern
 
 
 @_accepts_renamed_keywords
-def ssan_loss(image_projected_embeds, text_projected_embeds, labels=None, *, gather=True):
+def ssan_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    gather: bool = True,
+) -> torch.Tensor:
     """Triplet-centroid alignment of SSAN (Li et al., ACM MM 2020, Sec. 3), across the image and text modalities.
 
     SSAN aligns, for every class k, the centroid `mu_s^k` of the source features, the centroid `mu_t^k` of the target
@@ -456,18 +497,18 @@ def _pad_tokens(text_tokens, text_mask):
 
 @_accepts_renamed_keywords
 def team_loss(
-    image_projected_embeds,
-    text_projected_embeds,
-    labels=None,
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
     *,
-    logit_scale,
-    image_tokens=None,
-    text_tokens=None,
-    text_attention_mask=None,
-    attention_temperature=0.1,
-    token_logit_scale=None,
-    gather=True,
-):
+    logit_scale: torch.Tensor,
+    image_tokens: torch.Tensor | None = None,
+    text_tokens: torch.Tensor | None = None,
+    text_attention_mask: torch.Tensor | None = None,
+    attention_temperature: float = 0.1,
+    token_logit_scale: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
     """Token Embeddings Alignment (TEAM, Xie et al., ACM MM 2022): global contrastive loss plus a token-level one.
 
     TEAM aligns every text token `t` with the image tokens: its TEAM blocks (self-attention, cross-attention from the

@@ -70,7 +70,7 @@ class MARNetMLP(nn.Module):
         )
         self.activation = nn.SiLU()
 
-    def forward(self, hidden):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers[-1](self.trunk(self.layers[0](hidden)))
 
     def trunk(self, hidden):
@@ -96,7 +96,9 @@ class MARNetDenoiser(nn.Module):
         in_features = config.text_hidden_size + config.timestep_embedding_dim + config.vision_hidden_size
         self.mlp = MARNetMLP(in_features, config.denoiser_hidden_size, config.text_hidden_size)
 
-    def forward(self, noisy_text_embeds, timesteps, image_embeds):
+    def forward(
+        self, noisy_text_embeds: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor
+    ) -> torch.Tensor:
         """(B, D_s) noisy feature, (B,) int timesteps, (B, H_v) condition -> (B, D_s) predicted `x_s^0`."""
         time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text_embeds.dtype)
         return self.mlp(torch.cat([noisy_text_embeds, time_embeds, image_embeds], dim=-1))
@@ -272,7 +274,9 @@ class MARNetCrossModalReconstruction(nn.Module):
         else:
             self.mapper = MARNetMLP(config.vision_hidden_size, config.denoiser_hidden_size, config.text_hidden_size)
 
-    def forward(self, image_embeds, text_embeds=None):
+    def forward(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, H_v) visual and optional (B, D_s) text features -> `x_CDR` (B, D_s) and `L_MSE` (or None)."""
         if self.config.reconstruction == "mlp":
             reconstructed_text_embeds = self.mapper(image_embeds)  # x_CDR, (B, D_s)
@@ -301,7 +305,7 @@ class MARNetCrossModalReconstruction(nn.Module):
         visited, _ = self.schedule.reverse_coefficients(self.config.num_inference_steps, self.config.sampler)
         return visited.to(device)[torch.randint(0, len(visited), (batch_size,), device=device)]
 
-    def sample(self, image_embeds):
+    def sample(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent.
 
         Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last

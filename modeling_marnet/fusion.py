@@ -46,7 +46,7 @@ class MARNetFusion(nn.Module):
             self.visual_projection = nn.Linear(visual_dim, self.fused_dim)
             self.reconstruction_projection = nn.Linear(reconstruction_dim, self.fused_dim)
 
-    def forward(self, visual_embeds, reconstructed_text_embeds):
+    def forward(self, visual_embeds: torch.Tensor, reconstructed_text_embeds: torch.Tensor) -> torch.Tensor:
         """`x_f = fusion(x_EMA, x_CDR)` (eq. 3): (B, D_EMA), (B, D_s) features -> (B, fused_dim) fused feature."""
         if self.mode == "concat":
             return torch.cat([visual_embeds, reconstructed_text_embeds], dim=-1)  # (B, D_EMA + D_s)

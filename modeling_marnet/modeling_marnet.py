@@ -31,6 +31,7 @@ Shapes: B batch size, H_v `vision_hidden_size`, D_s `text_hidden_size`, P `proje
 
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -522,16 +523,16 @@ class MARNetModel(MARNetPreTrainedModel):
 
     def forward(
         self,
-        pixel_values=None,
-        text_embeds=None,
-        labels=None,
-        text_token_embeds=None,
-        text_attention_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
+        pixel_values: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> tuple | MARNetModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as prepared by the image processor.
@@ -660,7 +661,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_vision_pretrained(cls, vision_model_name_or_path, config=None, **kwargs):
+    def from_vision_pretrained(
+        cls, vision_model_name_or_path: str | os.PathLike, config: MARNetConfig | None = None, **kwargs
+    ) -> "MARNetForImageClassification":
         """MARNet on a pretrained vision tower (local path or Hub id of any `AutoModel` vision checkpoint, timm ones
         included), with freshly initialised MARNet heads.
 
@@ -729,17 +732,17 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
 
     def forward(
         self,
-        pixel_values=None,
-        labels=None,
-        text_embeds=None,
-        text_token_embeds=None,
-        text_attention_mask=None,
-        ingredient_labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        ingredient_labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> tuple | MARNetImageClassifierOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as prepared by the image processor.
