@@ -18,7 +18,7 @@ class MARNetProjection(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
         self.activation = nn.LeakyReLU(negative_slope)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(features))
 
 
@@ -58,35 +58,35 @@ class MARNetEmbeddingAlignment(nn.Module):
 
     def forward(
         self,
-        vision_features,
-        text_embeds=None,
-        labels=None,
-        image_tokens=None,
-        text_tokens=None,
-        text_attention_mask=None,
-    ):
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_token_embeds: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Projects the features and, with text, computes the alignment loss.
 
         Args:
-            vision_features: (B, H_v) pooled visual features `x_v`.
+            image_embeds: (B, H_v) pooled visual features `x_v`.
             text_embeds: optional (B, D_s) pooled text features `x_s`; without them there is no loss.
             labels: optional (B,) class ids or (B, L) multi-hot rows, read when the method groups by class or the
                 targets are class-aware.
-            image_tokens: optional (B, N, H_v) patch features of the tower, for `alignment="team"`.
-            text_tokens: optional (B, T, D_s) text token features, for `alignment="team"`.
-            text_attention_mask: optional (B, T) mask of `text_tokens`, 1 for real tokens and 0 for padding.
+            image_token_embeds: optional (B, N, H_v) patch features of the tower, for `alignment="team"`.
+            text_token_embeds: optional (B, T, D_s) text token features, for `alignment="team"`.
+            text_attention_mask: optional (B, T) mask of `text_token_embeds`, 1 for real tokens and 0 for padding.
 
         Returns:
             `x_v'` (B, P); `x_s'` (B, P) or None; the scalar loss, or None without text, or in evaluation without the
             labels the loss needs.
         """
-        visual_embeds = self.visual_projection(vision_features)  # (B, P)
+        image_projected_embeds = self.visual_projection(image_embeds)  # x_v', (B, P)
         if text_embeds is None:
-            return visual_embeds, None, None
-        text_projected = self.text_projection(text_embeds)  # (B, P)
+            return image_projected_embeds, None, None
+        text_projected_embeds = self.text_projection(text_embeds)  # x_s', (B, P)
         if self.needs_labels and labels is None:
             if not self.training:
-                return visual_embeds, text_projected, None  # evaluation without labels: nothing to align on
+                return image_projected_embeds, text_projected_embeds, None  # evaluation without labels: no loss
             if self.class_targets:
                 setting, reason = "alignment_targets='class'", "the positives are the texts of the same class"
                 fix = "use alignment_targets='instance'"
@@ -101,12 +101,16 @@ class MARNetEmbeddingAlignment(nn.Module):
         kwargs = dict(self.method_parameters)
         if self.method in ALIGNMENTS_WITH_TEMPERATURE:
             kwargs["logit_scale"] = self.logit_scale
-        if image_tokens is not None:
-            kwargs["image_tokens"] = self.visual_projection(image_tokens)  # (B, N, P)
-        if text_tokens is not None:
-            kwargs["text_tokens"] = self.text_projection(text_tokens)  # (B, T, P)
+        if image_token_embeds is not None:
+            kwargs["image_tokens"] = self.visual_projection(image_token_embeds)  # (B, N, P)
+        if text_token_embeds is not None:
+            kwargs["text_tokens"] = self.text_projection(text_token_embeds)  # (B, T, P)
             kwargs["text_attention_mask"] = text_attention_mask
         loss = self.loss_function(
-            visual_embeds, text_projected, labels if self.needs_labels else None, gather=self.gather, **kwargs
+            image_projected_embeds,
+            text_projected_embeds,
+            labels if self.needs_labels else None,
+            gather=self.gather,
+            **kwargs,
         )
-        return visual_embeds, text_projected, loss
+        return image_projected_embeds, text_projected_embeds, loss

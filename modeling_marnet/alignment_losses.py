@@ -1,10 +1,12 @@
 """The cross-modal alignment methods of the paper's Table 1 (SWD, SSAN, CDD, SDM, TEAM, ITA) as loss functions.
 
-Every method has the signature `loss = <name>_loss(image_embeds, text_embeds, labels=None, *, <method params>,
-gather=True)`: it reads the projected features `x_v'` and `x_s'` (B, P) of EMA (eq. 6-8), row i of one paired with
-row i of the other, and returns a scalar tensor. ITA itself (eq. 5-11) is `image_text_contrastive_loss`, which also
-returns its logits; `ita_loss` only gives it this signature. `ALIGNMENT_LOSSES` maps each method's name to its
-function; `MARNetEmbeddingAlignment` (`alignment.py`) calls the one that `MARNetConfig.alignment` names.
+Every method has the signature `loss = <name>_loss(image_projected_embeds, text_projected_embeds, labels=None, *,
+<method params>, gather=True)`: it reads the projected features `x_v'` and `x_s'` (B, P) of EMA (eq. 6-8), row i of
+one paired with row i of the other, and returns a scalar tensor. (The names are those of the notation in
+`modeling_marnet.py`; the keywords `image_embeds` and `text_embeds` of MARNet 0.1 still work, with a FutureWarning.)
+ITA itself (eq. 5-11) is `image_text_contrastive_loss`, which also returns its logits; `ita_loss` only gives it this
+signature. `ALIGNMENT_LOSSES` maps each method's name to its function; `MARNetEmbeddingAlignment` (`alignment.py`)
+calls the one that `MARNetConfig.alignment` names.
 
 Choices shared by every method (ours, not the source papers'):
 - Every method compares L2-normalised embeddings, the unit sphere on which ITA's cosine similarity (eq. 5) lives, so
@@ -19,7 +21,9 @@ Choices shared by every method (ours, not the source papers'):
   cases DDP's gradient average is the one-process gradient. Every process must hold the same number of rows.
 """
 
+import functools
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -47,23 +51,58 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad_output[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
 
 
+# The keywords of the projected features until MARNet 0.1, which name the unprojected `x_v`, `x_s` in the model's
+# output -> their names since; the old ones are accepted, with a FutureWarning, until 0.3.
+_RENAMED_KEYWORDS = {"image_embeds": "image_projected_embeds", "text_embeds": "text_projected_embeds"}
+
+
+def _accepts_renamed_keywords(loss_function):
+    """`loss_function`, also called with the old keywords of `_RENAMED_KEYWORDS` (with a FutureWarning)."""
+
+    @functools.wraps(loss_function)
+    def wrapper(*args, **kwargs):
+        for old, new in _RENAMED_KEYWORDS.items():
+            if old not in kwargs:
+                continue
+            if new in kwargs:
+                raise TypeError(f"{loss_function.__name__}() got both `{new}` and its deprecated name `{old}`.")
+            warnings.warn(
+                f"`{loss_function.__name__}({old}=...)` is deprecated and will be removed in MARNet 0.3: pass the "
+                f"projected feature as `{new}` (`{old}` is the unprojected feature in the model's output).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            kwargs[new] = kwargs.pop(old)
+        return loss_function(*args, **kwargs)
+
+    return wrapper
+
+
 def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _gather_labels(labels):
-    """Every process's labels in rank order (no gradient needed): (B, ...) -> (B * world, ...)."""
-    gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, labels.contiguous())
+def _gather_without_grad(tensor):
+    """Every process's rows of `tensor` in rank order, without gradient (labels, token masks): (B, ...) ->
+    (B * world, ...)."""
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered)
 
 
-def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=True, labels=None):
+@_accepts_renamed_keywords
+def image_text_contrastive_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`L_ITA = L_v2s + L_s2v` (eq. 9-11): symmetric InfoNCE over the batch on cosine similarities (eq. 5).
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         logit_scale: scalar tensor, `log(1 / tau)`.
         gather: under `torch.distributed`, use every process's rows as negatives.
         labels: (B,) class ids or (B, L) multi-hot rows for class-aware targets (an extension, not in the paper):
@@ -74,20 +113,20 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
         The loss (each direction averaged over the local rows, the two directions summed) and the (B, B_all)
         image-to-text logits.
     """
-    image_embeds = F.normalize(image_embeds, dim=-1)
-    text_embeds = F.normalize(text_embeds, dim=-1)
+    image = F.normalize(image_projected_embeds, dim=-1)  # unit-norm x_v': (B, P)
+    text = F.normalize(text_projected_embeds, dim=-1)  # unit-norm x_s'
     offset = 0
-    all_image_embeds, all_text_embeds, all_labels = image_embeds, text_embeds, labels
+    all_image, all_text, all_labels = image, text, labels
     if gather and _distributed():
-        all_image_embeds = _GatherWithGrad.apply(image_embeds)  # (B * world, P)
-        all_text_embeds = _GatherWithGrad.apply(text_embeds)
-        offset = dist.get_rank() * image_embeds.shape[0]
-        all_labels = _gather_labels(labels) if labels is not None else None
+        all_image = _GatherWithGrad.apply(image)  # (B * world, P)
+        all_text = _GatherWithGrad.apply(text)
+        offset = dist.get_rank() * image.shape[0]
+        all_labels = _gather_without_grad(labels) if labels is not None else None
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-    logits_per_image = scale * image_embeds @ all_text_embeds.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau
-    logits_per_text = scale * text_embeds @ all_image_embeds.t()  # (B, B_all): Sim(x_s'^i, x_v'^b) / tau
+    logits_per_image = scale * image @ all_text.t()  # (B, B_all): Sim(x_v'^i, x_s'^b) / tau
+    logits_per_text = scale * text @ all_image.t()  # (B, B_all): Sim(x_s'^i, x_v'^b) / tau
     if labels is None:
-        targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+        targets = torch.arange(image.shape[0], device=image.device) + offset
     else:
         matches = _same_label(labels, all_labels).to(logits_per_image.dtype)  # (B, B_all), diagonal is 1
         targets = matches / matches.sum(dim=-1, keepdim=True)
@@ -95,20 +134,20 @@ def image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=T
     return loss, logits_per_image
 
 
-def _check_inputs(method, image_embeds, text_embeds, labels, labels_needed_for=None):
+def _check_inputs(method, image, text, labels, labels_needed_for=None):
     """Shapes (B, P), (B, P) and (B,) or (B, L); `labels_needed_for` says why `method` cannot run without labels."""
-    if image_embeds.dim() != 2 or image_embeds.shape != text_embeds.shape:
+    if image.dim() != 2 or image.shape != text.shape:
         raise ValueError(
             f"`{method}` alignment needs image and text embeddings of the same shape (B, P), got "
-            f"{tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}."
+            f"{tuple(image.shape)} and {tuple(text.shape)}."
         )
     if labels is None:
         if labels_needed_for is not None:
             raise ValueError(f"`{method}` alignment needs `labels`: {labels_needed_for}. Got labels=None.")
-    elif labels.dim() not in (1, 2) or labels.shape[0] != image_embeds.shape[0]:
+    elif labels.dim() not in (1, 2) or labels.shape[0] != image.shape[0]:
         raise ValueError(
-            f"`{method}` alignment needs labels of shape ({image_embeds.shape[0]},) (class ids) or "
-            f"({image_embeds.shape[0]}, L) (multi-hot rows), got {tuple(labels.shape)}."
+            f"`{method}` alignment needs labels of shape ({image.shape[0]},) (class ids) or "
+            f"({image.shape[0]}, L) (multi-hot rows), got {tuple(labels.shape)}."
         )
 
 
@@ -120,7 +159,7 @@ def _global_batch(gather, *tensors):
 
 
 def _global_labels(gather, labels):
-    return _gather_labels(labels) if gather and _distributed() else labels
+    return _gather_without_grad(labels) if gather and _distributed() else labels
 
 
 def _row_offset(gather, batch_size):
@@ -140,12 +179,20 @@ def _same_label(labels, all_labels):
     return matches.all(dim=-1) if matches.dim() == 3 else matches
 
 
-def ita_loss(image_embeds, text_embeds, labels=None, *, logit_scale, gather=True):
+@_accepts_renamed_keywords
+def ita_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+) -> torch.Tensor:
     """`L_ITA = L_v2s + L_s2v` (MARNet eq. 5-11), the paper's own alignment, with the signature shared by every method.
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         labels: `None` for the instance targets of eq. 9-10, or (B,) / (B, L) labels for class-aware targets (see
             `image_text_contrastive_loss`).
         logit_scale: scalar tensor, `log(1 / tau)`.
@@ -154,11 +201,20 @@ def ita_loss(image_embeds, text_embeds, labels=None, *, logit_scale, gather=True
     Returns:
         The scalar loss of `image_text_contrastive_loss`.
     """
-    _check_inputs("ita", image_embeds, text_embeds, labels)
-    return image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather, labels)[0]
+    _check_inputs("ita", image_projected_embeds, text_projected_embeds, labels)
+    return image_text_contrastive_loss(image_projected_embeds, text_projected_embeds, logit_scale, gather, labels)[0]
 
 
-def sdm_loss(image_embeds, text_embeds, labels=None, *, logit_scale, epsilon=1e-8, gather=True):
+@_accepts_renamed_keywords
+def sdm_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    logit_scale: torch.Tensor,
+    epsilon: float = 1e-8,
+    gather: bool = True,
+) -> torch.Tensor:
     """Similarity Distribution Matching (IRRA, Jiang & Ye, CVPR 2023, Sec. 3.3): `L_sdm = L_i2t + L_t2i`.
 
     In IRRA's notation, with `sim` the cosine similarity and `y_ij = 1` when image i and text j match:
@@ -176,8 +232,8 @@ def sdm_loss(image_embeds, text_embeds, labels=None, *, logit_scale, epsilon=1e-
     cross-modal encoder) are separate objectives and are not part of this loss.
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         labels: (B,) class ids or (B, L) multi-hot rows. Required.
         logit_scale: scalar tensor, `log(1 / tau)`; `exp` is capped at 100 as for ITA.
         epsilon: IRRA's `epsilon`, which keeps `log(q_ij + epsilon)` finite where `q_ij = 0`.
@@ -188,14 +244,15 @@ def sdm_loss(image_embeds, text_embeds, labels=None, *, logit_scale, epsilon=1e-
     """
     _check_inputs(
         "sdm",
-        image_embeds,
-        text_embeds,
+        image_projected_embeds,
+        text_projected_embeds,
         labels,
         "the true-matching distribution q pairs the images and texts that share a label",
     )
-    image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
-    all_image_embeds, all_text_embeds = _global_batch(gather, image_embeds, text_embeds)
-    matches = _same_label(labels, _global_labels(gather, labels)).to(image_embeds.dtype)  # (B, B_all): y_ij
+    # x_v' and x_s' on the unit sphere, (B, P), and those of the global batch, (B_all, P).
+    image, text = F.normalize(image_projected_embeds, dim=-1), F.normalize(text_projected_embeds, dim=-1)
+    all_image, all_text = _global_batch(gather, image, text)
+    matches = _same_label(labels, _global_labels(gather, labels)).to(image.dtype)  # (B, B_all): y_ij
     log_q = torch.log(matches / matches.sum(dim=-1, keepdim=True) + epsilon)  # (B, B_all): log(q_ij + epsilon)
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
@@ -203,12 +260,21 @@ def sdm_loss(image_embeds, text_embeds, labels=None, *, logit_scale, epsilon=1e-
         log_p = logits.log_softmax(dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
 
-    image_to_text = divergence(scale * image_embeds @ all_text_embeds.t())  # sim(f_i^v, f_j^t) / tau
-    text_to_image = divergence(scale * text_embeds @ all_image_embeds.t())
+    image_to_text = divergence(scale * image @ all_text.t())  # sim(f_i^v, f_j^t) / tau
+    text_to_image = divergence(scale * text @ all_image.t())
     return image_to_text + text_to_image
 
 
-def swd_loss(image_embeds, text_embeds, labels=None, *, num_projections=128, projections=None, gather=True):
+@_accepts_renamed_keywords
+def swd_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    num_projections: int = 128,
+    projections: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
     """Sliced Wasserstein Discrepancy (Lee et al., CVPR 2019, Sec. 3) between the image and the text embeddings.
 
     Lee et al. define, for distributions `mu` and `nu` on `R^d` and `R_theta` the projection on the direction
@@ -228,8 +294,8 @@ def swd_loss(image_embeds, text_embeds, labels=None, *, num_projections=128, pro
     the directions drawn by process 0 are broadcast so that every process computes the same global loss.
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`.
         labels: unused (SWD is label-free); accepted, and shape-checked, for the signature shared by every method.
         num_projections: M, the number of random directions drawn when `projections` is None.
         projections: optional (P, M) directions, one per column (normalised here), instead of random ones.
@@ -238,12 +304,13 @@ def swd_loss(image_embeds, text_embeds, labels=None, *, num_projections=128, pro
     Returns:
         Scalar loss: the mean over directions of the squared 1-D Wasserstein-2 distance.
     """
-    _check_inputs("swd", image_embeds, text_embeds, labels)
-    image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
-    all_image_embeds, all_text_embeds = _global_batch(gather, image_embeds, text_embeds)
-    dim = image_embeds.shape[1]
+    _check_inputs("swd", image_projected_embeds, text_projected_embeds, labels)
+    # x_v' and x_s' on the unit sphere, (B, P), and those of the global batch, (B_all, P).
+    image, text = F.normalize(image_projected_embeds, dim=-1), F.normalize(text_projected_embeds, dim=-1)
+    all_image, all_text = _global_batch(gather, image, text)
+    dim = image.shape[1]
     if projections is None:
-        projections = torch.randn(dim, num_projections, device=image_embeds.device, dtype=image_embeds.dtype)
+        projections = torch.randn(dim, num_projections, device=image.device, dtype=image.dtype)
         if gather and _distributed():
             dist.broadcast(projections, src=0)
     elif projections.dim() != 2 or projections.shape[0] != dim:
@@ -251,13 +318,22 @@ def swd_loss(image_embeds, text_embeds, labels=None, *, num_projections=128, pro
             f"`swd` alignment needs projections of shape ({dim}, M) (one direction per column), got "
             f"{tuple(projections.shape)}."
         )
-    projections = F.normalize(projections.to(image_embeds.dtype), dim=0)  # (P, M): theta_m on S^{P-1}
-    image_slices = (all_image_embeds @ projections).sort(dim=0).values  # (B_all, M): sorted R_theta mu
-    text_slices = (all_text_embeds @ projections).sort(dim=0).values  # (B_all, M): sorted R_theta nu
+    projections = F.normalize(projections.to(image.dtype), dim=0)  # (P, M): theta_m on S^{P-1}
+    image_slices = (all_image @ projections).sort(dim=0).values  # (B_all, M): sorted R_theta mu
+    text_slices = (all_text @ projections).sort(dim=0).values  # (B_all, M): sorted R_theta nu
     return (image_slices - text_slices).pow(2).mean()
 
 
-def cdd_loss(image_embeds, text_embeds, labels=None, *, kernel_num=5, kernel_mul=2.0, gather=True):
+@_accepts_renamed_keywords
+def cdd_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    kernel_num: int = 5,
+    kernel_mul: float = 2.0,
+    gather: bool = True,
+) -> torch.Tensor:
     """Contrastive Domain Discrepancy (CAN, Kang et al., CVPR 2019, Sec. 3.2): intra- minus inter-class MMD.
 
     With `k` a kernel, source samples `x^s` (here: images) and target samples `x^t` (here: texts), the squared MMD
@@ -285,8 +361,8 @@ def cdd_loss(image_embeds, text_embeds, labels=None, *, kernel_num=5, kernel_mul
     `kernel_mul=2`.
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`.
         labels: (B,) class ids or (B, L) multi-hot rows (each distinct label set is a class). Required.
         kernel_num: number of Gaussian kernels.
         kernel_mul: ratio between the bandwidths of consecutive kernels.
@@ -297,17 +373,18 @@ def cdd_loss(image_embeds, text_embeds, labels=None, *, kernel_num=5, kernel_mul
     """
     _check_inputs(
         "cdd",
-        image_embeds,
-        text_embeds,
+        image_projected_embeds,
+        text_projected_embeds,
         labels,
         "the intra- and inter-class discrepancies group the images and texts by class",
     )
-    image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
-    all_image_embeds, all_text_embeds = _global_batch(gather, image_embeds, text_embeds)
-    one_hot = _class_one_hot(_global_labels(gather, labels), image_embeds.dtype)  # (B_all, M)
+    # x_v' and x_s' on the unit sphere, (B, P), and those of the global batch, (B_all, P).
+    image, text = F.normalize(image_projected_embeds, dim=-1), F.normalize(text_projected_embeds, dim=-1)
+    all_image, all_text = _global_batch(gather, image, text)
+    one_hot = _class_one_hot(_global_labels(gather, labels), image.dtype)  # (B_all, M)
     counts = one_hot.sum(dim=0)  # (M,) samples per class, the same in both modalities
 
-    features = torch.cat([all_image_embeds, all_text_embeds])  # (2 B_all, P)
+    features = torch.cat([all_image, all_text])  # (2 B_all, P)
     squared_distances = (2 - 2 * features @ features.t()).clamp(min=0)  # (2 B_all, 2 B_all): unit vectors
     size = features.shape[0]
     bandwidth = (squared_distances.detach().sum() / (size * size - size)).clamp(min=1e-5)
@@ -315,7 +392,7 @@ def cdd_loss(image_embeds, text_embeds, labels=None, *, kernel_num=5, kernel_mul
     bandwidths = bandwidth * kernel_mul**exponents  # (K,)
     kernel = torch.exp(-squared_distances / bandwidths[:, None, None]).mean(dim=0)  # (2 B_all, 2 B_all)
 
-    rows = all_image_embeds.shape[0]
+    rows = all_image.shape[0]
     image_kernel, text_kernel, cross_kernel = kernel[:rows, :rows], kernel[rows:, rows:], kernel[:rows, rows:]
     e1 = (one_hot.t() @ image_kernel @ one_hot).diagonal() / counts**2  # (M,)
     e2 = (one_hot.t() @ text_kernel @ one_hot).diagonal() / counts**2  # (M,)
@@ -329,7 +406,14 @@ def cdd_loss(image_embeds, text_embeds, labels=None, *, kernel_num=5, kernel_mul
     return intra - inter
 
 
-def ssan_loss(image_embeds, text_embeds, labels=None, *, gather=True):
+@_accepts_renamed_keywords
+def ssan_loss(
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    gather: bool = True,
+) -> torch.Tensor:
     """Triplet-centroid alignment of SSAN (Li et al., ACM MM 2020, Sec. 3), across the image and text modalities.
 
     SSAN aligns, for every class k, the centroid `mu_s^k` of the source features, the centroid `mu_t^k` of the target
@@ -349,22 +433,23 @@ def ssan_loss(image_embeds, text_embeds, labels=None, *, gather=True):
     domain discriminator needs a module of its own and is not an alignment of classes.
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`.
         labels: (B,) class ids or (B, L) multi-hot rows (each distinct label set is a class). Required.
         gather: under `torch.distributed`, take the centroids over the global batch.
 
     Returns:
         Scalar loss: the mean over the classes present of the three squared centroid distances.
     """
-    _check_inputs("ssan", image_embeds, text_embeds, labels, "the centroids are taken per class")
-    image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
-    all_image_embeds, all_text_embeds = _global_batch(gather, image_embeds, text_embeds)
-    one_hot = _class_one_hot(_global_labels(gather, labels), image_embeds.dtype)  # (B_all, M)
+    _check_inputs("ssan", image_projected_embeds, text_projected_embeds, labels, "the centroids are taken per class")
+    # x_v' and x_s' on the unit sphere, (B, P), and those of the global batch, (B_all, P).
+    image, text = F.normalize(image_projected_embeds, dim=-1), F.normalize(text_projected_embeds, dim=-1)
+    all_image, all_text = _global_batch(gather, image, text)
+    one_hot = _class_one_hot(_global_labels(gather, labels), image.dtype)  # (B_all, M)
     counts = one_hot.sum(dim=0)[:, None]  # (M, 1)
-    image_centroids = one_hot.t() @ all_image_embeds / counts  # (M, P)
-    text_centroids = one_hot.t() @ all_text_embeds / counts  # (M, P)
-    joint_centroids = one_hot.t() @ (all_image_embeds + all_text_embeds) / (2 * counts)  # (M, P): both modalities
+    image_centroids = one_hot.t() @ all_image / counts  # (M, P)
+    text_centroids = one_hot.t() @ all_text / counts  # (M, P)
+    joint_centroids = one_hot.t() @ (all_image + all_text) / (2 * counts)  # (M, P): both modalities
 
     def squared_distance(a, b):  # (M, P), (M, P) -> (M,)
         return (a - b).pow(2).sum(dim=-1)
@@ -410,19 +495,20 @@ def _pad_tokens(text_tokens, text_mask):
     return F.pad(text_tokens, (0, 0, 0, padding)), F.pad(text_mask, (0, padding))
 
 
+@_accepts_renamed_keywords
 def team_loss(
-    image_embeds,
-    text_embeds,
-    labels=None,
+    image_projected_embeds: torch.Tensor,
+    text_projected_embeds: torch.Tensor,
+    labels: torch.Tensor | None = None,
     *,
-    logit_scale,
-    image_tokens=None,
-    text_tokens=None,
-    text_attention_mask=None,
-    attention_temperature=0.1,
-    token_logit_scale=None,
-    gather=True,
-):
+    logit_scale: torch.Tensor,
+    image_tokens: torch.Tensor | None = None,
+    text_tokens: torch.Tensor | None = None,
+    text_attention_mask: torch.Tensor | None = None,
+    attention_temperature: float = 0.1,
+    token_logit_scale: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
     """Token Embeddings Alignment (TEAM, Xie et al., ACM MM 2022): global contrastive loss plus a token-level one.
 
     TEAM aligns every text token `t` with the image tokens: its TEAM blocks (self-attention, cross-attention from the
@@ -449,14 +535,14 @@ def team_loss(
     Memory and compute grow as B * B_all * T * N (every text token against every image token of every pair).
 
     Args:
-        image_embeds: (B, P) projected visual features `x_v'`.
-        text_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
+        image_projected_embeds: (B, P) projected visual features `x_v'`.
+        text_projected_embeds: (B, P) projected text features `x_s'`, row i paired with image row i.
         labels: optional (B,) class ids or (B, L) multi-hot rows for class-aware targets; `None`: instance targets.
         logit_scale: scalar tensor, `log(1 / tau)` of the global term (and of the token term by default).
         image_tokens: optional (B, N, C) image token features (e.g. the ViT patch tokens, projected); `None`: the
-            pooled `image_embeds` as the only token.
+            pooled `image_projected_embeds` as the only token.
         text_tokens: optional (B, T, C) text token features (e.g. the text encoder's token states, projected);
-            `None`: the pooled `text_embeds` as the only token.
+            `None`: the pooled `text_projected_embeds` as the only token.
         text_attention_mask: optional (B, T) mask of `text_tokens`, 1 for real tokens and 0 for padding.
         attention_temperature: temperature of the text-to-image token attention.
         token_logit_scale: optional scalar tensor, `log(1 / tau)` of the token term.
@@ -465,11 +551,13 @@ def team_loss(
     Returns:
         Scalar loss `L_ITA + L_token`.
     """
-    _check_inputs("team", image_embeds, text_embeds, labels)
-    global_loss, _ = image_text_contrastive_loss(image_embeds, text_embeds, logit_scale, gather, labels)
-    batch_size = image_embeds.shape[0]
-    image_tokens = image_embeds[:, None, :] if image_tokens is None else image_tokens  # (B, N, C)
-    text_tokens = text_embeds[:, None, :] if text_tokens is None else text_tokens  # (B, T, C)
+    _check_inputs("team", image_projected_embeds, text_projected_embeds, labels)
+    global_loss, _ = image_text_contrastive_loss(
+        image_projected_embeds, text_projected_embeds, logit_scale, gather, labels
+    )
+    batch_size = image_projected_embeds.shape[0]
+    image_tokens = image_projected_embeds[:, None, :] if image_tokens is None else image_tokens  # (B, N, C)
+    text_tokens = text_projected_embeds[:, None, :] if text_tokens is None else text_tokens  # (B, T, C)
     if text_attention_mask is None:
         text_attention_mask = torch.ones(text_tokens.shape[:2], dtype=torch.long, device=text_tokens.device)
     if (
@@ -495,14 +583,14 @@ def team_loss(
     all_image_tokens, all_text_tokens = _global_batch(gather, image_tokens, text_tokens)
     scores_per_text = _token_match_scores(text_tokens, text_attention_mask, all_image_tokens, attention_temperature)
     if distributed:  # local images against every process's texts
-        all_mask = _gather_labels(text_attention_mask)
+        all_mask = _gather_without_grad(text_attention_mask)
         scores_per_image = _token_match_scores(all_text_tokens, all_mask, image_tokens, attention_temperature).t()
     else:
         scores_per_image = scores_per_text.t()  # (B, B_all): S(text j, image i)
 
     offset = _row_offset(gather, batch_size)
     if labels is None:
-        targets = torch.arange(batch_size, device=image_embeds.device) + offset
+        targets = torch.arange(batch_size, device=image_projected_embeds.device) + offset
     else:
         matches = _same_label(labels, _global_labels(gather, labels)).to(scores_per_text.dtype)  # (B, B_all)
         targets = matches / matches.sum(dim=-1, keepdim=True)

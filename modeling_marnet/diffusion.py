@@ -70,7 +70,7 @@ class MARNetMLP(nn.Module):
         )
         self.activation = nn.SiLU()
 
-    def forward(self, hidden):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers[-1](self.trunk(self.layers[0](hidden)))
 
     def trunk(self, hidden):
@@ -96,30 +96,32 @@ class MARNetDenoiser(nn.Module):
         in_features = config.text_hidden_size + config.timestep_embedding_dim + config.vision_hidden_size
         self.mlp = MARNetMLP(in_features, config.denoiser_hidden_size, config.text_hidden_size)
 
-    def forward(self, noisy_text, timesteps, vision_features):
+    def forward(
+        self, noisy_text_embeds: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor
+    ) -> torch.Tensor:
         """(B, D_s) noisy feature, (B,) int timesteps, (B, H_v) condition -> (B, D_s) predicted `x_s^0`."""
-        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text.dtype)
-        return self.mlp(torch.cat([noisy_text, time_embeds, vision_features], dim=-1))
+        time_embeds = timestep_embedding(timesteps, self.timestep_embedding_dim).to(noisy_text_embeds.dtype)
+        return self.mlp(torch.cat([noisy_text_embeds, time_embeds, image_embeds], dim=-1))
 
-    def prepare(self, vision_features):
+    def prepare(self, image_embeds):
         """The first layer split by input once per forward, as a [`DenoiserTerms`] whose condition is
         `W_v x_v + b`: (B, H_v) -> (B, hidden). One autograd node however many steps use the blocks (a slice per use
         would each backpropagate a full-size zero gradient)."""
         first = self.mlp.layers[0]
         text, time = self.text_hidden_size, self.timestep_embedding_dim
         text_weight, time_weight, vision_weight = first.weight.split((text, time, first.in_features - text - time), 1)
-        return DenoiserTerms(F.linear(vision_features, vision_weight, first.bias), time_weight, text_weight.t())
+        return DenoiserTerms(F.linear(image_embeds, vision_weight, first.bias), time_weight, text_weight.t())
 
     def output_bias(self):
         """`b_out` (D_s,), the last layer's bias, which `scaled_denoise` expects inside its `offset`."""
         return self.mlp.layers[-1].bias
 
-    def scaled_denoise(self, noisy_text, step_input, scale, offset, text_weight_t):
+    def scaled_denoise(self, noisy_text_embeds, step_input, scale, offset, text_weight_t):
         """`scale * X_theta(x_s^t, t, x_v) + offset` in two matmuls and the MLP trunk, from the sample-independent
         terms of the first layer: (B, D_s) noisy feature, (B, hidden) step input `W_v x_v + b + W_t emb(t)`, float
         scale, (B or 1, D_s) offset holding `scale * output_bias()`, `W_s^T` (D_s, hidden) of `prepare` ->
         (B, D_s). A whole reverse step (eq. 22-23) is one such call; `scale=1, offset=output_bias()` is `X_theta`."""
-        hidden = torch.addmm(step_input, noisy_text, text_weight_t)  # (B, hidden)
+        hidden = torch.addmm(step_input, noisy_text_embeds, text_weight_t)  # (B, hidden)
         return torch.addmm(offset, self.mlp.trunk(hidden), self.mlp.layers[-1].weight.t(), alpha=scale)
 
 
@@ -272,20 +274,24 @@ class MARNetCrossModalReconstruction(nn.Module):
         else:
             self.mapper = MARNetMLP(config.vision_hidden_size, config.denoiser_hidden_size, config.text_hidden_size)
 
-    def forward(self, vision_features, text_embeds=None):
+    def forward(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, H_v) visual and optional (B, D_s) text features -> `x_CDR` (B, D_s) and `L_MSE` (or None)."""
         if self.config.reconstruction == "mlp":
-            reconstructed = self.mapper(vision_features)
-            return reconstructed, F.mse_loss(reconstructed, text_embeds) if text_embeds is not None else None
-        terms = self.denoiser.prepare(vision_features)  # shared by L_MSE and the sampler
+            reconstructed_text_embeds = self.mapper(image_embeds)  # x_CDR, (B, D_s)
+            loss = F.mse_loss(reconstructed_text_embeds, text_embeds) if text_embeds is not None else None
+            return reconstructed_text_embeds, loss
+        terms = self.denoiser.prepare(image_embeds)  # shared by L_MSE and the sampler
         if text_embeds is None:
             return self._sample(terms), None
         timesteps = self.training_timesteps(text_embeds.shape[0], text_embeds.device)
-        noisy_text = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)  # x_s^t, eq. 15
-        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(noisy_text.dtype)  # (B, E)
+        # x_s^t (eq. 15) and emb(t): (B, D_s), (B, E)
+        noisy_text_embeds = self.schedule.add_noise(text_embeds, torch.randn_like(text_embeds), timesteps)
+        time_embeds = timestep_embedding(timesteps, self.config.timestep_embedding_dim).to(noisy_text_embeds.dtype)
         step_input = terms.condition + F.linear(time_embeds, terms.time_weight)  # (B, hidden)
         predicted_clean = self.denoiser.scaled_denoise(
-            noisy_text, step_input, 1.0, self.denoiser.output_bias(), terms.text_weight_t
+            noisy_text_embeds, step_input, 1.0, self.denoiser.output_bias(), terms.text_weight_t
         )  # X_theta(x_s^t, t, x_v)
         loss = F.mse_loss(predicted_clean, text_embeds)  # eq. 19
         if self.training and self.config.reconstruction_training == "one_step":
@@ -299,12 +305,12 @@ class MARNetCrossModalReconstruction(nn.Module):
         visited, _ = self.schedule.reverse_coefficients(self.config.num_inference_steps, self.config.sampler)
         return visited.to(device)[torch.randint(0, len(visited), (batch_size,), device=device)]
 
-    def sample(self, vision_features):
+    def sample(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Reverse process conditioned on `x_v` (B, H_v) -> (B, D_s); deterministic and batch independent.
 
         Differentiable: in training (`reconstruction_training="sample"`) gradients flow through the last
         `config.reconstruction_backprop_steps` steps (every step by default)."""
-        return self._sample(self.denoiser.prepare(vision_features))
+        return self._sample(self.denoiser.prepare(image_embeds))
 
     def _sample(self, terms):
         """`sample` from the denoiser's [`DenoiserTerms`] of `x_v` -> (B, D_s)."""

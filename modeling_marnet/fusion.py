@@ -46,10 +46,10 @@ class MARNetFusion(nn.Module):
             self.visual_projection = nn.Linear(visual_dim, self.fused_dim)
             self.reconstruction_projection = nn.Linear(reconstruction_dim, self.fused_dim)
 
-    def forward(self, visual_embeds, reconstruction_embeds):
-        """(B, D_EMA), (B, D_s) features -> (B, fused_dim) fused feature."""
+    def forward(self, visual_embeds: torch.Tensor, reconstructed_text_embeds: torch.Tensor) -> torch.Tensor:
+        """`x_f = fusion(x_EMA, x_CDR)` (eq. 3): (B, D_EMA), (B, D_s) features -> (B, fused_dim) fused feature."""
         if self.mode == "concat":
-            return torch.cat([visual_embeds, reconstruction_embeds], dim=-1)  # (B, D_EMA + D_s)
+            return torch.cat([visual_embeds, reconstructed_text_embeds], dim=-1)  # (B, D_EMA + D_s)
         if self.mode == "add":
-            return self.visual_projection(visual_embeds) + self.reconstruction_projection(reconstruction_embeds)
-        return self.visual_projection(visual_embeds) * self.reconstruction_projection(reconstruction_embeds)
+            return self.visual_projection(visual_embeds) + self.reconstruction_projection(reconstructed_text_embeds)
+        return self.visual_projection(visual_embeds) * self.reconstruction_projection(reconstructed_text_embeds)

@@ -1,7 +1,37 @@
-"""MARNet: Multimodal Alignment and Reconstruction Network (Zheng et al., 2024) as a transformers model."""
+"""MARNet: Multimodal Alignment and Reconstruction Network (Zheng et al., 2024) as a transformers model.
+
+Notation: each feature of the paper has one name in this package, as argument, output field, local variable and in
+docstrings (`modeling_marnet.py`, `alignment.py`, `alignment_losses.py`, `diffusion.py`, `fusion.py`).
+
+    paper                name                        shape           what it is
+    ------------------   -------------------------   -------------   --------------------------------------------------
+    p                    pixel_values                (B, C, H, W)    the image
+    x_v = F_v(p)         image_embeds                (B, H_v)        pooled feature of the vision tower (output field)
+    x_v' = g(E_v(x_v))   image_projected_embeds      (B, P)          EMA's visual projection (eq. 7)
+    x_s = F_s(i)         text_embeds                 (B, D_s)        the privileged text feature: a training input, and
+                                                                     an output field once `config.text_normalization`
+                                                                     has scaled it
+    x_s' = g(E_s(x_s))   text_projected_embeds       (B, P)          EMA's text projection (eq. 8; output field)
+    x_EMA                visual_embeds               (B, D_EMA)      the visual (EMA) branch feature (eq. 1; output
+                                                                     field): x_v' with `visual_features="projection"`,
+                                                                     else x_v
+    x_r, x_CDR           reconstructed_text_embeds   (B, D_s)        the CDR branch feature (eq. 2; output field): x_s
+                                                                     reconstructed from x_v by the reverse process
+    x_s^t                noisy_text_embeds           (B, D_s)        x_s noised to step t (eq. 15)
+    x_f                  fused_embeds                (B, fused_dim)  the fusion of x_EMA and x_CDR (eq. 3, 24)
+
+`visual` and `reconstruction` name the two branches, as in `visual_logits` (the classifier over x_EMA) and
+`reconstruction_logits` (over x_CDR). For `alignment="team"`, `image_token_embeds` (B, N, H_v) are the tower's patch
+tokens and `text_token_embeds` (B, T, D_s) the text encoder's; the loss functions take them projected, as
+`image_tokens` (B, N, P) and `text_tokens` (B, T, P).
+
+Shapes: B batch size, H_v `vision_hidden_size`, D_s `text_hidden_size`, P `projection_dim`, D_EMA P or H_v, L
+`num_labels`, N patch tokens, T text tokens.
+"""
 
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -493,16 +523,16 @@ class MARNetModel(MARNetPreTrainedModel):
 
     def forward(
         self,
-        pixel_values=None,
-        text_embeds=None,
-        labels=None,
-        text_token_embeds=None,
-        text_attention_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
+        pixel_values: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> tuple | MARNetModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as prepared by the image processor.
@@ -551,27 +581,27 @@ class MARNetModel(MARNetPreTrainedModel):
         vision_outputs = self.vision_model(pixel_values, **tower_kwargs, **kwargs)
         image_embeds = self.pool(vision_outputs)  # x_v, (B, H_v)
 
-        visual_embeds, text_projected, alignment_loss = image_embeds, None, None
+        visual_embeds, text_projected_embeds, alignment_loss = image_embeds, None, None  # x_EMA = x_v by default
         projection_is_feature = self.config.visual_features == "projection"
         if self.alignment is not None and (projection_is_feature or text_embeds is not None):
-            image_tokens = None
+            image_token_embeds = None
             if config.alignment == "team" and text_embeds is not None:
-                image_tokens = self.patch_tokens(vision_outputs.last_hidden_state)  # (B, N, H_v)
-            projected, text_projected, alignment_loss = self.alignment(
-                image_embeds, text_embeds, labels, image_tokens, text_token_embeds, text_attention_mask
-            )
+                image_token_embeds = self.patch_tokens(vision_outputs.last_hidden_state)  # (B, N, H_v)
+            image_projected_embeds, text_projected_embeds, alignment_loss = self.alignment(
+                image_embeds, text_embeds, labels, image_token_embeds, text_token_embeds, text_attention_mask
+            )  # x_v', x_s': (B, P)
             if projection_is_feature:
-                visual_embeds = projected
-        reconstructed, reconstruction_loss = None, None
-        if self.reconstruction is not None:
-            reconstructed, reconstruction_loss = self.reconstruction(image_embeds, text_embeds)
+                visual_embeds = image_projected_embeds  # x_EMA = x_v' (eq. 1, 7)
+        reconstructed_text_embeds, reconstruction_loss = None, None
+        if self.reconstruction is not None:  # x_CDR (B, D_s), L_MSE
+            reconstructed_text_embeds, reconstruction_loss = self.reconstruction(image_embeds, text_embeds)
 
         output = MARNetModelOutput(
             image_embeds=image_embeds,
             visual_embeds=visual_embeds,
             text_embeds=text_embeds,
-            text_projected_embeds=text_projected,
-            reconstructed_text_embeds=reconstructed,
+            text_projected_embeds=text_projected_embeds,
+            reconstructed_text_embeds=reconstructed_text_embeds,
             alignment_loss=alignment_loss,
             reconstruction_loss=reconstruction_loss,
             last_hidden_state=vision_outputs.last_hidden_state,
@@ -631,7 +661,9 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_vision_pretrained(cls, vision_model_name_or_path, config=None, **kwargs):
+    def from_vision_pretrained(
+        cls, vision_model_name_or_path: str | os.PathLike, config: MARNetConfig | None = None, **kwargs
+    ) -> "MARNetForImageClassification":
         """MARNet on a pretrained vision tower (local path or Hub id of any `AutoModel` vision checkpoint, timm ones
         included), with freshly initialised MARNet heads.
 
@@ -700,17 +732,17 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
 
     def forward(
         self,
-        pixel_values=None,
-        labels=None,
-        text_embeds=None,
-        text_token_embeds=None,
-        text_attention_mask=None,
-        ingredient_labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        text_token_embeds: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        ingredient_labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> tuple | MARNetImageClassifierOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as prepared by the image processor.
@@ -755,8 +787,8 @@ class MARNetForImageClassification(MARNetPreTrainedModel):
             reconstruction_logits = self.reconstruction_classifier(self.dropout(outputs.reconstructed_text_embeds))
         fuses = config.classifier_input == "fusion"
         if self.fusion is not None:
-            fused = self.fusion(outputs.visual_embeds, outputs.reconstructed_text_embeds)  # (B, D_fused)
-            logits = self.fusion_classifier(self.dropout(fused))
+            fused_embeds = self.fusion(outputs.visual_embeds, outputs.reconstructed_text_embeds)  # x_f, (B, fused_dim)
+            logits = self.fusion_classifier(self.dropout(fused_embeds))
         elif fuses:  # sum / hm: a fusion of the branch logits
             logits = fuse_logits(visual_logits, reconstruction_logits, config.fusion_mode, problem_type)
         else:

@@ -67,7 +67,7 @@ def test_the_module_imports_only_torch_the_standard_library_and_siblings_for_rem
     tree = ast.parse(Path(alignment_losses.__file__).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            assert all(alias.name.split(".")[0] in ("torch", "math") for alias in node.names)
+            assert all(alias.name.split(".")[0] in ("torch", "functools", "math", "warnings") for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 1 or node.module.split(".")[0] == "torch", node.module
 
@@ -408,6 +408,29 @@ def test_multi_hot_rows_are_classes_of_label_sets(method):
     label_sets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 0], [1, 0, 1]])
     loss, kwargs = ALIGNMENT_LOSSES[method], method_kwargs(method)
     torch.testing.assert_close(loss(image, text, label_sets, **kwargs), loss(image, text, labels, **kwargs))
+
+
+@pytest.mark.parametrize("method", sorted(ALIGNMENT_LOSSES))
+def test_the_keywords_of_marnet_0_1_still_work_with_a_future_warning(method):
+    image, text, labels = random_batch()
+    loss, kwargs = ALIGNMENT_LOSSES[method], method_kwargs(method)
+    expected = loss(image_projected_embeds=image, text_projected_embeds=text, labels=labels, **kwargs)
+    with pytest.warns(FutureWarning, match=r"\(image_embeds=...\)` is deprecated .* as `image_projected_embeds`"):
+        torch.testing.assert_close(
+            loss(image_embeds=image, text_projected_embeds=text, labels=labels, **kwargs), expected
+        )
+    with pytest.warns(FutureWarning, match=r"\(text_embeds=...\)` is deprecated .* as `text_projected_embeds`"):
+        torch.testing.assert_close(loss(image, text_embeds=text, labels=labels, **kwargs), expected)
+    with pytest.raises(TypeError, match="got both `image_projected_embeds` and its deprecated name `image_embeds`"):
+        loss(image_embeds=image, image_projected_embeds=image, text_projected_embeds=text, labels=labels, **kwargs)
+
+
+def test_image_text_contrastive_loss_takes_the_keywords_of_marnet_0_1_with_a_future_warning():
+    image, text, _ = random_batch()
+    expected, _ = image_text_contrastive_loss(image, text, LOGIT_SCALE)
+    with pytest.warns(FutureWarning, match="image_text_contrastive_loss"):
+        loss, _ = image_text_contrastive_loss(image_embeds=image, text_embeds=text, logit_scale=LOGIT_SCALE)
+    torch.testing.assert_close(loss, expected)
 
 
 # DDP

@@ -9,6 +9,7 @@ only for classes listed in transformers' own Auto name mappings, so for MARNet i
 mismatched-size and training checks without a word.
 """
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTImageProcessor, pipeline
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
-from modeling_marnet import MARNetForImageClassification, MARNetModel
+from modeling_marnet import MARNetConfig, MARNetForImageClassification, MARNetModel
 from tiny_marnet import IMAGE_SIZE, NUM_LABELS, TEXT_WIDTH, tiny_batch, tiny_config, tiny_vit_config
 from tiny_marnet import tiny_multi_hot as multi_hot
 
@@ -419,3 +420,27 @@ def test_flags_left_unset_on_the_marnet_config_leave_the_towers_own():
     config = tiny_config("baseline", vision_config=tiny_vit_config(output_hidden_states=True))
     with torch.no_grad():
         assert len(MARNetModel(config)(tiny_batch()[0]).hidden_states) == NUM_LAYERS + 1
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        MARNetConfig.__init__,
+        MARNetModel.forward,
+        MARNetForImageClassification.forward,
+        MARNetForImageClassification.from_vision_pretrained,
+    ],
+)
+def test_public_signatures_are_typed_as_vits(function):
+    # configuration_vit.py / modeling_vit.py: every named argument typed, `forward` returning `tuple | <Output>`.
+    signature = inspect.signature(function)
+    untyped = [
+        name
+        for name, parameter in signature.parameters.items()
+        if parameter.annotation is inspect.Parameter.empty
+        and name != "self"
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    assert untyped == []
+    if function.__name__ != "__init__":
+        assert signature.return_annotation is not inspect.Signature.empty
