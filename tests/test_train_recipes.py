@@ -30,7 +30,6 @@ from train_fixtures import (
     offline_env,
     run_command,
     save_dataset,
-    save_vision_tower,
     tiny_model_args,
 )
 
@@ -40,14 +39,10 @@ LEARNING_RATE, MAX_STEPS, WARMUP_STEPS = 3e-3, 6, 1
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    return {
-        "root": root,
-        "tower": save_vision_tower(root / "tower"),
-        # No validation split: --train_val_split holds one out of train.
-        "dataset": save_dataset(root / "dataset", make_dataset_dict({"train": 24, "test": 8})),
-    }
+def workspace(workspace):
+    # No validation split: --train_val_split holds one out of train.
+    dataset = save_dataset(workspace["root"] / "dataset", make_dataset_dict({"train": 24, "test": 8}))
+    return {**workspace, "dataset": dataset}
 
 
 @pytest.fixture(scope="module")
