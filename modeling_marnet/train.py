@@ -55,7 +55,7 @@ from .training.checkpointing import (
     save_model,
     unwrap_classifier,
 )
-from .training.data import load_splits, processor_image_size
+from .training.data import load_splits
 from .training.data_checks import check_text_features, warn_about_missing_classes
 from .training.device_decoding import check_gpu_decode
 from .training.examples import (
@@ -65,6 +65,7 @@ from .training.examples import (
     default_num_workers,
     model_inputs,
 )
+from .training.image_processing import processor_image_size
 from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import ablation_name, build_model_parts, tower_parameters, trains_ingredients
 from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
