@@ -67,8 +67,14 @@ from .training.examples import (
 )
 from .training.image_processing import processor_image_size
 from .training.loop import LossComposer, evaluate, optimizer_steps
-from .training.model_setup import ablation_name, build_model_parts, tower_parameters, trains_ingredients
-from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
+from .training.model_setup import ablation_name, build_model_parts, trains_ingredients
+from .training.optimization import (
+    Schedule,
+    check_scheduler_type,
+    make_optimizer,
+    make_scheduler,
+    tower_parameters,
+)
 from .training.run_identity import check_continuation, run_record
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
 

@@ -1,6 +1,5 @@
 """Building what trains: whether privileged text is needed and its encoder, the MARNet config and model (a new one on
-a pretrained vision tower, or an existing checkpoint, possibly re-headed for new labels), its image processor, and
-the optimizer's parameter groups."""
+a pretrained vision tower, or an existing checkpoint, possibly re-headed for new labels) and its image processor."""
 
 import inspect
 from dataclasses import dataclass
@@ -260,24 +259,3 @@ def build_model(args, config):
         return MARNetForImageClassification.from_vision_pretrained(args.vision_model, config=config)
     except (OSError, ValueError) as error:
         raise CLIError(f"--vision_model {args.vision_model}: cannot build MARNet on it ({error}).") from None
-
-
-def tower_parameters(model):
-    """The pretrained towers' trainable parameters: the vision tower's and a jointly trained text encoder's."""
-    classifier = getattr(model, "classifier", model)  # MARNetWithTextEncoder holds the classifier
-    towers = [classifier.marnet.vision_model] + ([model.text_encoder] if hasattr(model, "text_encoder") else [])
-    return [p for tower in towers for p in tower.parameters() if p.requires_grad]
-
-
-def parameter_groups(model, weight_decay, learning_rate, tower_lr_multiplier=1.0):
-    """AdamW groups: decay on matrices, none on biases, norm weights, scalars (`logit_scale`), as in nanoGPT; the
-    pretrained towers at `learning_rate * tower_lr_multiplier`, the fresh MARNet heads at `learning_rate`."""
-    towers = {id(p) for p in tower_parameters(model)}
-    groups = []
-    for is_tower, lr in ((True, learning_rate * tower_lr_multiplier), (False, learning_rate)):
-        parameters = [p for p in model.parameters() if p.requires_grad and (id(p) in towers) == is_tower]
-        groups += [
-            {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr},
-            {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
-        ]
-    return [group for group in groups if group["params"]]
