@@ -20,6 +20,7 @@ from marnet_cli.files import atomic_write_json, refuse_missing_local_path
 from marnet_cli.run_folder import classification_metrics
 
 from .corruptions import ImageCorruption
+from .training.batches import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from .training.data import (
     check_columns,
     check_label_range,
@@ -28,7 +29,6 @@ from .training.data import (
     first_rows,
     load_image_dataset,
 )
-from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from .training.image_paths import dataset_folders
 from .training.loop import evaluate
 from .training.memory_check import check_model_fits

@@ -46,6 +46,13 @@ from .training.accelerate_setup import (
     single_process_warning,
 )
 from .training.augmentation import RandomAugmentation
+from .training.batches import (
+    ImagePreprocessing,
+    ImageTextExamples,
+    MARNetCollator,
+    default_num_workers,
+    model_inputs,
+)
 from .training.checkpointing import (
     TrainerState,
     load_checkpoint,
@@ -58,13 +65,6 @@ from .training.checkpointing import (
 from .training.data import load_splits
 from .training.data_checks import check_text_features, warn_about_missing_classes
 from .training.device_decoding import check_gpu_decode
-from .training.examples import (
-    ImagePreprocessing,
-    ImageTextExamples,
-    MARNetCollator,
-    default_num_workers,
-    model_inputs,
-)
 from .training.image_processing import processor_image_size
 from .training.loop import LossComposer, evaluate, optimizer_steps
 from .training.model_setup import ablation_name, build_model_parts, trains_ingredients
@@ -97,7 +97,7 @@ class TrainingRun:
     train_examples: ImageTextExamples
     train_dataloader: object
     eval_dataloaders: dict
-    train_inputs: object  # batch -> model inputs (normalised pixels; see training.examples.model_inputs)
+    train_inputs: object  # batch -> model inputs (normalised pixels; see training.batches.model_inputs)
     eval_inputs: object
     loss_composer: LossComposer
     gradient_probe: object

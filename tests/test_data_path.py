@@ -31,8 +31,7 @@ from transformers.image_transforms import convert_to_rgb
 from marnet_cli.errors import CLIError
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.training.augmentation import RandomAugmentation
-from modeling_marnet.training.device_decoding import DeviceDecoding, check_gpu_decode
-from modeling_marnet.training.examples import (
+from modeling_marnet.training.batches import (
     MAX_DEFAULT_WORKERS,
     ImagePreprocessing,
     ImageTextExamples,
@@ -40,6 +39,7 @@ from modeling_marnet.training.examples import (
     default_num_workers,
     model_inputs,
 )
+from modeling_marnet.training.device_decoding import DeviceDecoding, check_gpu_decode
 from modeling_marnet.training.image_decoding import decode_rgb, decode_with_torchcodec, torchcodec_decoder
 from modeling_marnet.training.image_paths import ImageFiles
 from modeling_marnet.training.image_processing import standard_image_processor

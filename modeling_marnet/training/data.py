@@ -1,5 +1,5 @@
 """Datasets for MARNet: loading the dataset and its splits, and checking them (the examples and batches made from
-them are in `examples.py`).
+them are in `batches.py`).
 
 The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (ClassLabel), `text` (the privileged
 text), `ingredients` and `image_id` (docs/datasets.md). Any dataset with an image column and a ClassLabel column
