@@ -356,7 +356,7 @@ def train(training_run):
             progress.update(1)
             log_update(training_run, update, progress)
             if args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0:
-                stop = validate(training_run)
+                stop = evaluate_and_keep_best(training_run)
                 last_evaluated = state.global_step
             every = args.checkpointing_steps  # 0 (never), N or "epoch" (after the epoch, below)
             if every not in (0, "epoch") and state.global_step % every == 0:
@@ -376,7 +376,7 @@ def train(training_run):
         else:
             state.epoch, state.batches_in_epoch = epoch + 1, 0
             if args.eval_strategy == "epoch":
-                stop = validate(training_run)
+                stop = evaluate_and_keep_best(training_run)
                 last_evaluated = state.global_step
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(
@@ -390,7 +390,7 @@ def train(training_run):
                 last_checkpointed = state.global_step
     progress.close()
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
-        validate(training_run)  # the last weights compete for best model too
+        evaluate_and_keep_best(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
         save_checkpoint(
             accelerator,
@@ -431,7 +431,7 @@ def log_update(training_run, update, progress):
         training_run.folder.append_history({"step": step, **norms})
 
 
-def validate(training_run):
+def evaluate_and_keep_best(training_run):
     """Evaluates on the validation split, saves the model when `--metric_for_best_model` improves and counts the
     evaluations without improvement. Returns True when early stopping ends training."""
     args, accelerator, state = training_run.args, training_run.accelerator, training_run.state
