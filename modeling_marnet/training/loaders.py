@@ -74,7 +74,7 @@ class TrainingData:
     num_ingredients: int = 0
 
     @classmethod
-    def for_run(cls, args, split, parts, text_embeds=None):
+    def for_run(cls, args, split, parts, text_embeds):
         """What a run with the `model_setup.ModelParts` `parts` trains on: `text_embeds` of a frozen encoder, or the
         text for a joint one; the ingredients when the config's ingredient head trains."""
         config = parts.model.config
