@@ -471,7 +471,7 @@ def prepare_resized_dataset(args, source, tower):
     if not (target / "dataset_dict.json").is_file():
         from transformers import AutoImageProcessor
 
-        from modeling_marnet.training.data import set_processor_image_size, standard_image_processor
+        from modeling_marnet.training.image_processing import set_processor_image_size, standard_image_processor
 
         processor = standard_image_processor(AutoImageProcessor.from_pretrained(tower))
         set_processor_image_size(processor, args.image_size)

@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_marnet import MARNetConfig, MARNetForImageClassification  # noqa: E402
 from modeling_marnet.training.augmentation import POLICIES, RandomAugmentation  # noqa: E402
-from modeling_marnet.training.examples import (  # noqa: E402
+from modeling_marnet.training.batches import (  # noqa: E402
     ImagePreprocessing,
     ImageTextExamples,
     MARNetCollator,

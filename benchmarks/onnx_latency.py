@@ -23,7 +23,7 @@ from transformers import AutoImageProcessor
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
-from modeling_marnet.training.data import standard_image_processor
+from modeling_marnet.training.image_processing import standard_image_processor
 from speed import interleaved_medians
 
 RESULTS = Path(__file__).parent / "results"

@@ -55,13 +55,13 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from marnet_cli.files import atomic_write_json  # noqa: E402
 from modeling_marnet.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, ImageCorruption  # noqa: E402
-from modeling_marnet.training.data import check_split, load_image_dataset  # noqa: E402
-from modeling_marnet.training.examples import (  # noqa: E402
+from modeling_marnet.training.batches import (  # noqa: E402
     ImagePreprocessing,
     ImageTextExamples,
     MARNetCollator,
     model_inputs,
 )
+from modeling_marnet.training.data import check_split, load_image_dataset  # noqa: E402
 from paired_stats import format_interval, interval, paired_differences, seeds_for_half_width  # noqa: E402
 
 CLEAN = "clean"

@@ -278,7 +278,7 @@ def privileged_text_section(run, text_encoder_label):
 
 
 def marnet_card(run, repo_id, license, dataset_repo=None, base_model=None):
-    """The model card of a [`TrainingRun`] published as `repo_id`.
+    """The model card of a [`TrainingOutput`] published as `repo_id`.
 
     `dataset_repo`/`base_model` name Hub repos for the metadata; by default they are taken from the run's
     `dataset`/`vision_model` when those are Hub ids (local paths are described in the text but not linked).

@@ -19,7 +19,7 @@ from marnet_cli.options import REQUIRED, MARNetArgumentParser, option
 
 from .model_card import marnet_card, vision_tower_card
 from .repo_folder import write_repo_folder
-from .sources import TrainingRun, load_source
+from .sources import TrainingOutput, load_source
 from .upload import check_can_upload, upload_repo_folder
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -86,7 +86,7 @@ def check_publish_target(repo_id, dry_run):
 
 
 def render_card(source, repo_id, license=None, dataset_repo=None, base_model=None):
-    if isinstance(source, TrainingRun):
+    if isinstance(source, TrainingOutput):
         return marnet_card(
             source, repo_id, license=license or DEFAULT_LICENSE, dataset_repo=dataset_repo, base_model=base_model
         )
@@ -138,7 +138,7 @@ def publish(
     source_dir = Path(source_dir)
     source = load_source(source_dir)
     card = render_card(source, repo_id, license, dataset_repo, base_model)
-    kind = "MARNet model" if isinstance(source, TrainingRun) else "vision tower"
+    kind = "MARNet model" if isinstance(source, TrainingOutput) else "vision tower"
     commit_message = commit_message or f"Upload {kind} from {source_dir.name} with marnet-publish"
     if not dry_run:
         check_can_upload()

@@ -61,7 +61,7 @@ LOCAL_PATH_OPTIONS = (
 
 
 @dataclass
-class TrainingRun:
+class TrainingOutput:
     """A `marnet-train --output_dir` folder: the saved model plus what the run measured and how it was configured."""
 
     folder: Path
@@ -240,7 +240,7 @@ def check_run_records(folder):
     )
 
 
-def load_training_run(folder, config):
+def load_training_output(folder, config):
     """Validate a MARNet training output folder whose config.json is already parsed."""
     config_path = folder / CONFIG_NAME
     check_id2label(config, config_path)
@@ -264,7 +264,7 @@ def load_training_run(folder, config):
         TRAINING_ARGS_NAME: json.dumps(training_args, indent=2) + "\n",
         **public_config_text(config, local_values),
     }
-    return TrainingRun(
+    return TrainingOutput(
         folder=folder,
         config=config,
         metrics=metrics,
@@ -291,7 +291,7 @@ def load_vision_tower(folder, config):
 
 
 def load_source(folder):
-    """A [`TrainingRun`] or [`ConvertedVisionTower`], chosen by the `model_type` in `folder/config.json`."""
+    """A [`TrainingOutput`] or [`ConvertedVisionTower`], chosen by the `model_type` in `folder/config.json`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CLIError(f"{folder} is not a folder: pass a `marnet-train --output_dir` or a converted vision tower.")
@@ -301,7 +301,7 @@ def load_source(folder):
     config = read_json_object(folder / CONFIG_NAME, "`save_pretrained`")
     model_type = config.get("model_type")
     if model_type in ("marnet", "timm_wrapper"):
-        source = (load_training_run if model_type == "marnet" else load_vision_tower)(folder, config)
+        source = (load_training_output if model_type == "marnet" else load_vision_tower)(folder, config)
         for name in source.files_to_publish:
             check_publishable_file(folder, name)
         return source

@@ -170,7 +170,7 @@ def corrupt(image, name, severity):
 
 class ImageCorruption:
     """`corrupt` as a per-image step of the evaluation data path: `(image, index) -> image`, uint8 (3, H, W), the
-    signature of the training augmentation (`training.examples.ImagePreprocessing(processor, augmentation=...)`),
+    signature of the training augmentation (`training.batches.ImagePreprocessing(processor, augmentation=...)`),
     applied to the decoded image before the processor's steps. The row index does not enter the draws."""
 
     def __init__(self, name, severity):

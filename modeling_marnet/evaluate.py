@@ -12,7 +12,6 @@ import sys
 import time
 
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from marnet_cli.errors import CLIError, UsageError
@@ -28,8 +27,8 @@ from .training.data import (
     first_rows,
     load_image_dataset,
 )
-from .training.examples import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from .training.image_paths import dataset_folders
+from .training.loaders import make_loaders
 from .training.loop import evaluate
 from .training.memory_check import check_model_fits
 
@@ -82,10 +81,8 @@ def run(args):
     started = time.perf_counter()
     dataset, folders = load_image_dataset(args.dataset), dataset_folders(args.dataset)
     model, image_processor = load_classifier(args)
-    loaders = {}
+    splits = {}
     corruption = ImageCorruption(args.corruption, args.severity) if args.corruption is not None else None
-    preprocessing = ImagePreprocessing(image_processor, augmentation=corruption)
-    inputs = model_inputs(image_processor, preprocessing)  # uint8 batches -> the processor's pixel values
     for split_name in args.split:
         split = check_split(dataset, split_name, "--split")
         check_columns(split, split_name, {"--image_column": args.image_column, "--label_column": args.label_column})
@@ -94,18 +91,15 @@ def run(args):
         check_label_range(split, split_name, args.label_column, len(label_names))
         if args.max_eval_samples is not None:
             split = first_rows(split, args.max_eval_samples)
-        examples = ImageTextExamples(
-            split, args.image_column, args.label_column, preprocessing, split=split_name, image_folders=folders
-        )
-        loaders[split_name] = DataLoader(
-            examples, batch_size=args.per_device_eval_batch_size, collate_fn=MARNetCollator()
-        )
+        splits[split_name] = (split_name, split)
+    # Plain DataLoaders (the default `LoaderSettings`): batches made in this process.
+    loaders = make_loaders(args, image_processor, splits, folders, corruption=corruption)
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = accelerator.prepare(model)
     per_split = {
-        name: evaluate(model, accelerator.prepare(loader), accelerator, name, inputs)
-        for name, loader in loaders.items()
+        name: evaluate(model, accelerator.prepare(loader), accelerator, name, loaders.eval_inputs)
+        for name, loader in loaders.evaluation.items()
     }
     metrics = classification_metrics(
         per_split,

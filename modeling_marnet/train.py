@@ -18,11 +18,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import parse_flag_from_env, set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.trainer_utils import enable_full_determinism
 
@@ -45,7 +43,6 @@ from .training.accelerate_setup import (
     make_accelerator,
     single_process_warning,
 )
-from .training.augmentation import RandomAugmentation
 from .training.checkpointing import (
     TrainerState,
     load_checkpoint,
@@ -55,24 +52,23 @@ from .training.checkpointing import (
     save_model,
     unwrap_classifier,
 )
-from .training.data import load_splits, processor_image_size
+from .training.data import load_splits
 from .training.data_checks import check_text_features, warn_about_missing_classes
-from .training.device_decoding import check_gpu_decode
-from .training.examples import (
-    ImagePreprocessing,
-    ImageTextExamples,
-    MARNetCollator,
-    default_num_workers,
-    model_inputs,
-)
+from .training.image_processing import processor_image_size
+from .training.loaders import LoaderSettings, RunLoaders, TrainingData, make_loaders
 from .training.loop import LossComposer, evaluate, optimizer_steps
-from .training.model_setup import ablation_name, build_model_parts, tower_parameters, trains_ingredients
-from .training.optimization import Schedule, check_scheduler_type, make_optimizer, make_scheduler
+from .training.model_setup import ablation_name, build_model_parts
+from .training.optimization import (
+    Schedule,
+    check_scheduler_type,
+    make_optimizer,
+    make_scheduler,
+    tower_parameters,
+)
 from .training.run_identity import check_continuation, run_record
 from .training.text_features import MARNetWithTextEncoder, cached_text_embeddings, default_text_cache_dir
 
 logger = get_logger(__name__)
-PREFETCH_BATCHES = 2  # per DataLoader worker
 
 
 @dataclass
@@ -87,11 +83,7 @@ class TrainingRun:
     optimizer: object
     scheduler: object
     schedule: Schedule
-    train_examples: ImageTextExamples
-    train_dataloader: object
-    eval_dataloaders: dict
-    train_inputs: object  # batch -> model inputs (normalised pixels; see training.examples.model_inputs)
-    eval_inputs: object
+    loaders: RunLoaders  # prepared
     loss_composer: LossComposer
     gradient_probe: object
     hyperparameters: dict
@@ -129,13 +121,17 @@ def prepare(args, folder):
         set_seed(args.seed)
     parts = build_model_parts(args, splits)
     accelerator = start_accelerator(args, folder, parts)
-    model, train_examples, train_dataloader, eval_dataloaders = make_dataloaders(args, accelerator, splits, parts)
-    train_inputs, eval_inputs = batch_inputs(args, accelerator, parts.image_processor, train_examples.preprocessing)
+    settings = LoaderSettings.for_training(args, accelerator, parts.image_processor)  # checks --gpu_decode
+    text_embeds = frozen_text_features(args, accelerator, splits, parts)
+    train_data = TrainingData.for_run(args, splits.train, parts, text_embeds)
+    eval_splits = {"validation": (args.validation_split, splits.validation), "test": (args.test_split, splits.test)}
+    loaders = make_loaders(args, parts.image_processor, eval_splits, splits.image_folders, settings, train=train_data)
+    model = MARNetWithTextEncoder(parts.model, parts.text_encoder) if parts.joint else parts.model
 
     optimizer = make_optimizer(model, args)
-    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
-    eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
-    schedule = Schedule.from_options(args, len(train_dataloader), accelerator.gradient_accumulation_steps)
+    model, optimizer, loaders.train = accelerator.prepare(model, optimizer, loaders.train)
+    loaders.evaluation = {name: accelerator.prepare(loader) for name, loader in loaders.evaluation.items()}
+    schedule = Schedule.from_options(args, len(loaders.train), accelerator.gradient_accumulation_steps)
     # Not prepared: stepped once per optimizer update whatever the number of processes.
     scheduler = make_scheduler(optimizer, args, schedule)  # saved in checkpoints as JSON (training.checkpointing)
     config = unwrap_classifier(accelerator, model).config
@@ -143,31 +139,27 @@ def prepare(args, folder):
         config, round(args.auxiliary_warmup_ratio * schedule.max_steps), args.label_smoothing_factor
     )
 
-    hyperparameters = training_record(args, accelerator, splits, parts, config, schedule)
+    hyperparameters = training_record(args, accelerator, splits, parts, config, schedule, settings.workers)
     init_trackers(accelerator, args, hyperparameters)
     record = run_record(hyperparameters, splits.label_names)
     state = resume_or_start(args, accelerator, folder, checkpoint, scheduler, record)
     log_start(args, accelerator, splits, parts, schedule, hyperparameters)
     return TrainingRun(
-        args,
-        folder,
-        accelerator,
-        model,
-        parts.image_processor,
-        optimizer,
-        scheduler,
-        schedule,
-        train_examples,
-        train_dataloader,
-        eval_dataloaders,
-        train_inputs,
-        eval_inputs,
-        loss_composer,
-        gradient_probe(args, accelerator, model),
-        hyperparameters,
-        state,
-        started,
-        record,
+        args=args,
+        folder=folder,
+        accelerator=accelerator,
+        model=model,
+        image_processor=parts.image_processor,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        loaders=loaders,
+        loss_composer=loss_composer,
+        gradient_probe=gradient_probe(args, accelerator, model),
+        hyperparameters=hyperparameters,
+        state=state,
+        started=started,
+        run_record=record,
     )
 
 
@@ -201,85 +193,25 @@ def start_accelerator(args, folder, parts):
     return accelerator
 
 
-def make_dataloaders(args, accelerator, splits, parts):
-    """(model, training examples, training dataloader, {"validation"/"test": dataloader}): privileged text as cached
-    features of a frozen encoder, or tokenized per batch for a jointly trained one (then the model holds it)."""
-    if args.gpu_decode:
-        check_gpu_decode(accelerator.device, parts.image_processor)
-    text_embeds = None
-    if parts.text_encoder is not None and not parts.joint:
-        cache_dir = args.text_cache_dir or default_text_cache_dir()
-        text_embeds, hit = cached_text_embeddings(
-            accelerator, parts.text_encoder, parts.tokenizer, splits.train, args.text_column, cache_dir
-        )
-        logger.info(
-            f"Text features {tuple(text_embeds.shape)} {'read from' if hit else 'written to'} the cache in "
-            f"{cache_dir}.",
-            main_process_only=True,
-        )
-        check_text_features(text_embeds, args.train_split, args.text_encoder)
-    model = MARNetWithTextEncoder(parts.model, parts.text_encoder) if parts.joint else parts.model
-    augmentation = RandomAugmentation.from_options(
-        processor_image_size(parts.image_processor), args.augment, args.color_jitter, args.seed
+def frozen_text_features(args, accelerator, splits, parts):
+    """The features (N, D) of the training texts by a frozen text encoder, read from or written to the cache
+    (`text_features.cached_text_embeddings`); None without one (visual-only training, or an encoder trained with the
+    model, which then encodes the tokenized text in each step)."""
+    if parts.text_encoder is None or parts.joint:
+        return None
+    cache_dir = args.text_cache_dir or default_text_cache_dir()
+    text_embeds, hit = cached_text_embeddings(
+        accelerator, parts.text_encoder, parts.tokenizer, splits.train, args.text_column, cache_dir
     )
-    text_column = args.text_column if parts.joint else None
-    config = parts.model.config
-    train_examples = ImageTextExamples(
-        splits.train,
-        args.image_column,
-        args.label_column,
-        ImagePreprocessing(parts.image_processor, augmentation),
-        text_column,
-        text_embeds,
-        defer_decoding=args.gpu_decode,
-        split=args.train_split,
-        image_folders=splits.image_folders,
-        ingredient_column=args.ingredient_column if trains_ingredients(config) else None,
-        num_ingredients=config.num_ingredients,
+    logger.info(
+        f"Text features {tuple(text_embeds.shape)} {'read from' if hit else 'written to'} the cache in {cache_dir}.",
+        main_process_only=True,
     )
-    tokenizer, encoding = (parts.tokenizer, parts.text_encoder.encoding) if parts.joint else (None, None)
-    train_collator = MARNetCollator(tokenizer, encoding)
-    train_dataloader = make_dataloader(
-        train_examples, train_collator, args.per_device_train_batch_size, True, args, accelerator
-    )
-    eval_preprocessing = ImagePreprocessing(parts.image_processor)
-    eval_dataloaders = {
-        name: make_dataloader(
-            ImageTextExamples(
-                split,
-                args.image_column,
-                args.label_column,
-                eval_preprocessing,
-                defer_decoding=args.gpu_decode,
-                split=split_name,
-                image_folders=splits.image_folders,
-            ),
-            MARNetCollator(),
-            args.per_device_eval_batch_size,
-            False,
-            args,
-            accelerator,
-        )
-        for name, split_name, split in (
-            ("validation", args.validation_split, splits.validation),
-            ("test", args.test_split, splits.test),
-        )
-        if split is not None
-    }
-    return model, train_examples, train_dataloader, eval_dataloaders
+    check_text_features(text_embeds, args.train_split, args.text_encoder)
+    return text_embeds
 
 
-def batch_inputs(args, accelerator, image_processor, train_preprocessing):
-    """(training, evaluation) `batch -> model inputs` of the loop: pixels normalised on the device and, with
-    --gpu_decode, decoded and preprocessed there first."""
-    decode_device = accelerator.device if args.gpu_decode else None
-    return (
-        model_inputs(image_processor, train_preprocessing, decode_device),
-        model_inputs(image_processor, ImagePreprocessing(image_processor), decode_device),
-    )
-
-
-def training_record(args, accelerator, splits, parts, config, schedule):
+def training_record(args, accelerator, splits, parts, config, schedule, dataloader_workers):
     """training_args.json: every option, then what the run resolved (what Accelerate used, steps, sizes, text)."""
     return {
         **{key: value for key, value in dataclasses.asdict(args).items() if key != "config"},
@@ -295,7 +227,7 @@ def training_record(args, accelerator, splits, parts, config, schedule):
         "text_hidden_size": config.text_hidden_size if parts.text_encoder is not None else None,
         "text_encoding": dataclasses.asdict(parts.text_encoder.encoding) if parts.text_encoder is not None else None,
         "train_examples": len(splits.train),
-        "dataloader_num_workers": dataloader_workers(args, accelerator),
+        "dataloader_num_workers": dataloader_workers,
         "local_sources": local_sources(dataclasses.asdict(args)),  # the rest are Hub ids, linked in the model card
     }
 
@@ -355,32 +287,6 @@ def start_output_dir(args, folder):
     folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 
-def dataloader_workers(args, accelerator):
-    """`--dataloader_num_workers`, or by default the CPU cores of this process's share of the node."""
-    if args.dataloader_num_workers is not None:
-        return args.dataloader_num_workers
-    return default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
-
-
-def make_dataloader(examples, collator, batch_size, shuffle, args, accelerator):
-    """A DataLoader whose workers (`dataloader_workers`) live as long as the run and keep `PREFETCH_BATCHES` batches
-    each ready, in pinned memory when the device is a GPU."""
-    workers = dataloader_workers(args, accelerator)
-    # A private generator keeps the global torch RNG (the diffusion noise) independent of how many
-    # iterators are created, so a resumed run draws the same numbers as an uninterrupted one.
-    return DataLoader(
-        examples,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=collator,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
-        pin_memory=accelerator.device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-
-
 def gradient_probe(args, accelerator, model):
     """With --gradient_norm_steps N: `step -> the vision tower's parameters` on every N-th step, else None."""
     if not args.gradient_norm_steps:
@@ -414,13 +320,12 @@ def train(training_run):
     for epoch in range(state.epoch, schedule.num_epochs):
         if stop:
             break
-        training_run.train_dataloader.set_epoch(epoch)  # the shuffle of epoch e depends on (seed, e) only
-        training_run.train_examples.set_epoch(epoch)  # so does its augmentation
+        training_run.loaders.set_epoch(epoch)  # the shuffle and augmentation of epoch e depend on (seed, e) only
         resumed_batches = state.batches_in_epoch if epoch == state.epoch else 0
         batches = (
-            accelerator.skip_first_batches(training_run.train_dataloader, resumed_batches)
+            accelerator.skip_first_batches(training_run.loaders.train, resumed_batches)
             if resumed_batches
-            else training_run.train_dataloader
+            else training_run.loaders.train
         )
         state.epoch, state.batches_in_epoch = epoch, resumed_batches
         tic = time.perf_counter()
@@ -435,7 +340,7 @@ def train(training_run):
             training_run.gradient_probe,
             args.max_grad_norm,
             args.skip_nonfinite_loss,
-            model_inputs=training_run.train_inputs,
+            model_inputs=training_run.loaders.train_inputs,
         ):
             state.global_step += 1
             if update["skipped"]:
@@ -451,7 +356,7 @@ def train(training_run):
             progress.update(1)
             log_update(training_run, update, progress)
             if args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0:
-                stop = validate(training_run)
+                stop = evaluate_and_keep_best(training_run)
                 last_evaluated = state.global_step
             every = args.checkpointing_steps  # 0 (never), N or "epoch" (after the epoch, below)
             if every not in (0, "epoch") and state.global_step % every == 0:
@@ -471,7 +376,7 @@ def train(training_run):
         else:
             state.epoch, state.batches_in_epoch = epoch + 1, 0
             if args.eval_strategy == "epoch":
-                stop = validate(training_run)
+                stop = evaluate_and_keep_best(training_run)
                 last_evaluated = state.global_step
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(
@@ -485,7 +390,7 @@ def train(training_run):
                 last_checkpointed = state.global_step
     progress.close()
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
-        validate(training_run)  # the last weights compete for best model too
+        evaluate_and_keep_best(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
         save_checkpoint(
             accelerator,
@@ -526,16 +431,16 @@ def log_update(training_run, update, progress):
         training_run.folder.append_history({"step": step, **norms})
 
 
-def validate(training_run):
+def evaluate_and_keep_best(training_run):
     """Evaluates on the validation split, saves the model when `--metric_for_best_model` improves and counts the
     evaluations without improvement. Returns True when early stopping ends training."""
     args, accelerator, state = training_run.args, training_run.accelerator, training_run.state
     metrics = evaluate(
         training_run.model,
-        training_run.eval_dataloaders["validation"],
+        training_run.loaders.evaluation["validation"],
         accelerator,
         "validation",
-        training_run.eval_inputs,
+        training_run.loaders.eval_inputs,
     )
     state.evaluated_step = state.global_step  # checkpoints from now on reflect this evaluation
     logger.info(f"step {state.global_step}: validation {metrics}", main_process_only=True)
@@ -581,8 +486,8 @@ def finish(training_run):
     # A fresh full copy on every process: the final evaluation needs no gathering of sharded (FSDP/ZeRO-3) weights.
     best = MARNetForImageClassification.from_pretrained(folder.best_model_dir).to(accelerator.device)
     per_split = {
-        name: evaluate(best, loader, accelerator, f"final {name}", training_run.eval_inputs)
-        for name, loader in training_run.eval_dataloaders.items()
+        name: evaluate(best, loader, accelerator, f"final {name}", training_run.loaders.eval_inputs)
+        for name, loader in training_run.loaders.evaluation.items()
     }
     split_names = {"validation": args.validation_split, "test": args.test_split}
     metrics = classification_metrics(

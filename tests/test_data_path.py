@@ -31,18 +31,12 @@ from transformers.image_transforms import convert_to_rgb
 from marnet_cli.errors import CLIError
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.training.augmentation import RandomAugmentation
-from modeling_marnet.training.data import standard_image_processor
+from modeling_marnet.training.batches import ImagePreprocessing, ImageTextExamples, MARNetCollator, model_inputs
 from modeling_marnet.training.device_decoding import DeviceDecoding, check_gpu_decode
-from modeling_marnet.training.examples import (
-    MAX_DEFAULT_WORKERS,
-    ImagePreprocessing,
-    ImageTextExamples,
-    MARNetCollator,
-    default_num_workers,
-    model_inputs,
-)
 from modeling_marnet.training.image_decoding import decode_rgb, decode_with_torchcodec, torchcodec_decoder
 from modeling_marnet.training.image_paths import ImageFiles
+from modeling_marnet.training.image_processing import standard_image_processor
+from modeling_marnet.training.loaders import MAX_DEFAULT_WORKERS, default_num_workers
 from tiny_marnet import IMAGE_SIZE, tiny_config
 from train_fixtures import (
     module_command,

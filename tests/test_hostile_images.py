@@ -17,8 +17,8 @@ from transformers import ViTImageProcessor
 
 from bounded import memory_limit, time_limit
 from marnet_cli.errors import CLIError
+from modeling_marnet.training.batches import ImagePreprocessing, ImageTextExamples
 from modeling_marnet.training.data import load_splits
-from modeling_marnet.training.examples import ImagePreprocessing, ImageTextExamples
 from modeling_marnet.training.image_decoding import decode_rgb
 from modeling_marnet.training.image_paths import MAX_IMAGE_FILE_BYTES, ImageFiles, dataset_folders
 from modeling_marnet.training.pixel_limit import RefusedImage, webp_size

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import modeling_marnet  # noqa: F401  (registers MARNet with the Auto classes)
 from modeling_marnet.training.data import load_image_dataset
-from modeling_marnet.training.examples import default_num_workers
+from modeling_marnet.training.loaders import default_num_workers
 from modeling_marnet.training.text_features import cached_text_embeddings, load_text_encoder
 from train_fixtures import (
     CLASS_COLOURS,

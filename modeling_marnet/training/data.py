@@ -1,18 +1,15 @@
-"""Data for MARNet training: loading the dataset and its splits, checking them, and the image processor's size
-(the examples and batches made from them are in `examples.py`).
+"""Datasets for MARNet: loading the dataset and its splits, and checking them (the examples and batches made from
+them are in `batches.py`).
 
 The datasets built by `dataset_scripts` hold `image` (datasets.Image), `label` (ClassLabel), `text` (the privileged
 text), `ingredients` and `image_id` (docs/datasets.md). Any dataset with an image column and a ClassLabel column
 works.
 """
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from transformers import BitImageProcessor
-from transformers.image_utils import PILImageResampling
 
 from marnet_cli.errors import CLIError
 
@@ -178,52 +175,3 @@ def load_splits(args):
 def first_rows(split, count):
     """The first `count` rows of `split` (all of them if it has fewer; None stays None)."""
     return None if split is None else split.select(range(min(count, len(split))))
-
-
-TIMM_INTERPOLATIONS = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampling.BILINEAR}
-
-
-def standard_image_processor(image_processor):
-    """`image_processor`, or for timm towers the equivalent `BitImageProcessor`.
-
-    `TimmWrapperImageProcessor.save_pretrained` writes nothing and its loading reads a timm `config.json`, so a MARNet
-    folder trained on a timm tower would carry no usable `preprocessor_config.json` (no pipeline, no publishing).
-    timm's eval transform (resize the shortest edge to `floor(size / crop_pct)`, center crop, normalize) is exactly a
-    `BitImageProcessor`; pixels differ from timm's own by at most one 8-bit level (resampling implementations).
-    """
-    if type(image_processor).__name__ != "TimmWrapperImageProcessor":
-        return image_processor
-    data_config = image_processor.data_config
-    interpolation = data_config.get("interpolation", "bicubic")
-    if interpolation not in TIMM_INTERPOLATIONS or data_config.get("crop_mode", "center") != "center":
-        raise CLIError(
-            f"The timm tower's data config ({data_config}) uses interpolation {interpolation!r} / crop mode "
-            f"{data_config.get('crop_mode')!r}; supported: {sorted(TIMM_INTERPOLATIONS)} with a center crop. "
-            "Save a transformers image processor next to the tower instead."
-        )
-    _, height, width = data_config["input_size"]
-    return BitImageProcessor(
-        size={"shortest_edge": math.floor(height / data_config.get("crop_pct", 0.875))},
-        resample=TIMM_INTERPOLATIONS[interpolation],
-        crop_size={"height": height, "width": width},
-        image_mean=list(data_config["mean"]),
-        image_std=list(data_config["std"]),
-        do_convert_rgb=True,
-    )
-
-
-def processor_image_size(image_processor):
-    """(height, width) of the images the processor outputs."""
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
-    size = dict(size)
-    if "height" in size:
-        return size["height"], size["width"]
-    edge = size.get("shortest_edge") or size.get("longest_edge")
-    return edge, edge
-
-
-def set_processor_image_size(image_processor, image_size):
-    """Makes the processor output `image_size` x `image_size` images (resize, then no crop)."""
-    image_processor.size = {"height": image_size, "width": image_size}
-    if hasattr(image_processor, "do_center_crop"):
-        image_processor.do_center_crop = False

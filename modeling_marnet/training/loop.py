@@ -110,7 +110,7 @@ def optimizer_steps(
     before that step is applied; with `skip_nonfinite_loss` the step is skipped instead (its gradients dropped, the
     weights and optimizer state untouched; the schedule moves on). Every process takes the same decision.
 
-    `model_inputs(batch)`, when given, turns each batch into the model's inputs first (`examples.model_inputs`: uint8
+    `model_inputs(batch)`, when given, turns each batch into the model's inputs first (`batches.model_inputs`: uint8
     pixels normalised on the device)."""
     step = first_step
     losses, terms, images, gradient_norms, grad_norm, finite = [], {}, 0, None, None, True

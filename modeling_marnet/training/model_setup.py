@@ -1,21 +1,20 @@
 """Building what trains: whether privileged text is needed and its encoder, the MARNet config and model (a new one on
-a pretrained vision tower, or an existing checkpoint, possibly re-headed for new labels), its image processor, and
-the optimizer's parameter groups."""
+a pretrained vision tower, or an existing checkpoint, possibly re-headed for new labels) and its image processor."""
 
 import inspect
 from dataclasses import dataclass
 
 import torch
 from accelerate.logging import get_logger
-from transformers import AutoConfig, AutoImageProcessor
+from transformers import AutoConfig
 
 from marnet_cli.errors import CLIError, UsageError
 from marnet_cli.files import refuse_missing_local_path
 
 from ..configuration_marnet import ABLATIONS, MARNetConfig
 from ..modeling_marnet import MARNetForImageClassification
-from .data import processor_image_size, set_processor_image_size, standard_image_processor
 from .data_checks import check_text_column, ingredient_vocabulary
+from .image_processing import load_image_processor
 from .memory_check import check_model_fits
 from .text_features import load_text_encoder
 
@@ -260,49 +259,3 @@ def build_model(args, config):
         return MARNetForImageClassification.from_vision_pretrained(args.vision_model, config=config)
     except (OSError, ValueError) as error:
         raise CLIError(f"--vision_model {args.vision_model}: cannot build MARNet on it ({error}).") from None
-
-
-def load_image_processor(args, vision_config):
-    """The image processor of the tower or checkpoint, with the `--image_size` override, checked against the
-    tower's fixed input size (ViT-like towers)."""
-    source = args.model_name_or_path or args.vision_model
-    try:
-        image_processor = standard_image_processor(
-            AutoImageProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-        )
-    except (OSError, ValueError) as error:
-        raise CLIError(
-            f"{source}: no image processor ({error}). Save one next to the model "
-            "(`image_processor.save_pretrained(dir)` writes preprocessor_config.json)."
-        ) from None
-    if args.image_size is not None:
-        set_processor_image_size(image_processor, args.image_size)
-    expected = getattr(vision_config, "image_size", None)
-    height, width = processor_image_size(image_processor)
-    if isinstance(expected, int) and (height, width) != (expected, expected):
-        raise UsageError(
-            f"The image processor gives {height}x{width} images but the {vision_config.model_type} tower expects "
-            f"{expected}x{expected}. Drop --image_size or use a tower trained at that size."
-        )
-    return image_processor
-
-
-def tower_parameters(model):
-    """The pretrained towers' trainable parameters: the vision tower's and a jointly trained text encoder's."""
-    classifier = getattr(model, "classifier", model)  # MARNetWithTextEncoder holds the classifier
-    towers = [classifier.marnet.vision_model] + ([model.text_encoder] if hasattr(model, "text_encoder") else [])
-    return [p for tower in towers for p in tower.parameters() if p.requires_grad]
-
-
-def parameter_groups(model, weight_decay, learning_rate, tower_lr_multiplier=1.0):
-    """AdamW groups: decay on matrices, none on biases, norm weights, scalars (`logit_scale`), as in nanoGPT; the
-    pretrained towers at `learning_rate * tower_lr_multiplier`, the fresh MARNet heads at `learning_rate`."""
-    towers = {id(p) for p in tower_parameters(model)}
-    groups = []
-    for is_tower, lr in ((True, learning_rate * tower_lr_multiplier), (False, learning_rate)):
-        parameters = [p for p in model.parameters() if p.requires_grad and (id(p) in towers) == is_tower]
-        groups += [
-            {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr},
-            {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
-        ]
-    return [group for group in groups if group["params"]]

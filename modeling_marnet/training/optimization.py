@@ -1,4 +1,5 @@
-"""The optimizer, the length of training and the learning-rate schedule (`transformers.get_scheduler`)."""
+"""The optimizer and its parameter groups, the length of training and the learning-rate schedule
+(`transformers.get_scheduler`)."""
 
 import math
 from dataclasses import dataclass
@@ -8,8 +9,6 @@ from transformers import get_scheduler
 from transformers.trainer_utils import SchedulerType
 
 from marnet_cli.errors import UsageError
-
-from .model_setup import parameter_groups
 
 # Schedulers stepped with a metric or per evaluation, which a step-based loop cannot drive.
 METRIC_SCHEDULERS = {"reduce_lr_on_plateau", "greedy"}
@@ -39,6 +38,27 @@ def check_scheduler_type(name):
     if name not in valid:
         raise UsageError(f"--lr_scheduler_type {name!r} is not supported; choose one of {', '.join(valid)}.")
     return name
+
+
+def tower_parameters(model):
+    """The pretrained towers' trainable parameters: the vision tower's and a jointly trained text encoder's."""
+    classifier = getattr(model, "classifier", model)  # MARNetWithTextEncoder holds the classifier
+    towers = [classifier.marnet.vision_model] + ([model.text_encoder] if hasattr(model, "text_encoder") else [])
+    return [p for tower in towers for p in tower.parameters() if p.requires_grad]
+
+
+def parameter_groups(model, weight_decay, learning_rate, tower_lr_multiplier=1.0):
+    """AdamW groups: decay on matrices, none on biases, norm weights, scalars (`logit_scale`), as in nanoGPT; the
+    pretrained towers at `learning_rate * tower_lr_multiplier`, the fresh MARNet heads at `learning_rate`."""
+    towers = {id(p) for p in tower_parameters(model)}
+    groups = []
+    for is_tower, lr in ((True, learning_rate * tower_lr_multiplier), (False, learning_rate)):
+        parameters = [p for p in model.parameters() if p.requires_grad and (id(p) in towers) == is_tower]
+        groups += [
+            {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr},
+            {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
+        ]
+    return [group for group in groups if group["params"]]
 
 
 def make_optimizer(model, args):

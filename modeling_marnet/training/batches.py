@@ -1,10 +1,8 @@
 """Examples and batches for the DataLoader: each row's image decoded (TorchCodec, or PIL where it must), augmented
 and resized as uint8 in the workers, batches collated as uint8, and the training step's conversion of a batch into
 the model's inputs (the processor's normalisation, once per batch, on the accelerator). See `pixels.py` for how the
-image processor's steps are split between the two.
+image processor's steps are split between the two, and `loaders.py` for the DataLoaders made of them.
 """
-
-import os
 
 import datasets
 import torch
@@ -151,14 +149,3 @@ def model_inputs(image_processor, preprocessing, decode_device=None):
         return normalization
     decoding = DeviceDecoding(preprocessing, decode_device)
     return lambda batch: normalization(decoding(batch))
-
-
-# A bound on the default number of DataLoader workers per training process (`--dataloader_num_workers`).
-MAX_DEFAULT_WORKERS = 16
-
-
-def default_num_workers(local_processes):
-    """DataLoader workers per training process: the CPU cores this process may use, shared among the training
-    processes of the node, at most `MAX_DEFAULT_WORKERS`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(MAX_DEFAULT_WORKERS, cores // max(local_processes, 1))
