@@ -7,7 +7,11 @@ Every option is accepted in both spellings (`--output_dir` and `--output-dir`), 
 Field metadata understood on top of `HfArgumentParser`'s (`help`, `aliases`, argparse keywords):
 
 - `group`: the `--help` section the option is listed in;
-- `positional`: the field is a positional argument (no `--`).
+- `positional`: the field is a positional argument (no `--`);
+- `nargs` on a list field: `"*"` lets the option come without a value (an empty list), where `HfArgumentParser`
+  asks for one or more.
+
+[`option`] declares a field with these metadata.
 """
 
 import argparse
@@ -45,6 +49,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super()._format_action(action)
 
 
+def option(default=None, help=None, group=None, **metadata):
+    """A dataclass field for an option: its default (a list default is copied for each instance), `--help` text,
+    `--help` section and any other metadata (see the module docstring)."""
+    if isinstance(default, list):
+        return dataclasses.field(
+            default_factory=lambda: list(default), metadata={"help": help, "group": group, **metadata}
+        )
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **metadata})
+
+
 def option_spellings(option):
     """`--output-dir` -> [`--output-dir`, `--output_dir`]: both spellings of a long option, the given one first."""
     if not option.startswith("--"):
@@ -78,9 +92,11 @@ class MARNetArgumentParser(HfArgumentParser):
             metadata = dict(field.metadata)
             title = metadata.pop("group", None)
             parser = self if title is None else self._groups.setdefault(title, self.add_argument_group(title))
+            element_type = _list_element_type(type_hints[field.name])
             if metadata.pop("positional", False):
-                parser.add_argument(field.name, type=type_hints[field.name], **metadata)
+                parser.add_argument(field.name, type=element_type or type_hints[field.name], **metadata)
                 continue
+            nargs = metadata.pop("nargs", None) if element_type is not None else None
             aliases = metadata.get("aliases", [])
             metadata["aliases"] = [
                 spelling
@@ -88,6 +104,8 @@ class MARNetArgumentParser(HfArgumentParser):
                 for spelling in option_spellings(alias)
             ]
             self._parse_dataclass_field(parser, _copy_field(field, type_hints[field.name], metadata))
+            if nargs is not None:
+                self._actions[-1].nargs = nargs  # HfArgumentParser gives every list option nargs="+"
 
     def parse(self, argv=None):
         """The dataclass instance of `argv` (default `sys.argv[1:]`), over the values of its config file if any.
@@ -152,6 +170,14 @@ class MARNetArgumentParser(HfArgumentParser):
             action = actions[str(key).replace("-", "_")]
             converted[action.dest] = _file_value(action, value, f"--config {path}: `{key}`")
         return converted
+
+
+def _list_element_type(type_hint):
+    """`list[int]` or `list[int] | None` -> int; None for any other type."""
+    if typing.get_origin(type_hint) in (typing.Union, types.UnionType):
+        hints = [arg for arg in typing.get_args(type_hint) if arg is not type(None)]
+        type_hint = hints[0] if len(hints) == 1 else None
+    return typing.get_args(type_hint)[0] if typing.get_origin(type_hint) is list else None
 
 
 def _copy_field(field, resolved_type, metadata):

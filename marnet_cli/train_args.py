@@ -8,12 +8,13 @@ to the text encoder's own sentence-transformers files.
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .errors import UsageError
 from .example_flags import handle_example_flags
 from .options import MARNetArgumentParser
+from .options import option as _option
 
 # The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
 # no torch.
@@ -43,12 +44,6 @@ example:
   marnet-train --dataset_name datasets/vireo-food172 --vision_model google/vit-base-patch16-224-in21k \\
       --text_encoder sentence-transformers/all-MiniLM-L6-v2 --output_dir runs/vireo --learning_rate 1e-4
 """
-
-
-def _option(default=None, help=None, group=None, **metadata):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "group": group, **metadata})
-    return field(default=default, metadata={"help": help, "group": group, **metadata})
 
 
 @dataclass
