@@ -1,4 +1,4 @@
-"""What MARNet costs on one GPU, side by side with its backbone, in one run of a few minutes (issue 24):
+"""What MARNet costs on one GPU, side by side with its backbone, in one run of a few minutes:
 
 1. training: bf16 (autocast) images/s and seconds per optimizer step of MARNet (default heads, cached 384-d text
    features) and of the bare ViT classifier on the same tower, calls interleaved, medians; their step-time ratio;

@@ -10,7 +10,7 @@ and the report gives medians over repeats:
 - `marnet_FIELD=VALUE`, one per `--compare FIELD=VALUE`: `marnet_cached_text` with that config field changed.
 
 It prints each MARNet variant / backbone ratio (the median of the ratios of the repeats run side by side, with their
-quartiles; issue 24's target for the default: <= 1.10) and the speedup of the text cache (marnet_text_every_step /
+quartiles; the target for the default: <= 1.10) and the speedup of the text cache (marnet_text_every_step /
 marnet_cached_text). Data loading is left out on purpose: it is the same for all variants.
 
 Towers (`--preset`): `small`, a ViT-Ti-like tower at 112 px; `vit-b16`, the paper's backbone at 224 px; `demo`, the
