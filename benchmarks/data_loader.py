@@ -64,6 +64,8 @@ from transformers import AutoImageProcessor, ViTConfig, ViTImageProcessor, ViTMo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from figures import pyplot, save_figure  # noqa: E402
+from marnet_cli.files import atomic_write_json  # noqa: E402
 from marnet_cli.run_folder import RunFolder  # noqa: E402
 from modeling_marnet import MARNetConfig, MARNetForImageClassification  # noqa: E402
 from modeling_marnet.training.augmentation import POLICIES, RandomAugmentation  # noqa: E402
@@ -495,13 +497,8 @@ def pipeline_rate(args, work, repeats=3):
 
 
 def plot(per_core_results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row[: -len(" old")] for row in next(iter(per_core_results.values())) if row.endswith(" old")]
-    figure, axes = plt.subplots(1, len(per_core_results), figsize=(6 * len(per_core_results), 3.8), sharey=True)
+    figure, axes = pyplot().subplots(1, len(per_core_results), figsize=(6 * len(per_core_results), 3.8), sharey=True)
     for axis, (size_name, values) in zip(np.atleast_1d(axes), per_core_results.items()):
         positions = np.arange(len(rows))
         old = [values[f"{row} old"] for row in rows]
@@ -516,7 +513,7 @@ def plot(per_core_results, path):
     np.atleast_1d(axes)[0].set_ylabel("images per CPU-second")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 def main():
@@ -565,7 +562,7 @@ def main():
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(args.output, results)
     print(json.dumps({key: results[key] for key in results if key not in ("config", "machine")}, indent=2))
 
 

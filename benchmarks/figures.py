@@ -1,5 +1,7 @@
 """The benchmarks' plots: matplotlib without a display, each figure written all at once (never half a PNG)."""
 
+from pathlib import Path
+
 from marnet_cli.files import atomic_path
 
 
@@ -14,7 +16,8 @@ def pyplot():
 
 
 def save_figure(figure, path, dpi):
-    """Writes `figure` to `path` as a PNG of `dpi` dots per inch, all at once, and closes it."""
+    """Writes `figure` to `path` at `dpi` dots per inch, all at once, and closes it. The format is the suffix's
+    (`.png`, `.svg`, `.pdf`, ...)."""
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi)
+        figure.savefig(temporary, format=Path(path).suffix.lstrip(".") or None, dpi=dpi)
     pyplot().close(figure)

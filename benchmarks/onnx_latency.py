@@ -9,7 +9,6 @@ Both run on the same preprocessed batch, on the CPU, with the same number of thr
 """
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import torch
 from transformers import AutoImageProcessor
 
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
 from modeling_marnet.training.data import standard_image_processor
@@ -102,7 +102,7 @@ def main():
         "latency": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     for row in rows:
         print(
             f"batch {row['batch_size']:>3}: PyTorch {row['pytorch_ms']:.1f} ms, ONNX Runtime "

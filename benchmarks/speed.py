@@ -10,7 +10,6 @@ median of the ratios of the calls made side by side, with their quartiles (the r
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,8 +22,10 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
+from figures import pyplot, save_figure
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from machine import machine_record
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetForImageClassification
 
 RESULTS = Path(__file__).parent / "results"
@@ -143,12 +144,7 @@ def reverse_step_rows(args, marnet, backbone, image_size):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    figure, axis = pyplot().subplots(figsize=(5.5, 3.5))
     axis.plot([r["reverse_steps"] for r in rows], [r["marnet_ms"] for r in rows], marker="o", label="MARNet")
     axis.axhline(rows[0]["backbone_ms"], color="gray", linestyle="--", label="backbone alone")
     axis.set_xscale("log")
@@ -157,7 +153,7 @@ def plot(rows, path):
     axis.set_title("Latency vs reverse steps")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 def main():
@@ -189,7 +185,7 @@ def main():
         "reverse_steps": step_results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     plot(step_results, args.output.with_name("latency_vs_steps.png"))
     for row in pipeline_results:
         print(
