@@ -24,20 +24,14 @@ from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
 from modeling_marnet.training.data import standard_image_processor
-from speed import interleaved_medians
+from speed import add_model_options, interleaved_medians
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
-    )
-    parser.add_argument("--num-labels", type=int, default=10)
-    parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_model_options(parser)
     parser.add_argument("--output", type=Path, default=RESULTS / "onnx_latency.json")
     return parser.parse_args()
 

@@ -32,8 +32,9 @@ RESULTS = Path(__file__).parent / "results"
 REVERSE_STEPS = (1, 5, 10, 50)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_options(parser):
+    """The options of the measured model, shared with `onnx_latency.py`: its tower, its heads' sizes, the batch size
+    and the repeats of each measurement."""
     parser.add_argument(
         "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
     )
@@ -41,6 +42,11 @@ def parse_args():
     parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
