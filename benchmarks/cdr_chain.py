@@ -7,7 +7,6 @@ difference from eager is reported with its compile time. `speed.py` gives the ba
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from machine import machine_record
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetConfig
 from modeling_marnet.diffusion import MARNetCrossModalReconstruction
 
@@ -90,7 +90,7 @@ def main():
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     print(f"wrote {args.output}")
 
 

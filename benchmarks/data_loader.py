@@ -1,4 +1,4 @@
-"""Throughput of the training data path: the path before issue 14 against the uint8 path, side by side in one run.
+"""Throughput of the training data path: the PIL path against the uint8 path, side by side in one run.
 
 Data: real-size JPEG photos made from scikit-image's sample photos (astronaut, coffee, chelsea, rocket, Hubble deep
 field, immunohistochemistry, retina, cat), cropped to fill 512x384 and 1024x768 at shifting offsets and mirrored,
@@ -9,17 +9,17 @@ Four measurements:
 1. `per_core`: images per CPU-second of one process on one thread (CPU time, so that waiting for a core on a shared
    machine does not count) for the training path (`--augment` preset, default crop_flip; also randaugment) and the
    evaluation path, old and new, interleaved round by round; the best round of each (other jobs only ever slow a
-   round down, as with `timeit`). `old` is the code before issue 14, copied below: `datasets` decodes to PIL,
-   torchvision v2 augments the PIL image, the image processor takes the batch of PIL images (decode, augment, resize
-   and normalise all in the worker). `new` is `training.examples`: TorchCodec decode, v2 on uint8 tensors, the
+   round down, as with `timeit`). `old` is the PIL path, copied below: `datasets` decodes to PIL, torchvision v2
+   augments the PIL image, the image processor takes the batch of PIL images (decode, augment, resize and normalise
+   all in the worker). `new` is `training.batches`: TorchCodec decode, v2 on uint8 tensors, the
    processor's resize per image, its normalisation per batch, measured twice: normalising on the same core (CPU
    training), and without the normalisation, which the training step does on the accelerator (what a DataLoader
    worker then delivers per core).
 2. `parity`: the new evaluation pixel values against the processor's, in 8-bit levels (max over all pixels).
 3. `end_to_end`: `python -m modeling_marnet.train` images/s (`train_images_per_second` of metrics.json) with a
-   small ViT on these JPEGs (`--e2e-epochs`, so that start-up weighs little), the code before issue 14 (a
-   `git archive` of `--baseline-ref`) against the current code with its default workers and with
-   `--dataloader_num_workers 0`, runs interleaved; medians.
+   small ViT on these JPEGs (`--e2e-epochs`, so that start-up weighs little), the PIL path's code (a `git archive`
+   of `--baseline-ref`, by default the commit before `training/image_decoding.py`) against the current code with its
+   default workers and with `--dataloader_num_workers 0`, runs interleaved; medians.
 4. `pipeline`: `pipeline("image-classification")` images/s on 512x384 JPEG files, a MARNet on the same tower saved
    with its processor, the processor loaded with `backend="pil"` and with `use_fast=True` (torchvision).
 5. `gpu_decode_check` (CUDA, not in the default steps; also in `benchmarks/gpu_check.py`): `--gpu_decode`'s path
@@ -64,6 +64,9 @@ from transformers import AutoImageProcessor, ViTConfig, ViTImageProcessor, ViTMo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from figures import pyplot, save_figure  # noqa: E402
+from marnet_cli.files import atomic_write_json  # noqa: E402
+from marnet_cli.run_folder import RunFolder  # noqa: E402
 from modeling_marnet import MARNetConfig, MARNetForImageClassification  # noqa: E402
 from modeling_marnet.training.augmentation import POLICIES, RandomAugmentation  # noqa: E402
 from modeling_marnet.training.batches import (  # noqa: E402
@@ -154,7 +157,7 @@ def photo_dataset(directory, width, height, count, num_classes=4):
 
 
 class OldAugmentation:
-    """`training.augmentation.RandomAugmentation` before issue 14: the same v2 transforms, on PIL images."""
+    """`training.augmentation.RandomAugmentation` of the PIL path: the same v2 transforms, on PIL images."""
 
     def __init__(self, image_size, preset, seed=0):
         steps = [v2.RandomResizedCrop(image_size, scale=(0.5, 1.0)), v2.RandomHorizontalFlip()]
@@ -169,7 +172,7 @@ class OldAugmentation:
 
 
 def old_batches(dataset, processor, augmentation, batch_size):
-    """The path before issue 14, `ImageTextExamples` (PIL from `datasets`, augmented as PIL) and `MARNetCollator`
+    """The PIL path: `ImageTextExamples` (PIL from `datasets`, augmented as PIL) and `MARNetCollator`
     with `ImageTransform` (the processor on the batch of PIL images), as a callable giving a generator of batches."""
 
     def batches():
@@ -186,7 +189,7 @@ def old_batches(dataset, processor, augmentation, batch_size):
 
 
 def new_batches(dataset, processor, augmentation, batch_size, normalise=True):
-    """`training.examples`: built once (as a run builds them), then a generator of batches at each call."""
+    """`training.batches`: built once (as a run builds them), then a generator of batches at each call."""
     preprocessing = ImagePreprocessing(processor, augmentation)
     examples = ImageTextExamples(dataset, "image", "label", preprocessing)
     collator, inputs = MARNetCollator(), model_inputs(processor, preprocessing)
@@ -448,7 +451,7 @@ def end_to_end(args, work):
             finished = subprocess.run(command, cwd=code, env=environment, capture_output=True, text=True)
             if finished.returncode != 0:
                 raise SystemExit(f"{variant} run failed:\n{finished.stderr[-3000:]}")
-            metrics = json.loads((output / "metrics.json").read_text())
+            metrics = RunFolder(output).read_metrics()
             results[variant].append(metrics["train_images_per_second"])
             print(variant, round(metrics["train_images_per_second"], 1), flush=True)
     return results
@@ -494,13 +497,8 @@ def pipeline_rate(args, work, repeats=3):
 
 
 def plot(per_core_results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row[: -len(" old")] for row in next(iter(per_core_results.values())) if row.endswith(" old")]
-    figure, axes = plt.subplots(1, len(per_core_results), figsize=(6 * len(per_core_results), 3.8), sharey=True)
+    figure, axes = pyplot().subplots(1, len(per_core_results), figsize=(6 * len(per_core_results), 3.8), sharey=True)
     for axis, (size_name, values) in zip(np.atleast_1d(axes), per_core_results.items()):
         positions = np.arange(len(rows))
         old = [values[f"{row} old"] for row in rows]
@@ -515,7 +513,7 @@ def plot(per_core_results, path):
     np.atleast_1d(axes)[0].set_ylabel("images per CPU-second")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 def main():
@@ -564,7 +562,7 @@ def main():
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(args.output, results)
     print(json.dumps({key: results[key] for key in results if key not in ("config", "machine")}, indent=2))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ import datasets
 from PIL import Image
 
 from dataset_scripts import VireoFood172
+from marnet_cli.files import atomic_write_json
 
 RESULTS = Path(__file__).parent / "results"
 NUM_CLASSES, NUM_INGREDIENTS = 172, 353
@@ -121,7 +121,7 @@ def main():
         },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(args.output, results)
     for num_proc, run in results["runs"].items():
         print(
             f"num_proc={num_proc}: {run['images_per_second']:.0f} images/s (median of {args.repeats}: "

@@ -1,4 +1,4 @@
-"""What MARNet costs on one GPU, side by side with its backbone, in one run of a few minutes (issue 24):
+"""What MARNet costs on one GPU, side by side with its backbone, in one run of a few minutes:
 
 1. training: bf16 (autocast) images/s and seconds per optimizer step of MARNet (default heads, cached 384-d text
    features) and of the bare ViT classifier on the same tower, calls interleaved, medians; their step-time ratio;
@@ -19,7 +19,6 @@ the photos and the decode check of `data_loader.py`. Random weights and inputs: 
 
 import argparse
 import gc
-import json
 import platform
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig, ViTForImageClassification
 
 from data_loader import SIZES, gpu_decode_check, photo_dataset
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 from speed import interleaved_medians
 from train_step import PRESETS, time_steps
@@ -303,7 +303,7 @@ def main(argv=None):
     }
     report["wall_seconds"] = time.perf_counter() - started
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     print_report(report)
     print(f"wrote {args.output}")
     return report

@@ -9,7 +9,6 @@ Both run on the same preprocessed batch, on the CPU, with the same number of thr
 """
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -21,23 +20,18 @@ import torch
 from transformers import AutoImageProcessor
 
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetForImageClassification
 from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
 from modeling_marnet.training.image_processing import standard_image_processor
-from speed import interleaved_medians
+from speed import add_model_options, interleaved_medians
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
-    )
-    parser.add_argument("--num-labels", type=int, default=10)
-    parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_model_options(parser)
     parser.add_argument("--output", type=Path, default=RESULTS / "onnx_latency.json")
     return parser.parse_args()
 
@@ -102,7 +96,7 @@ def main():
         "latency": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     for row in rows:
         print(
             f"batch {row['batch_size']:>3}: PyTorch {row['pytorch_ms']:.1f} ms, ONNX Runtime "

@@ -34,7 +34,6 @@ convolutional towers, the same predictions up to float rounding).
 import argparse
 import hashlib
 import json
-import os
 import platform
 import re
 import statistics
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
+from figures import pyplot, save_figure  # noqa: E402
 from marnet_cli.files import atomic_write_json  # noqa: E402
 from modeling_marnet.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, ImageCorruption  # noqa: E402
 from modeling_marnet.training.batches import (  # noqa: E402
@@ -354,15 +354,10 @@ def stability(summary, baseline):
 
 
 def plot(results, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(results["summary"])
     columns = 4
     panels = len(args.corruptions) + 1
-    figure, axes = plt.subplots(
+    figure, axes = pyplot().subplots(
         (panels + columns - 1) // columns, columns, figsize=(4 * columns, 3.2 * ((panels + columns - 1) // columns))
     )
     axes = axes.ravel()
@@ -407,10 +402,7 @@ def plot(results, args, path):
         axis.set_visible(False)
     axes[0].legend(fontsize=6)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path, dpi=110)
 
 
 def report(results):

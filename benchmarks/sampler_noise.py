@@ -10,12 +10,13 @@ this is a diagnostic, not a place to choose anything on test.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+
+from marnet_cli.files import atomic_write_json
 
 
 def parse_args(argv=None):
@@ -95,9 +96,7 @@ def main(argv=None):
             f"| {identical:.1f} % |"
         )
     if args.output:
-        args.output.write_text(
-            json.dumps({"split": args.split, "sampler_seeds": args.sampler_seeds, "runs": results}, indent=2) + "\n"
-        )
+        atomic_write_json(args.output, {"split": args.split, "sampler_seeds": args.sampler_seeds, "runs": results})
     return 0
 
 

@@ -10,7 +10,6 @@ median of the ratios of the calls made side by side, with their quartiles (the r
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,16 +22,19 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
+from figures import pyplot, save_figure
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from machine import machine_record
+from marnet_cli.files import atomic_write_json
 from modeling_marnet import MARNetForImageClassification
 
 RESULTS = Path(__file__).parent / "results"
 REVERSE_STEPS = (1, 5, 10, 50)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_options(parser):
+    """The options of the measured model, shared with `onnx_latency.py`: its tower, its heads' sizes, the batch size
+    and the repeats of each measurement."""
     parser.add_argument(
         "--tower", type=Path, help="converted vision tower folder (converted into a temp dir if absent)"
     )
@@ -40,6 +42,11 @@ def parse_args():
     parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
@@ -143,12 +150,7 @@ def reverse_step_rows(args, marnet, backbone, image_size):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    figure, axis = pyplot().subplots(figsize=(5.5, 3.5))
     axis.plot([r["reverse_steps"] for r in rows], [r["marnet_ms"] for r in rows], marker="o", label="MARNet")
     axis.axhline(rows[0]["backbone_ms"], color="gray", linestyle="--", label="backbone alone")
     axis.set_xscale("log")
@@ -157,7 +159,7 @@ def plot(rows, path):
     axis.set_title("Latency vs reverse steps")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 def main():
@@ -189,7 +191,7 @@ def main():
         "reverse_steps": step_results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.output, report)
     plot(step_results, args.output.with_name("latency_vs_steps.png"))
     for row in pipeline_results:
         print(

@@ -12,42 +12,53 @@ validation is kept; its validation and test metrics go to `metrics.json` in the 
         --learning-rate 1e-3 --num-train-epochs 8 --image-size 64 --seed 0
 """
 
-import argparse
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from marnet_cli.errors import CLIError, command  # noqa: E402
+from marnet_cli.files import atomic_write_json, atomic_write_text  # noqa: E402
+from marnet_cli.options import MARNetArgumentParser, option  # noqa: E402
+from marnet_cli.run_folder import RunFolder, classification_metrics  # noqa: E402
+
+PROG = "timm_anchor.py"
+
+
+@dataclass
+class TimmAnchorArguments:
+    """Every option of `timm_anchor.py`."""
+
+    dataset: Path = field(
+        metadata={"help": "`save_to_disk` DatasetDict with train/validation/test splits and image/label columns"}
+    )
+    vision_model: Path = field(
+        metadata={
+            "help": "a transformers TimmWrapper folder (config.json naming the timm architecture, model.safetensors), "
+            "e.g. marnet-convert-efficientnet's"
+        }
+    )
+    output_dir: Path = field(metadata={"help": "the run folder: metrics.json and logs/history.jsonl"})
+    learning_rate: float = option(1e-3)
+    weight_decay: float = option(0.05)
+    num_train_epochs: int = option(8)
+    warmup_ratio: float = option(0.1)
+    per_device_train_batch_size: int = option(32)
+    image_size: int = option(224)
+    label_smoothing: float = option(0.1)
+    seed: int = option(0)
+    channels_last: bool = option(False)
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        required=True,
-        help="`save_to_disk` DatasetDict with train/validation/test splits and image/label columns",
-    )
-    parser.add_argument(
-        "--vision-model",
-        type=Path,
-        required=True,
-        help="a transformers TimmWrapper folder (config."
-        "json naming the timm architecture, model.safetensors), e.g. marnet-convert-efficientnet's",
-    )
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--num-train-epochs", type=int, default=8)
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--per-device-train-batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--channels-last", action="store_true")
-    return parser.parse_args(argv)
+    """The [`TimmAnchorArguments`] of `argv` (default: the command line)."""
+    return MARNetArgumentParser(TimmAnchorArguments, prog=PROG, description=__doc__).parse(argv)
 
 
 def load_timm_tower(folder, num_classes):
@@ -62,16 +73,24 @@ def load_timm_tower(folder, num_classes):
     }
     classifier = model.pretrained_cfg.get("classifier", "classifier")
     state = {key: value for key, value in state.items() if not key.startswith(classifier + ".")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith(classifier + ".") for key in missing):
-        raise SystemExit(
-            f"{folder}: weights do not match timm's {config['architecture']}: missing {missing}, "
-            f"unexpected {unexpected}"
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state and not key.startswith(classifier + ".")]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in state if key in expected and state[key].shape != expected[key].shape]
+    if missing or unexpected or reshaped:
+        raise CLIError(
+            f"{folder}: weights do not match timm's {config['architecture']} (config.json `architecture`): "
+            f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(reshaped)} "
+            f"of another shape {reshaped[:3]}. Expected the TimmWrapper folder of that architecture (e.g. "
+            "marnet-convert-efficientnet's): give the right --vision-model or fix its config.json."
         )
+    model.load_state_dict(state, strict=False)
     return model
 
 
 class TransformedSplit(torch.utils.data.Dataset):
+    """A split's (transformed RGB image, label) pairs."""
+
     def __init__(self, split, transform):
         self.split, self.transform = split, transform
 
@@ -85,6 +104,7 @@ class TransformedSplit(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def evaluate(model, loader, channels_last):
+    """top1/top5/loss/num_samples of `model` on `loader`, as marnet-train's per-split metrics."""
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
@@ -100,6 +120,7 @@ def evaluate(model, loader, channels_last):
     return {"top1": correct1 / total, "top5": correct5 / total, "loss": loss_sum / total, "num_samples": total}
 
 
+@command(PROG)
 def main(argv=None):
     import datasets
     from timm.data import create_transform, resolve_data_config
@@ -143,7 +164,6 @@ def main(argv=None):
     )
     criterion = LabelSmoothingCrossEntropy(args.label_smoothing)
     history, best = [], None
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     train_images, train_seconds, step = 0, 0.0, 0
     for epoch in range(args.num_train_epochs):
         model.train()
@@ -170,24 +190,19 @@ def main(argv=None):
             }
     model.load_state_dict(best["state"])
     test = evaluate(model, eval_loaders["test"], args.channels_last)
-    metrics = {
-        "top1": test["top1"],
-        "top5": test["top5"],
-        "split": "test",
-        "per_split": {"validation": best["validation"], "test": test},
-        "train_images_per_second": train_images / max(train_seconds, 1e-9),
-        "wall_time_seconds": time.perf_counter() - started,
-        "global_step": step,
-        "epochs": args.num_train_epochs,
-        "best_step": best["step"],
-    }
-    (args.output_dir / "logs").mkdir(exist_ok=True)
-    (args.output_dir / "logs" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    partial = args.output_dir / "metrics.json.tmp"
-    partial.write_text(json.dumps(metrics, indent=2))
-    os.replace(partial, args.output_dir / "metrics.json")
+    metrics = classification_metrics(
+        {"validation": best["validation"], "test": test},
+        "test",
+        train_images_per_second=train_images / max(train_seconds, 1e-9),
+        wall_time_seconds=time.perf_counter() - started,
+        global_step=step,
+        epochs=args.num_train_epochs,
+        best_step=best["step"],
+    )
+    run = RunFolder(args.output_dir)
+    atomic_write_text(run.history_file, "".join(json.dumps(record) + "\n" for record in history))
+    atomic_write_json(run.metrics_file, metrics)  # last: its presence means the run finished
     print(f"test top-1 {test['top1']:.4f} top-5 {test['top5']:.4f} (best epoch step {best['step']})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ and the report gives medians over repeats:
 - `marnet_FIELD=VALUE`, one per `--compare FIELD=VALUE`: `marnet_cached_text` with that config field changed.
 
 It prints each MARNet variant / backbone ratio (the median of the ratios of the repeats run side by side, with their
-quartiles; issue 24's target for the default: <= 1.10) and the speedup of the text cache (marnet_text_every_step /
+quartiles; the target for the default: <= 1.10) and the speedup of the text cache (marnet_text_every_step /
 marnet_cached_text). Data loading is left out on purpose: it is the same for all variants.
 
 Towers (`--preset`): `small`, a ViT-Ti-like tower at 112 px; `vit-b16`, the paper's backbone at 224 px; `demo`, the
@@ -28,7 +28,6 @@ pre-tokenized text, so it understates what the cache saves in a real loop.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from marnet_cli.files import atomic_write_json
 from marnet_cli.train_args import parse_marnet_config
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 
@@ -265,8 +265,7 @@ def main():
     if "text_cache_speedup" in results:
         print(f"text cache speedup (text encoder every step / cached): {results['text_cache_speedup']:.3f}x")
     if args.output:
-        with open(args.output, "w") as output:
-            json.dump(results, output, indent=2)
+        atomic_write_json(args.output, results)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ Extra arguments after `--` go to both `marnet-train` runs, e.g. `python demo/run
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from marnet_cli.run_folder import RunFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_REPO_ID = "your-name/marnet-openclipart-food"
@@ -81,7 +82,7 @@ def train(name, args, tower, text_encoder, extra):
 def report(runs):
     print(f"{'model':<36}{'test top-1':>12}{'test top-5':>12}{'train img/s':>13}")
     for label, output_dir in runs.items():
-        metrics = json.loads((output_dir / "metrics.json").read_text())
+        metrics = RunFolder(output_dir).read_metrics()
         print(
             f"{label:<36}{metrics['top1']:>12.3f}{metrics['top5']:>12.3f}{metrics['train_images_per_second']:>13.1f}"
         )

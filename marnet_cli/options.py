@@ -8,7 +8,9 @@ Options are declared with [`option`] (and the shared [`config_option`], [`model_
 understood on top of `HfArgumentParser`'s (`help`, `aliases`, argparse keywords):
 
 - `group`: the `--help` section the option is listed in;
-- `positional`: the field is a positional argument (no `--`).
+- `positional`: the field is a positional argument (no `--`);
+- `nargs` on a list field: `"*"` lets the option come without a value (an empty list), where `HfArgumentParser`
+  asks for one or more.
 """
 
 import argparse
@@ -80,9 +82,11 @@ class MARNetArgumentParser(HfArgumentParser):
             metadata = dict(field.metadata)
             title = metadata.pop("group", None)
             parser = self if title is None else self._groups.setdefault(title, self.add_argument_group(title))
+            element_type = _list_element_type(type_hints[field.name])
             if metadata.pop("positional", False):
-                parser.add_argument(field.name, type=type_hints[field.name], **metadata)
+                parser.add_argument(field.name, type=element_type or type_hints[field.name], **metadata)
                 continue
+            nargs = metadata.pop("nargs", None) if element_type is not None else None
             aliases = metadata.get("aliases", [])
             metadata["aliases"] = [
                 spelling
@@ -90,6 +94,8 @@ class MARNetArgumentParser(HfArgumentParser):
                 for spelling in option_spellings(alias)
             ]
             self._parse_dataclass_field(parser, _copy_field(field, type_hints[field.name], metadata))
+            if nargs is not None:
+                self._actions[-1].nargs = nargs  # HfArgumentParser gives every list option nargs="+"
 
     def parse(self, argv=None):
         """The dataclass instance of `argv` (default `sys.argv[1:]`), over the values of its config file if any.
@@ -201,6 +207,14 @@ def require(arguments, *names):
     for name in names:
         if not getattr(arguments, name):
             raise UsageError(f"--{name} is required (on the command line or in --config).")
+
+
+def _list_element_type(type_hint):
+    """`list[int]` or `list[int] | None` -> int; None for any other type."""
+    if typing.get_origin(type_hint) in (typing.Union, types.UnionType):
+        hints = [arg for arg in typing.get_args(type_hint) if arg is not type(None)]
+        type_hint = hints[0] if len(hints) == 1 else None
+    return typing.get_args(type_hint)[0] if typing.get_origin(type_hint) is list else None
 
 
 def _copy_field(field, resolved_type, metadata):

@@ -122,7 +122,7 @@ def test_training_fractions_keep_a_stratified_prefix_of_each_class(tmp_path):
     import datasets
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from accuracy import prepare_train_subset
+    from accuracy_data import prepare_train_subset
 
     source = save_dataset(tmp_path / "data")
     full = datasets.load_from_disk(str(source))
@@ -218,3 +218,29 @@ def test_text_probe_only_reports_the_text_statistics_and_trains_nothing(tmp_path
     assert sorted(path.name for path in work.iterdir()) == ["text_statistics.json"]  # no tower, data or runs
     cached = json.loads((work / "text_statistics.json").read_text())
     assert cached == {f"{dataset.name}|{text_encoder}": statistics}  # what the protocol's report reuses
+
+
+def test_rows_take_the_packages_names():
+    """The paper-literal rows are the package's PAPER_LITERAL as marnet-train options, and there is a full-<mode>
+    row per fusion mode of the package; the options stay as finished runs recorded them (or they would train again)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from accuracy_rows import PAPER_LITERAL_OPTIONS, ROWS
+    from modeling_marnet.configuration_marnet import FUSION_MODES, PAPER_LITERAL
+
+    assert PAPER_LITERAL_OPTIONS == [
+        "--marnet-config",
+        "visual_features=projection",
+        "--marnet-config",
+        "reconstruction_training=one_step",
+        "--marnet-config",
+        "diffusion_timesteps=uniform",
+        "--marnet-config",
+        "text_normalization=none",
+        "--marnet-config",
+        "text_classification_weight=0",
+        "--marnet-config",
+        "distillation_weight=0",
+    ]
+    assert all(f"{field}={value}" in PAPER_LITERAL_OPTIONS for field, value in PAPER_LITERAL.items())
+    assert ROWS["paper"].options == ["--ablation", "full", *PAPER_LITERAL_OPTIONS]
+    assert [row for row in ROWS if row.startswith("full-")] == [f"full-{mode}" for mode in FUSION_MODES]
