@@ -33,14 +33,14 @@ from .training.loop import evaluate
 from .training.memory_check import check_model_fits
 
 
-def load_classifier(args):
-    """The model and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
-    refuse_missing_local_path(args.model_name_or_path, "--model_name_or_path")
+def load_classifier(args, dtype=None):
+    """The model (in `dtype`, default: as saved) and image processor of `--model_name_or_path`, with
+    `--num_inference_steps` applied; used by marnet-eval and marnet-export."""
     try:
         config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
         check_model_fits(config, f"--model_name_or_path {args.model_name_or_path}")
         model = AutoModelForImageClassification.from_pretrained(
-            args.model_name_or_path, config=config, trust_remote_code=args.trust_remote_code
+            args.model_name_or_path, config=config, trust_remote_code=args.trust_remote_code, dtype=dtype
         )
         image_processor = AutoImageProcessor.from_pretrained(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
@@ -80,6 +80,7 @@ def run(args):
     """Evaluates with the options of `marnet_cli.eval_args.EvalArguments`; returns the metrics."""
     started = time.perf_counter()
     dataset, folders = load_image_dataset(args.dataset), dataset_folders(args.dataset)
+    refuse_missing_local_path(args.model_name_or_path, "--model_name_or_path")
     model, image_processor = load_classifier(args)
     splits = {}
     corruption = ImageCorruption(args.corruption, args.severity) if args.corruption is not None else None

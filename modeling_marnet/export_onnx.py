@@ -17,11 +17,12 @@ import sys
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from marnet_cli.errors import CLIError, UsageError
+from marnet_cli.errors import CLIError
 from marnet_cli.export_args import ONNX_NAME, PROCESSOR_NAME
 from marnet_cli.files import atomic_directory
+
+from .evaluate import load_classifier
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # torch.export specialises a dimension of size 1, so the example batch has 2 images; the check runs another size.
@@ -113,32 +114,10 @@ def export_onnx(classifier, image_processor, output_dir, atol=1e-4):
     return difference
 
 
-def load_classifier(args):
-    """The float32 classifier and image processor of `--model_name_or_path`, with `--num_inference_steps` applied."""
-    try:
-        classifier = AutoModelForImageClassification.from_pretrained(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code, dtype=torch.float32
-        )
-        image_processor = AutoImageProcessor.from_pretrained(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code
-        )
-    except (OSError, ValueError) as error:
-        raise CLIError(
-            f"--model_name_or_path {args.model_name_or_path}: cannot load an image classifier and its image "
-            f"processor ({error})."
-        ) from None
-    if args.num_inference_steps is not None:
-        if not hasattr(classifier.config, "num_inference_steps"):
-            raise UsageError("--num_inference_steps applies to MARNet models only.")
-        classifier.config.num_inference_steps = args.num_inference_steps
-        classifier.config.validate_marnet()
-    return classifier, image_processor
-
-
 def run(args):
     """Exports with the options of `marnet_cli.export_args.ExportArguments`; returns the check's logit difference."""
     check_onnx_packages()  # before a model is downloaded
-    classifier, image_processor = load_classifier(args)
+    classifier, image_processor = load_classifier(args, dtype=torch.float32)
     difference = export_onnx(classifier, image_processor, args.output_dir, args.atol)
     print(
         f"Wrote {args.output_dir / ONNX_NAME} (batch dimension dynamic) with its config.json and "

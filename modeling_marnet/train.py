@@ -360,14 +360,7 @@ def train(training_run):
                 last_evaluated = state.global_step
             every = args.checkpointing_steps  # 0 (never), N or "epoch" (after the epoch, below)
             if every not in (0, "epoch") and state.global_step % every == 0:
-                save_checkpoint(
-                    accelerator,
-                    training_run.folder.checkpoints_dir,
-                    state,
-                    training_run.scheduler,
-                    args.save_total_limit,
-                    training_run.run_record,
-                )
+                checkpoint(training_run)
                 last_checkpointed = state.global_step
             if stop or state.global_step >= schedule.max_steps:
                 stop = True
@@ -379,27 +372,26 @@ def train(training_run):
                 stop = evaluate_and_keep_best(training_run)
                 last_evaluated = state.global_step
             if args.checkpointing_steps == "epoch":
-                save_checkpoint(
-                    accelerator,
-                    training_run.folder.checkpoints_dir,
-                    state,
-                    training_run.scheduler,
-                    args.save_total_limit,
-                    training_run.run_record,
-                )
+                checkpoint(training_run)
                 last_checkpointed = state.global_step
     progress.close()
     if args.eval_strategy != "no" and last_evaluated != state.global_step:
         evaluate_and_keep_best(training_run)  # the last weights compete for best model too
     if args.checkpointing_steps and last_checkpointed != state.global_step:
-        save_checkpoint(
-            accelerator,
-            training_run.folder.checkpoints_dir,
-            state,
-            training_run.scheduler,
-            args.save_total_limit,
-            training_run.run_record,
-        )
+        checkpoint(training_run)
+
+
+def checkpoint(training_run):
+    """Saves a checkpoint of the run as it stands (`training.checkpointing.save_checkpoint`), keeping the last
+    `--save_total_limit`."""
+    save_checkpoint(
+        training_run.accelerator,
+        training_run.folder.checkpoints_dir,
+        training_run.state,
+        training_run.scheduler,
+        training_run.args.save_total_limit,
+        training_run.run_record,
+    )
 
 
 def log_update(training_run, update, progress):
