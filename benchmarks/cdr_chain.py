@@ -40,18 +40,18 @@ def timed(function, argument):
     return time.perf_counter() - start
 
 
-def compare(eager, compiled, vision_features, repeats):
+def compare(eager, compiled, image_embeds, repeats):
     """One row: compile time, largest |compiled - eager| and the medians of interleaved calls."""
     start = time.perf_counter()
-    difference = (compiled(vision_features) - eager(vision_features)).abs().max().item()
+    difference = (compiled(image_embeds) - eager(image_embeds)).abs().max().item()
     compile_seconds = time.perf_counter() - start
     samples = {"eager": [], "compiled": []}
     for _ in range(repeats):
-        samples["eager"].append(timed(eager, vision_features))
-        samples["compiled"].append(timed(compiled, vision_features))
+        samples["eager"].append(timed(eager, image_embeds))
+        samples["compiled"].append(timed(compiled, image_embeds))
     eager_ms, compiled_ms = (1e3 * statistics.median(samples[name]) for name in ("eager", "compiled"))
     return {
-        "batch_size": vision_features.shape[0],
+        "batch_size": image_embeds.shape[0],
         "eager_ms": eager_ms,
         "compiled_ms": compiled_ms,
         "compiled_over_eager": compiled_ms / eager_ms,
@@ -71,8 +71,8 @@ def main():
     rows = []
     with torch.inference_mode():
         for batch_size in args.batch_sizes:
-            vision_features = torch.randn(batch_size, args.vision_hidden_size)
-            rows.append(compare(chain.sample, compiled, vision_features, args.repeats))
+            image_embeds = torch.randn(batch_size, args.vision_hidden_size)
+            rows.append(compare(chain.sample, compiled, image_embeds, args.repeats))
             row = rows[-1]
             print(
                 f"batch {batch_size:>3}: eager {row['eager_ms']:.2f} ms, compiled {row['compiled_ms']:.2f} ms "
