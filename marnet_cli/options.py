@@ -199,6 +199,7 @@ def model_option():
 
 
 def trust_remote_code_option():
+    """`--trust_remote_code`, off unless given (marnet-eval, marnet-export)."""
     return option(False, help="Allow a Hub model to run its own code.")
 
 
