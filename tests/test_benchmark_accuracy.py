@@ -6,6 +6,7 @@ import re
 import shlex
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from train_fixtures import (
 )
 
 SCRIPT = REPO_ROOT / "benchmarks" / "accuracy.py"
+SUMMARY = REPO_ROOT / "benchmarks" / "summary.py"
 ROWS = ("baseline", "marnet")
 
 
@@ -165,6 +167,40 @@ def test_prints_a_markdown_table_per_group_with_paired_differences(finished):
         f"| {paired['mean']:+.2f} ± {paired['half_width']:.2f} | {paired['std']:.2f} | {marnet['seeds_for_target']} |"
     )
     assert expected in completed.stdout and "seeds for ±1 |" in completed.stdout
+
+
+def test_summary_merges_files_seed_by_seed_and_refuses_two_runs_under_one_name(finished, tmp_path):
+    paths, _ = finished
+    report = json.loads(paths["output"].read_text())
+    paired = report["results"]["original@0.5"]["marnet"]["paired_difference_interval"]
+    # The same results split into two files, one seed each: merged back, the paired interval is the protocol's.
+    halves = []
+    for index, seed in enumerate(report["config"]["seeds"]):
+        half = json.loads(json.dumps(report))
+        half["config"]["seeds"] = [seed]
+        for values in half["results"]["original@0.5"].values():
+            values["top1"] = [values["top1"][index]]
+        halves.append(tmp_path / f"seed-{seed}.json")
+        halves[-1].write_text(json.dumps(half))
+    completed = run_command([sys.executable, str(SUMMARY), *map(str, halves), "--output", str(tmp_path / "s.md")])
+    assert completed.returncode == 0, completed.stderr
+    table = (tmp_path / "s.md").read_text()
+    assert f"{Path(report['dataset']['path']).name}, 50 % of the training split, original text" in table
+    assert "| marnet | 2 | " in table and f"| {paired['mean']:+.2f} ± {paired['half_width']:.2f} |" in table
+
+    # A seed scored differently in two files is two runs under one name: refused, naming file and seed.
+    conflicting = json.loads(halves[0].read_text())
+    conflicting["results"]["original@0.5"]["baseline"]["top1"][0] += 0.01
+    (tmp_path / "conflicting.json").write_text(json.dumps(conflicting))
+    completed = run_command([sys.executable, str(SUMMARY), str(halves[0]), str(tmp_path / "conflicting.json")])
+    seed = report["config"]["seeds"][0]
+    assert completed.returncode == 1 and f"conflicting.json: seed {seed} scores" in completed.stderr
+    # A row on a seed its baseline lacks cannot be paired.
+    del conflicting["results"]["original@0.5"]["baseline"]
+    conflicting["config"]["seeds"] = [7]
+    (tmp_path / "unpaired.json").write_text(json.dumps(conflicting))
+    completed = run_command([sys.executable, str(SUMMARY), str(halves[0]), str(tmp_path / "unpaired.json")])
+    assert completed.returncode == 1 and "row marnet has seeds [7] that the baseline lacks" in completed.stderr
 
 
 def test_rerun_reuses_finished_runs(finished):

@@ -5,6 +5,7 @@ consistent with the per-seed numbers, and the JSON and plot written."""
 import importlib.util
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 from modeling_marnet.evaluate import main as evaluate_main
-from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, REPO_ROOT, save_dataset
+from train_fixtures import CLASS_COLOURS, IMAGE_SIZE, REPO_ROOT, run_command, save_dataset
 
 LABELS = {"id2label": dict(enumerate(CLASS_COLOURS)), "label2id": {n: i for i, n in enumerate(CLASS_COLOURS)}}
 VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 37}
@@ -204,3 +205,14 @@ def test_markdown_tables_copy_the_summary(report):
     gain = marnet["reconstruction"]["paired_to_logits"]["family/noise"]
     row = next(line for line in text.splitlines() if line.startswith("| marnet, reconstruction |"))
     assert row.endswith(f"| {gain['mean']:+.2f} ± {gain['half_width']:.2f} |")
+
+
+def test_summary_table_pairs_clean_and_corrupted_as_the_report_does(report):
+    paths, results = report
+    completed = run_command([sys.executable, str(REPO_ROOT / "benchmarks" / "summary.py"), str(paths["output"])])
+    assert completed.returncode == 0, completed.stderr
+    marnet = results["summary"]["marnet"]["logits"]["paired"]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("| marnet | 2 |"))
+    for metric in ("clean", "corrupted"):
+        assert f"| {marnet[metric]['mean']:+.2f} ± {marnet[metric]['half_width']:.2f} |" in line
+    assert "test split (9 images)" in completed.stdout

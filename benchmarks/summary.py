@@ -1,0 +1,214 @@
+"""Every paired comparison of several results files in Markdown tables: the overview BENCHMARKS section 1 opens with.
+
+Reads the JSON files `benchmarks/accuracy.py` and `benchmarks/robustness.py` write. A *setting* is one prepared
+dataset (its path, so two work folders are two settings), one training fraction and one text proxy for
+`accuracy.py`, one dataset and split for `robustness.py`. Files of the same setting are merged seed by seed: a call
+with seeds 0-9 of five rows and a later one with seeds 0-19 of two rows give one table with 10 and 20 seeds. A seed
+both files hold must have the same score (the same run); a different score means two different runs under one
+name, and the files are refused rather than mixed.
+
+Each row is paired with the setting's baseline on the row's own seeds (the baseline must have every one of them)
+and reported as the mean test top-1 over those seeds and the mean paired difference with its 95 % interval
+(Student's t), in points. Corrupted top-1 is the mean over every corruption and severity the file scored.
+
+    python benchmarks/summary.py benchmarks/results/accuracy_dishes_*.json benchmarks/results/robustness_dishes*.json
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from marnet_cli.errors import CLIError, UsageError, command  # noqa: E402
+from marnet_cli.files import atomic_write_text  # noqa: E402
+from marnet_cli.options import REQUIRED, MARNetArgumentParser, option  # noqa: E402
+from paired_stats import format_interval, interval  # noqa: E402
+
+PROG = "summary.py"
+BASELINE_ROW = "baseline"
+CLEAN, CORRUPTED = "clean", "corrupted"
+
+
+@dataclass
+class SummaryArguments:
+    """Options of `summary.py`."""
+
+    files: list[Path] = option(
+        REQUIRED, positional=True, nargs="+", help="results JSON of accuracy.py or robustness.py"
+    )
+    baseline: str | None = option(
+        help="the row every other row of a setting is paired with (default: the file's own: `baseline` for "
+        "accuracy.py, the first --row for robustness.py)"
+    )
+    output: Path | None = option(help="write the Markdown here (default: print it)")
+
+    def __post_init__(self):
+        for path in self.files:
+            if not path.is_file():
+                raise UsageError(f"{path}: no such file; give results JSON written by accuracy.py or robustness.py.")
+
+
+@dataclass
+class Scores:
+    """One row of one setting: {seed: test top-1 (%)} per metric, merged over files, and the files it came from."""
+
+    per_seed: dict[str, dict[int, float]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def add(self, metric, seed, value, path):
+        known = self.per_seed.setdefault(metric, {})
+        if seed in known and abs(known[seed] - value) > 1e-9:
+            raise CLIError(
+                f"{path}: seed {seed} scores {value:.4f} % ({metric}) where {', '.join(self.files)} gave "
+                f"{known[seed]:.4f} %: two different runs under one setting and row; summarize them separately."
+            )
+        known[seed] = value
+        if path not in self.files:
+            self.files.append(path)
+
+
+@dataclass
+class Setting:
+    """One setting of the table: what it is (`kind`: "accuracy" or "robustness", the dataset path, the rest in
+    words), the row every other is paired with, and {row: Scores} in the order the files name them."""
+
+    kind: str
+    dataset: str
+    details: str
+    baseline: str
+    rows: dict[str, Scores] = field(default_factory=dict)
+
+    @property
+    def key(self):
+        return self.kind, self.dataset, self.details
+
+    def add(self, row, metric, seed, value, path):
+        self.rows.setdefault(row, Scores()).add(metric, seed, value, path)
+
+
+def read_results(path):
+    """The settings of one results file."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CLIError(f"{path}: not a readable JSON file ({error}).") from error
+    if isinstance(results, dict) and {"results", "config", "dataset"} <= set(results):
+        return _accuracy_settings(results, str(path))
+    if isinstance(results, dict) and {"summary", "dataset", "split"} <= set(results):
+        return [_robustness_setting(results, str(path))]
+    raise CLIError(
+        f"{path}: expected the JSON of accuracy.py (keys results, config, dataset) or robustness.py (keys summary, "
+        "dataset, split); got neither."
+    )
+
+
+def _accuracy_settings(results, path):
+    """One setting per (proxy, training fraction) group; test top-1 lists follow `config.seeds`."""
+    settings = []
+    for group, rows in results["results"].items():
+        proxy, fraction = group.split("@")
+        details = f"{100 * float(fraction):g} % of the training split, {proxy} text"
+        setting = Setting("accuracy", results["dataset"]["path"], details, BASELINE_ROW)
+        for row, values in rows.items():
+            for seed, top1 in zip(results["config"]["seeds"], values["top1"], strict=True):
+                setting.add(row, CLEAN, seed, 100 * top1, path)
+        settings.append(setting)
+    return settings
+
+
+def _robustness_setting(results, path):
+    details = f"{results['split']} split ({results['num_images']} images)"
+    setting = Setting("robustness", results["dataset"], details, results["baseline"])
+    for row, heads in results["summary"].items():
+        for seed, metrics in heads["logits"]["per_seed"].items():
+            for metric in (CLEAN, CORRUPTED):
+                setting.add(row, metric, int(seed), metrics[metric], path)
+    return setting
+
+
+def merge(paths):
+    """The settings of every file, those of the same setting merged seed by seed."""
+    merged = {}
+    for path in paths:
+        for setting in read_results(path):
+            into = merged.setdefault(setting.key, Setting(*setting.key, setting.baseline))
+            if into.baseline != setting.baseline:
+                raise CLIError(
+                    f"{path}: the baseline of {setting.dataset} ({setting.details}) is {setting.baseline!r} where an "
+                    f"earlier file's is {into.baseline!r}; summarize them separately."
+                )
+            for row, scores in setting.rows.items():
+                for metric, per_seed in scores.per_seed.items():
+                    for seed, value in per_seed.items():
+                        into.add(row, metric, seed, value, str(path))
+    return list(merged.values())
+
+
+def paired(scores, baseline, metric, title, row):
+    """The 95 % interval of row - baseline over the row's seeds; the baseline must have all of them."""
+    values = scores.per_seed[metric]
+    if missing := sorted(set(values) - set(baseline.per_seed[metric])):
+        raise CLIError(
+            f"{title}: row {row} has seeds {missing} that the baseline lacks: a paired difference needs the "
+            "baseline on every seed of the row; add the file with those baseline runs."
+        )
+    return interval([values[seed] - baseline.per_seed[metric][seed] for seed in sorted(values)])
+
+
+def table(setting, title, baseline_row=None):
+    """The Markdown lines of one setting: its title, then one line per row, the baseline first."""
+    baseline_row = baseline_row or setting.baseline
+    rows = setting.rows
+    if baseline_row not in rows:
+        raise CLIError(f"{title}: no {baseline_row!r} row to pair with (rows: {list(rows)}); pass --baseline.")
+    metrics = [CLEAN] if setting.kind == "accuracy" else [CLEAN, CORRUPTED]
+    names = {CLEAN: "test top-1 (%)" if setting.kind == "accuracy" else "clean top-1 (%)"}
+    names[CORRUPTED] = "corrupted top-1 (%)"
+    header = ["row", "seeds"]
+    for metric in metrics:
+        header += [names[metric], f"paired {metric} difference (points)", f"paired {metric} std"]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in [baseline_row, *(row for row in rows if row != baseline_row)]:
+        scores = rows[row]
+        cells = [row, str(len(scores.per_seed[CLEAN]))]
+        for metric in metrics:
+            cells.append(format_interval(interval(scores.per_seed[metric].values())))
+            if row == baseline_row or len(scores.per_seed[metric]) < 2:
+                cells += ["", ""]
+                continue
+            difference = paired(scores, rows[baseline_row], metric, title, row)
+            cells += [format_interval(difference, signed=True), f"{difference['std']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def summary_markdown(paths, baseline_row=None):
+    """The Markdown of every setting in `paths`, in the order the files name them. A setting is titled by its
+    dataset folder's name, or its whole path where two settings' folders share a name."""
+    settings = merge(paths)
+    names = [Path(dataset).name for dataset in {setting.dataset for setting in settings}]
+    lines = ["Mean over seeds ± its 95 % interval (Student's t); paired differences in points.", ""]
+    for setting in settings:
+        name = Path(setting.dataset).name
+        title = f"{name if names.count(name) == 1 else setting.dataset}, {setting.details}"
+        lines += table(setting, title, baseline_row)
+    return "\n".join(lines)
+
+
+@command(PROG)
+def main(argv=None):
+    args = MARNetArgumentParser(SummaryArguments, prog=PROG, description=__doc__).parse(argv)
+    markdown = summary_markdown(args.files, args.baseline)
+    if args.output is None:
+        print(markdown)
+    else:
+        atomic_write_text(args.output, markdown + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
