@@ -73,6 +73,9 @@ ROWS = {
     ),
     "marnet+class": Row([*MARNET, *marnet_config("alignment_targets=class")]),
     "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
+    # The recipe without gradient clipping (`--max-grad-norm 0`; the default clips at 1.0, as Trainer does).
+    "baseline+no-clip": Row(["--ablation", "baseline", "--max-grad-norm", "0"], uses_text=False),
+    "marnet+no-clip": Row([*MARNET, "--max-grad-norm", "0"]),
     # Cheaper training of the CDR branch: gradients through the last reverse step only, through none (the
     # classifiers train on a detached sample), or the one-step x0 prediction in place of the sample.
     "marnet+backprop1": Row([*MARNET, *marnet_config("reconstruction_backprop_steps=1")]),

@@ -31,6 +31,8 @@ from paired_stats import format_interval, interval  # noqa: E402
 PROG = "summary.py"
 BASELINE_ROW = "baseline"
 CLEAN, CORRUPTED = "clean", "corrupted"
+SPLITS = ("test", "validation")
+TOP1_KEYS = {"test": "top1", "validation": "validation_top1"}  # per split, the accuracy.py results field
 
 
 @dataclass
@@ -43,6 +45,12 @@ class SummaryArguments:
     baseline: str | None = option(
         help="the row every other row of a setting is paired with (default: the file's own: `baseline` for "
         "accuracy.py, the first --row for robustness.py)"
+    )
+    split: str = option(
+        "test",
+        choices=SPLITS,
+        help="for accuracy.py files, the split whose top-1 is compared (validation: what configurations are chosen "
+        "on); robustness.py files hold the split they were scored on",
     )
     output: Path | None = option(help="write the Markdown here (default: print it)")
 
@@ -90,14 +98,14 @@ class Setting:
         self.rows.setdefault(row, Scores()).add(metric, seed, value, path)
 
 
-def read_results(path):
-    """The settings of one results file."""
+def read_results(path, split="test"):
+    """The settings of one results file; `split` chooses the accuracy.py split."""
     try:
         results = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CLIError(f"{path}: not a readable JSON file ({error}).") from error
     if isinstance(results, dict) and {"results", "config", "dataset"} <= set(results):
-        return _accuracy_settings(results, str(path))
+        return _accuracy_settings(results, str(path), split)
     if isinstance(results, dict) and {"summary", "dataset", "split"} <= set(results):
         return [_robustness_setting(results, str(path))]
     raise CLIError(
@@ -106,15 +114,15 @@ def read_results(path):
     )
 
 
-def _accuracy_settings(results, path):
-    """One setting per (proxy, training fraction) group; test top-1 lists follow `config.seeds`."""
+def _accuracy_settings(results, path, split):
+    """One setting per (proxy, training fraction) group; top-1 lists follow `config.seeds`."""
     settings = []
     for group, rows in results["results"].items():
         proxy, fraction = group.split("@")
-        details = f"{100 * float(fraction):g} % of the training split, {proxy} text"
+        details = f"{100 * float(fraction):g} % of the training split, {proxy} text, {split} top-1"
         setting = Setting("accuracy", results["dataset"]["path"], details, BASELINE_ROW)
         for row, values in rows.items():
-            for seed, top1 in zip(results["config"]["seeds"], values["top1"], strict=True):
+            for seed, top1 in zip(results["config"]["seeds"], values[TOP1_KEYS[split]], strict=True):
                 setting.add(row, CLEAN, seed, 100 * top1, path)
         settings.append(setting)
     return settings
@@ -130,11 +138,11 @@ def _robustness_setting(results, path):
     return setting
 
 
-def merge(paths):
+def merge(paths, split="test"):
     """The settings of every file, those of the same setting merged seed by seed."""
     merged = {}
     for path in paths:
-        for setting in read_results(path):
+        for setting in read_results(path, split):
             into = merged.setdefault(setting.key, Setting(*setting.key, setting.baseline))
             if into.baseline != setting.baseline:
                 raise CLIError(
@@ -166,11 +174,10 @@ def table(setting, title, baseline_row=None):
     if baseline_row not in rows:
         raise CLIError(f"{title}: no {baseline_row!r} row to pair with (rows: {list(rows)}); pass --baseline.")
     metrics = [CLEAN] if setting.kind == "accuracy" else [CLEAN, CORRUPTED]
-    names = {CLEAN: "test top-1 (%)" if setting.kind == "accuracy" else "clean top-1 (%)"}
-    names[CORRUPTED] = "corrupted top-1 (%)"
     header = ["row", "seeds"]
     for metric in metrics:
-        header += [names[metric], f"paired {metric} difference (points)", f"paired {metric} std"]
+        name = "" if setting.kind == "accuracy" else f"{metric} "  # accuracy.py files hold clean images only
+        header += [f"{name}top-1 (%)", f"paired {name}difference (points)", f"paired {name}std"]
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in [baseline_row, *(row for row in rows if row != baseline_row)]:
         scores = rows[row]
@@ -186,10 +193,10 @@ def table(setting, title, baseline_row=None):
     return lines + [""]
 
 
-def summary_markdown(paths, baseline_row=None):
+def summary_markdown(paths, baseline_row=None, split="test"):
     """The Markdown of every setting in `paths`, in the order the files name them. A setting is titled by its
     dataset folder's name, or its whole path where two settings' folders share a name."""
-    settings = merge(paths)
+    settings = merge(paths, split)
     names = [Path(dataset).name for dataset in {setting.dataset for setting in settings}]
     lines = ["Mean over seeds ± its 95 % interval (Student's t); paired differences in points.", ""]
     for setting in settings:
@@ -202,7 +209,7 @@ def summary_markdown(paths, baseline_row=None):
 @command(PROG)
 def main(argv=None):
     args = MARNetArgumentParser(SummaryArguments, prog=PROG, description=__doc__).parse(argv)
-    markdown = summary_markdown(args.files, args.baseline)
+    markdown = summary_markdown(args.files, args.baseline, args.split)
     if args.output is None:
         print(markdown)
     else:

@@ -21,6 +21,9 @@ from train_fixtures import (
 
 SCRIPT = REPO_ROOT / "benchmarks" / "accuracy.py"
 SUMMARY = REPO_ROOT / "benchmarks" / "summary.py"
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from paired_stats import format_interval, interval  # noqa: E402
+
 ROWS = ("baseline", "marnet")
 
 
@@ -187,6 +190,20 @@ def test_summary_merges_files_seed_by_seed_and_refuses_two_runs_under_one_name(f
     table = (tmp_path / "s.md").read_text()
     assert f"{Path(report['dataset']['path']).name}, 50 % of the training split, original text" in table
     assert "| marnet | 2 | " in table and f"| {paired['mean']:+.2f} ± {paired['half_width']:.2f} |" in table
+
+    # Validation top-1, paired with another row: what a configuration is chosen on.
+    group = report["results"]["original@0.5"]
+    against = interval(
+        [100 * (b - m) for b, m in zip(group["baseline"]["validation_top1"], group["marnet"]["validation_top1"])]
+    )
+    completed = run_command(
+        [sys.executable, str(SUMMARY), str(paths["output"]), "--split", "validation", "--baseline", "marnet"]
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "original text, validation top-1" in completed.stdout
+    assert (
+        "| baseline | 2 | " in completed.stdout and f"| {format_interval(against, signed=True)} |" in completed.stdout
+    )
 
     # A seed scored differently in two files is two runs under one name: refused, naming file and seed.
     conflicting = json.loads(halves[0].read_text())
