@@ -11,7 +11,8 @@ same pixels.
 Per (row, seed) the JSON holds top-1 on the clean split and on each corruption and severity, for the model's logits
 and, for MARNet, each branch (`visual`: the classifier over x_v; `reconstruction`: the classifier over x_CDR). The
 summary gives, per row, the mean over seeds with its 95 % interval of: clean top-1, the mean over every corruption
-and severity (`corrupted`), each corruption (mean over severities) and each family; the paired differences to the
+and severity (`corrupted`), each corruption (mean over severities), each family, and each severity (mean over the
+corruptions, `at_severity/S`, and over each family's, `at_severity/S/FAMILY`); the paired differences to the
 baseline with their 95 % intervals; the seed-to-seed std per family (stability) and, from the paired std of the
 `corrupted` difference, how many seeds an interval of +-`--target-half-width` points would need.
 
@@ -276,7 +277,8 @@ def level_key(level):
 
 
 def seed_summary(per_level, head, args):
-    """One seed's top-1 of `head`: clean, mean over every corruption and severity, per corruption, per family."""
+    """One seed's top-1 of `head`: clean, mean over every corruption and severity, per corruption, per family, per
+    level, and per severity (`at_severity/S`: mean over the corruptions; `at_severity/S/FAMILY`: over a family's)."""
 
     def mean_of(names):
         return statistics.fmean(per_level[f"{name}/{s}"][head] for name in names for s in args.severities)
@@ -289,6 +291,11 @@ def seed_summary(per_level, head, args):
             metrics[f"family/{family}"] = mean_of(members)
     for name in args.corruptions:
         metrics.update({f"severity/{name}/{s}": per_level[f"{name}/{s}"][head] for s in args.severities})
+    for s in args.severities:  # how a gain fades with severity: over every corruption, then per family
+        metrics[f"at_severity/{s}"] = statistics.fmean(per_level[f"{name}/{s}"][head] for name in args.corruptions)
+        for family in FAMILIES:
+            if members := [name for name in args.corruptions if CORRUPTIONS[name].family == family]:
+                metrics[f"at_severity/{s}/{family}"] = statistics.fmean(per_level[f"{n}/{s}"][head] for n in members)
     return metrics
 
 
@@ -440,7 +447,8 @@ def report(results):
 
 def markdown(results):
     """The tables BENCHMARKS.md copies, in Markdown: (1) per row, clean and mean corrupted top-1 and the paired
-    differences to the baseline with 95 % intervals; (2) the paired difference per corruption family; (3) per row
+    differences to the baseline with 95 % intervals; (2) the paired difference per corruption family, then per
+    severity (mean over the corruptions); (3) per row
     and head, the seed std per family and each branch's paired difference to the model's logits."""
     summary = results["summary"]
     families = [key for key in next(iter(summary.values()))["logits"]["mean"] if key.startswith("family/")]
@@ -466,6 +474,17 @@ def markdown(results):
         if paired := heads["logits"].get("paired"):
             lines.append(
                 f"| {row} | " + " | ".join(format_interval(paired[key], signed=True) for key in families) + " |"
+            )
+    severities = [
+        key for key in next(iter(summary.values()))["logits"]["mean"] if re.fullmatch(r"at_severity/\d+", key)
+    ]
+    titles = [f"severity {key.split('/')[1]}" for key in severities]
+    lines += ["", "| row (paired difference, points, mean over the corruptions) | " + " | ".join(titles) + " |"]
+    lines.append("| --- |" + " --- |" * len(severities))
+    for row, heads in summary.items():
+        if paired := heads["logits"].get("paired"):
+            lines.append(
+                f"| {row} | " + " | ".join(format_interval(paired[key], signed=True) for key in severities) + " |"
             )
     keys = [CLEAN, "corrupted", *families]
     header = [f"seed std {key.split('/')[-1]}" for key in keys] + [

@@ -115,6 +115,9 @@ def test_branches_variants_and_paired_differences(report):
         levels = results["top1"]["marnet"][seed]
         corrupted = [levels[f"{name}/{s}"]["logits"] for name in ("gaussian_noise", "occlusion") for s in (1, 5)]
         assert marnet["per_seed"][seed]["corrupted"] == pytest.approx(sum(corrupted) / 4)
+        at_five = [levels[f"{name}/5"]["logits"] for name in ("gaussian_noise", "occlusion")]
+        assert marnet["per_seed"][seed]["at_severity/5"] == pytest.approx(sum(at_five) / 2)
+        assert marnet["per_seed"][seed]["at_severity/1/occlusion"] == levels["occlusion/1"]["logits"]
     differences = [marnet["per_seed"][s]["corrupted"] - vit["per_seed"][s]["corrupted"] for s in ("0", "1")]
     paired = marnet["paired"]["corrupted"]
     assert paired["mean"] == pytest.approx(sum(differences) / 2) and paired["n"] == 2
