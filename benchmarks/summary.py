@@ -7,9 +7,10 @@ with seeds 0-9 of five rows and a later one with seeds 0-19 of two rows give one
 both files hold must have the same score (the same run); a different score means two different runs under one
 name, and the files are refused rather than mixed.
 
-Each row is paired with the setting's baseline on the row's own seeds (the baseline must have every one of them)
-and reported as the mean test top-1 over those seeds and the mean paired difference with its 95 % interval
-(Student's t), in points. Corrupted top-1 is the mean over every corruption and severity the file scored.
+Each row is reported as its mean top-1 over its seeds and its mean paired difference to the setting's baseline with
+the 95 % interval (Student's t), in points, over the seeds both have ("on N seeds" when that is fewer than the
+row's own; a row sharing no seed with the baseline is an error). Corrupted top-1 is the mean over every corruption
+and severity the file scored.
 
     python benchmarks/summary.py benchmarks/results/accuracy_dishes_*.json benchmarks/results/robustness_dishes*.json
 """
@@ -156,15 +157,17 @@ def merge(paths, split="test"):
     return list(merged.values())
 
 
-def paired(scores, baseline, metric, title, row):
-    """The 95 % interval of row - baseline over the row's seeds; the baseline must have all of them."""
-    values = scores.per_seed[metric]
-    if missing := sorted(set(values) - set(baseline.per_seed[metric])):
+def paired(scores, baseline, metric, title, row, baseline_row):
+    """The 95 % interval of row - baseline over the seeds both have (None for fewer than two); an error if they
+    share none, which is never a paired comparison."""
+    values, reference = scores.per_seed[metric], baseline.per_seed[metric]
+    common = sorted(set(values) & set(reference))
+    if not common:
         raise CLIError(
-            f"{title}: row {row} has seeds {missing} that the baseline lacks: a paired difference needs the "
-            "baseline on every seed of the row; add the file with those baseline runs."
+            f"{title}: row {row} (seeds {sorted(values)}) shares no seed with {baseline_row} (seeds "
+            f"{sorted(reference)}); add the file with {baseline_row}'s runs on those seeds."
         )
-    return interval([values[seed] - baseline.per_seed[metric][seed] for seed in sorted(values)])
+    return interval([values[seed] - reference[seed] for seed in common]) if len(common) > 1 else None
 
 
 def table(setting, title, baseline_row=None):
@@ -184,11 +187,14 @@ def table(setting, title, baseline_row=None):
         cells = [row, str(len(scores.per_seed[CLEAN]))]
         for metric in metrics:
             cells.append(format_interval(interval(scores.per_seed[metric].values())))
-            if row == baseline_row or len(scores.per_seed[metric]) < 2:
+            difference = (
+                None if row == baseline_row else paired(scores, rows[baseline_row], metric, title, row, baseline_row)
+            )
+            if difference is None:
                 cells += ["", ""]
                 continue
-            difference = paired(scores, rows[baseline_row], metric, title, row)
-            cells += [format_interval(difference, signed=True), f"{difference['std']:.2f}"]
+            on = "" if difference["n"] == len(scores.per_seed[metric]) else f" (on {difference['n']} seeds)"
+            cells += [format_interval(difference, signed=True) + on, f"{difference['std']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

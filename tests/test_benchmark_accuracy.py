@@ -212,12 +212,16 @@ def test_summary_merges_files_seed_by_seed_and_refuses_two_runs_under_one_name(f
     completed = run_command([sys.executable, str(SUMMARY), str(halves[0]), str(tmp_path / "conflicting.json")])
     seed = report["config"]["seeds"][0]
     assert completed.returncode == 1 and f"conflicting.json: seed {seed} scores" in completed.stderr
-    # A row on a seed its baseline lacks cannot be paired.
-    del conflicting["results"]["original@0.5"]["baseline"]
-    conflicting["config"]["seeds"] = [7]
-    (tmp_path / "unpaired.json").write_text(json.dumps(conflicting))
-    completed = run_command([sys.executable, str(SUMMARY), str(halves[0]), str(tmp_path / "unpaired.json")])
-    assert completed.returncode == 1 and "row marnet has seeds [7] that the baseline lacks" in completed.stderr
+    # Rows are paired on the seeds both have; a row sharing none with the baseline cannot be paired at all.
+    baseline_only, marnet_only = json.loads(halves[0].read_text()), json.loads(halves[1].read_text())
+    del baseline_only["results"]["original@0.5"]["marnet"], marnet_only["results"]["original@0.5"]["baseline"]
+    for name, results in (("baseline_only", baseline_only), ("marnet_only", marnet_only)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+    files = [str(tmp_path / "baseline_only.json"), str(tmp_path / "marnet_only.json")]
+    completed = run_command([sys.executable, str(SUMMARY), *files])
+    assert (
+        completed.returncode == 1 and "row marnet (seeds [1]) shares no seed with baseline (seeds" in completed.stderr
+    )
 
 
 def test_rerun_reuses_finished_runs(finished):
