@@ -113,7 +113,8 @@ def _free_space(path):
 
 def _interrupt_handler(owner_pid):
     """A handler raising [`Interrupted`] in process `owner_pid`. Worker processes forked from it (datasets' `num_proc`
-    pool) inherit the handler; there the signal keeps its default action, so `Pool.terminate()` still ends them."""
+    pool) get the default action back at the fork ([`_default_stop_signals_in_child`]); should one still run this
+    handler, it falls back to the default action there too, so `Pool.terminate()` ends them."""
 
     def handler(signal_number, frame):
         if os.getpid() != owner_pid:
@@ -122,7 +123,21 @@ def _interrupt_handler(owner_pid):
             return
         raise Interrupted(signal_number)
 
+    handler.stops_a_command = True
     return handler
+
+
+def _default_stop_signals_in_child():
+    """At every fork: a child of a running command gets SIGTERM and SIGHUP's default action back. A Python-level
+    handler in a forked worker can lose the signal: one that arrives just before the worker blocks on a lock
+    (`sem_wait`) is only flagged for the interpreter, and the worker then blocks forever instead of ending, which
+    hangs `Pool.terminate()` (datasets' `num_proc` pool) in its parent."""
+    for number in STOP_SIGNALS:
+        if getattr(signal.getsignal(number), "stops_a_command", False):
+            signal.signal(number, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_stop_signals_in_child)
 
 
 # The signal number of a stop raised inside a finaliser and ignored there (see [`_remember_ignored_stop`]).

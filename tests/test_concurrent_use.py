@@ -46,6 +46,34 @@ def test_a_sigterm_arriving_inside_a_finaliser_still_stops_the_command(capsys):
     assert ran_on == []
 
 
+def test_workers_forked_by_a_command_end_on_sigterm_as_by_default():
+    """datasets' `num_proc` pool forks workers while a command runs; `Pool.terminate()` ends them with SIGTERM. With
+    the command's Python handler inherited, a SIGTERM arriving just before a worker blocks on a lock was lost and
+    the worker, and its parent's terminate(), hung. A forked child must have SIGTERM and SIGHUP's default action."""
+    read_end, write_end = os.pipe()
+
+    @command("marnet-test")
+    def main(argv=None):
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # the command's own handler
+        child = os.fork()
+        if child == 0:  # the worker: report its dispositions, then wait to be terminated
+            defaults = all(signal.getsignal(number) == signal.SIG_DFL for number in (signal.SIGTERM, signal.SIGHUP))
+            os.write(write_end, b"1" if defaults else b"0")
+            signal.pause()
+            os._exit(0)
+        try:
+            reported = os.read(read_end, 1)
+        finally:
+            os.kill(child, signal.SIGTERM)
+            _, status = os.waitpid(child, 0)
+        assert reported == b"1" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+    try:
+        assert main() == 0
+    finally:
+        os.close(read_end), os.close(write_end)
+
+
 def test_a_sigterm_while_a_dataloader_iterator_is_finalised_stops_the_next_epoch(monkeypatch, capsys):
     """The case seen in training: a worker-backed DataLoader iterator dropped at the end of an epoch, SIGTERM
     landing in its `__del__`."""
