@@ -280,22 +280,21 @@ def seed_summary(per_level, head, args):
     """One seed's top-1 of `head`: clean, mean over every corruption and severity, per corruption, per family, per
     level, and per severity (`at_severity/S`: mean over the corruptions; `at_severity/S/FAMILY`: over a family's)."""
 
-    def mean_of(names):
-        return statistics.fmean(per_level[f"{name}/{s}"][head] for name in names for s in args.severities)
+    def mean_of(names, severities=args.severities):
+        return statistics.fmean(per_level[f"{name}/{s}"][head] for name in names for s in severities)
 
+    families = {
+        family: [name for name in args.corruptions if CORRUPTIONS[name].family == family] for family in FAMILIES
+    }
+    families = {family: members for family, members in families.items() if members}
     metrics = {CLEAN: per_level[CLEAN][head], "corrupted": mean_of(args.corruptions)}
     metrics.update({f"corruption/{name}": mean_of([name]) for name in args.corruptions})
-    for family in FAMILIES:
-        members = [name for name in args.corruptions if CORRUPTIONS[name].family == family]
-        if members:
-            metrics[f"family/{family}"] = mean_of(members)
+    metrics.update({f"family/{family}": mean_of(members) for family, members in families.items()})
     for name in args.corruptions:
         metrics.update({f"severity/{name}/{s}": per_level[f"{name}/{s}"][head] for s in args.severities})
     for s in args.severities:  # how a gain fades with severity: over every corruption, then per family
-        metrics[f"at_severity/{s}"] = statistics.fmean(per_level[f"{name}/{s}"][head] for name in args.corruptions)
-        for family in FAMILIES:
-            if members := [name for name in args.corruptions if CORRUPTIONS[name].family == family]:
-                metrics[f"at_severity/{s}/{family}"] = statistics.fmean(per_level[f"{n}/{s}"][head] for n in members)
+        metrics[f"at_severity/{s}"] = mean_of(args.corruptions, [s])
+        metrics.update({f"at_severity/{s}/{family}": mean_of(members, [s]) for family, members in families.items()})
     return metrics
 
 
