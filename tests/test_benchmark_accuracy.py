@@ -301,3 +301,17 @@ def test_rows_take_the_packages_names():
     assert all(f"{field}={value}" in PAPER_LITERAL_OPTIONS for field, value in PAPER_LITERAL.items())
     assert ROWS["paper"].options == ["--ablation", "full", *PAPER_LITERAL_OPTIONS]
     assert [row for row in ROWS if row.startswith("full-")] == [f"full-{mode}" for mode in FUSION_MODES]
+
+
+def test_summary_names_a_file_it_cannot_read(tmp_path):
+    missing = tmp_path / "missing.json"
+    completed = run_command([sys.executable, str(SUMMARY), str(missing)])
+    assert completed.returncode == 2 and f"{missing}: no such file" in completed.stderr
+    for name, text in (("broken.json", "{"), ("other.json", '{"rows": []}')):
+        (tmp_path / name).write_text(text)
+        completed = run_command([sys.executable, str(SUMMARY), str(tmp_path / name)])
+        assert completed.returncode == 1 and f"{tmp_path / name}: " in completed.stderr
+    assert (
+        "not a readable JSON file" in run_command([sys.executable, str(SUMMARY), str(tmp_path / "broken.json")]).stderr
+    )
+    assert "expected the JSON of accuracy.py" in completed.stderr
