@@ -31,17 +31,21 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
+def split_logits(model, pixel_values, batch_size):
+    """(N, L) logits of `model` on preprocessed `pixel_values` (N, C, H, W), `batch_size` images at a time."""
+    model.eval()
+    chunks = [
+        model(pixel_values=pixel_values[i : i + batch_size]).logits for i in range(0, len(pixel_values), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
 def logits_per_seed(model, pixel_values, seeds, batch_size):
     """{seed: (N, L) logits} of `model` on preprocessed `pixel_values` (N, C, H, W) under each sampler seed."""
-    model.eval()
     results = {}
     for seed in seeds:
         model.config.sampler_seed = seed
-        chunks = [
-            model(pixel_values=pixel_values[i : i + batch_size]).logits
-            for i in range(0, len(pixel_values), batch_size)
-        ]
-        results[seed] = torch.cat(chunks)
+        results[seed] = split_logits(model, pixel_values, batch_size)
     return results
 
 
@@ -49,21 +53,26 @@ def top1(logits, labels):
     return float((logits.argmax(-1) == labels).float().mean())
 
 
-def evaluate_run(folder, split, seeds, batch_size):
+def load_diffusion_run(folder, split, question):
+    """(model, pixel_values (N, C, H, W), labels (N,)) of the MARNet run `folder` on the `datasets` split `split`,
+    preprocessed by the run's own image processor; exits with a message if the model has no diffusion CDR branch
+    (then `question`, e.g. "the sampler seed", does not matter)."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import modeling_marnet  # noqa: F401  (registers MARNet with the Auto classes)
 
     model = AutoModelForImageClassification.from_pretrained(folder)
     if getattr(model.config, "reconstruction", "none") != "diffusion":
-        raise SystemExit(
-            f"{folder}: not a MARNet with a diffusion CDR branch; the sampler seed does not matter there."
-        )
+        raise SystemExit(f"{folder}: not a MARNet with a diffusion CDR branch; {question} does not matter there.")
     processor = AutoImageProcessor.from_pretrained(folder)
     pixel_values = processor(images=[image.convert("RGB") for image in split["image"]], return_tensors="pt")[
         "pixel_values"
     ]
-    labels = torch.tensor(split["label"])
+    return model, pixel_values, torch.tensor(split["label"])
+
+
+def evaluate_run(folder, split, seeds, batch_size):
+    model, pixel_values, labels = load_diffusion_run(folder, split, "the sampler seed")
     per_seed = logits_per_seed(model, pixel_values, seeds, batch_size)
     accuracies = [top1(logits, labels) for logits in per_seed.values()]
     averaged = top1(torch.stack([logits.softmax(-1) for logits in per_seed.values()]).mean(0), labels)

@@ -7,7 +7,8 @@ and the report gives medians over repeats:
 - `backbone`: the same tower with a linear classifier, as transformers builds it (what MARNet is measured against),
 - `marnet_cached_text`: full MARNet with the frozen text features read from the cache (`text_embeds` given),
 - `marnet_text_every_step`: full MARNet with the frozen text encoder run on the batch's text at every step,
-- `marnet_FIELD=VALUE`, one per `--compare FIELD=VALUE`: `marnet_cached_text` with that config field changed.
+- `marnet_FIELD=VALUE[+FIELD=VALUE...]`, one per `--compare FIELD=VALUE [FIELD=VALUE ...]`: `marnet_cached_text`
+  with those config fields changed.
 
 It prints each MARNet variant / backbone ratio (the median of the ratios of the repeats run side by side, with their
 quartiles; the target for the default: <= 1.10) and the speedup of the text cache (marnet_text_every_step /
@@ -95,9 +96,11 @@ def parse_args():
     parser.add_argument(
         "--compare",
         action="append",
+        nargs="+",
         default=[],
         metavar="FIELD=VALUE",
-        help="Also time MARNet (cached text) with this MARNetConfig field changed; repeatable.",
+        help="Also time MARNet (cached text) with these MARNetConfig fields changed (one variant per --compare; "
+        "repeatable).",
     )
     parser.add_argument(
         "--no-text-every-step", action="store_true", help="Leave out the text-encoder-every-step variant."
@@ -177,8 +180,8 @@ def build_variants(args, device, scratch):
     variants = {"backbone": (backbone, image_inputs), "marnet_cached_text": (marnet(), cached_inputs)}
     if not args.no_text_every_step:
         variants["marnet_text_every_step"] = (marnet(), lambda: {**image_inputs(), "text_embeds": encode_text()})
-    for entry in args.compare:
-        variants[f"marnet_{entry}"] = (marnet(**parse_marnet_config([entry])), cached_inputs)
+    for changes in args.compare:
+        variants["marnet_" + "+".join(changes)] = (marnet(**parse_marnet_config(changes)), cached_inputs)
     return variants
 
 

@@ -8,19 +8,9 @@ import torch
 from transformers import ViTImageProcessor
 
 from modeling_marnet import MARNetForImageClassification
-from tiny_marnet import tiny_config
-from train_fixtures import IMAGE_SIZE, REPO_ROOT, make_dataset_dict, run_command, save_dataset
+from train_fixtures import REPO_ROOT, run_command, save_dataset, save_tiny_marnet
 
 SCRIPT = REPO_ROOT / "benchmarks" / "sampler_noise.py"
-
-
-def save_tiny_marnet(directory, **overrides):
-    torch.manual_seed(0)
-    names = make_dataset_dict()["train"].features["label"].names
-    config = tiny_config("full", id2label=dict(enumerate(names)), text_hidden_size=16, **overrides)
-    MARNetForImageClassification(config).save_pretrained(directory)
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(directory)
-    return directory
 
 
 def test_reports_each_sampler_seed_their_mean_and_the_averaged_draws(tmp_path):

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, ViTImageProcessor, ViTModel
 
-from tiny_marnet import IMAGE_SIZE, TEXT_WIDTH, TINY_HEADS, tiny_vit_config
+from modeling_marnet import MARNetForImageClassification
+from tiny_marnet import IMAGE_SIZE, TEXT_WIDTH, TINY_HEADS, tiny_config, tiny_vit_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASS_COLOURS = {
@@ -70,6 +71,17 @@ def save_dataset(directory, dataset_dict=None, parquet=False):
             dataset.to_parquet(str(directory / f"{split}.parquet"))
     else:
         dataset_dict.save_to_disk(str(directory))
+    return directory
+
+
+def save_tiny_marnet(directory, **overrides):
+    """A randomly initialised tiny full MARNet (labels of `make_dataset_dict`) and its image processor, saved to
+    `directory` as a run folder would hold them; `overrides` are MARNetConfig fields."""
+    torch.manual_seed(0)
+    names = make_dataset_dict()["train"].features["label"].names
+    config = tiny_config("full", id2label=dict(enumerate(names)), text_hidden_size=16, **overrides)
+    MARNetForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(directory)
     return directory
 
 
