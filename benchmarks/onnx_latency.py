@@ -21,10 +21,10 @@ from transformers import AutoImageProcessor
 
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from marnet_cli.files import atomic_write_json
-from modeling_marnet import MARNetForImageClassification
+from marnet_cli.train_args import parse_marnet_config
 from modeling_marnet.export_onnx import ONNX_NAME, export_onnx, sample_pixel_values
 from modeling_marnet.training.image_processing import standard_image_processor
-from speed import add_model_options, interleaved_medians
+from speed import add_model_options, build_marnet, interleaved_medians
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -70,9 +70,7 @@ def main():
             tower = Path(scratch) / "efficientnet-lite0"
             convert_efficientnet_lite0(tower)
         processor = standard_image_processor(AutoImageProcessor.from_pretrained(tower))  # as marnet-train saves it
-        model = MARNetForImageClassification.from_vision_pretrained(
-            tower, text_hidden_size=args.text_hidden_size, num_labels=args.num_labels
-        ).eval()
+        model = build_marnet(args, tower)
         exported = Path(scratch) / "onnx"
         difference = export_onnx(model, processor, exported)
         options = onnxruntime.SessionOptions()
@@ -89,6 +87,7 @@ def main():
         },
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "model": "MARNet on EfficientNet-Lite0, 224 px, float32",
+        "marnet_config": parse_marnet_config(args.marnet_config),
         "default_reverse_steps": model.config.num_inference_steps,
         "export_check_max_abs_difference": difference,
         "repeats": args.repeats,

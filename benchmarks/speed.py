@@ -26,6 +26,7 @@ from figures import pyplot, save_figure
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from machine import machine_record
 from marnet_cli.files import atomic_write_json
+from marnet_cli.train_args import parse_marnet_config
 from modeling_marnet import MARNetForImageClassification
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,6 +43,23 @@ def add_model_options(parser):
     parser.add_argument("--text-hidden-size", type=int, default=384, help="MiniLM-L6 width, as in the demo")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--marnet-config",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="MARNetConfig fields changed from the package defaults (to time a candidate default)",
+    )
+
+
+def build_marnet(args, tower):
+    """The measured MARNet (eval mode): `tower` with random heads of the options' sizes, `--marnet-config` applied."""
+    return MARNetForImageClassification.from_vision_pretrained(
+        tower,
+        text_hidden_size=args.text_hidden_size,
+        num_labels=args.num_labels,
+        **parse_marnet_config(args.marnet_config),
+    ).eval()
 
 
 def parse_args():
@@ -99,9 +117,7 @@ def compared(samples, name, reference="backbone"):
 
 def load_models(args, tower):
     dtype = getattr(torch, args.dtype)
-    marnet = MARNetForImageClassification.from_vision_pretrained(
-        tower, text_hidden_size=args.text_hidden_size, num_labels=args.num_labels
-    )
+    marnet = build_marnet(args, tower)
     backbone = AutoModelForImageClassification.from_pretrained(
         tower, num_labels=args.num_labels, ignore_mismatched_sizes=True
     )
@@ -184,6 +200,7 @@ def main():
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "dtype": args.dtype,
         "image_size": image_size,
+        "marnet_config": parse_marnet_config(args.marnet_config),
         "default_reverse_steps": marnet.config.num_inference_steps,
         "repeats": args.repeats,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
