@@ -31,6 +31,7 @@ MARNET = [
         "reconstruction_training=sample",
         "diffusion_timesteps=inference",
         "text_normalization=unit_rms",
+        "denoiser_hidden_size=256",
     ),
     *EXTENSIONS_OFF,
 ]
@@ -81,6 +82,8 @@ ROWS = {
     "marnet+backprop1": Row([*MARNET, *marnet_config("reconstruction_backprop_steps=1")]),
     "marnet+detached-sample": Row([*MARNET, *marnet_config("reconstruction_backprop_steps=0")]),
     "marnet+one-step-cdr": Row([*MARNET, *marnet_config("reconstruction_training=one_step")]),
+    # The earlier default denoiser width (the `marnet` rows of the result files written before it was narrowed).
+    "marnet+denoiser-1024": Row([*MARNET, *marnet_config("denoiser_hidden_size=1024")]),
     # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
     # magnitude, so each searches its own alignment weight (stage 1 uses the default 0.1). marnet-train gives pooled
     # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).

@@ -1,5 +1,5 @@
 """Inference cost of the CDR reverse chain alone (`MARNetCrossModalReconstruction.sample`), eager against
-`torch.compile`, with the default heads (1024-wide denoiser, MiniLM width 384, 10 DDPM steps) on EfficientNet-Lite0's
+`torch.compile`, with the default heads (256-wide denoiser, MiniLM width 384, 10 DDPM steps) on EfficientNet-Lite0's
 1280-d feature. Calls interleaved (eager, compiled, eager, ...), medians of `--repeats`; the compiled chain's largest
 difference from eager is reported with its compile time. `speed.py` gives the backbone's time these add to.
 

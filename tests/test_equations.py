@@ -120,14 +120,14 @@ def reference_sample(cdr, x_v, steps, sampler):
     return x
 
 
-# The default heads (1024-wide denoiser, 128-d timestep embedding, T = 1000, 10 DDPM steps) and other samplers and
+# The default heads (256-wide denoiser, 128-d timestep embedding, T = 1000, 10 DDPM steps) and other samplers and
 # lengths on the tiny heads.
 SAMPLE_SETTINGS = [
     (
         "full-size",
         {
             "text_hidden_size": 384,
-            "denoiser_hidden_size": 1024,
+            "denoiser_hidden_size": 256,
             "timestep_embedding_dim": 128,
             "num_train_timesteps": 1000,
             "num_inference_steps": 10,
