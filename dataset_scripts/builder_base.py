@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -136,6 +136,18 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
     def stored_image_bytes(self) -> int:
         """Bytes of the images the build stores (once in the cache, once in the result): the raw files' sizes."""
         return sum(os.path.getsize(example.image_file) for split in self.index.splits.values() for example in split)
+
+    def config_changes(self) -> dict:
+        """The fields of this builder's config that differ from its named config (what `marnet-data build
+        --builder_option` or keyword arguments set), e.g. `{"seed": 1}`; the raw-data location is not one."""
+        presets = {config.name: config for config in self.BUILDER_CONFIGS}
+        preset = presets.get(self.config.name) or self.BUILDER_CONFIG_CLASS(name=self.config.name)
+        where = {"name", "version", "data_dir", "data_files", "description", "food101_dir"}
+        return {
+            field.name: getattr(self.config, field.name)
+            for field in fields(self.config)
+            if field.name not in where and getattr(self.config, field.name) != getattr(preset, field.name)
+        }
 
     def card_notes(self) -> str:
         """Markdown the dataset card adds to "How it was built" (none by default)."""

@@ -84,7 +84,8 @@ def dataset_card(
     split_lines = "\n".join(f"- `{split}`: {len(dataset):,} images" for split, dataset in dataset_dict.items())
     column_names = ", ".join(f"`{name}`" for name in next(iter(dataset_dict.values())).features)
     build_notes = inspect.cleandoc(sys.modules[type(builder).__module__].__doc__ or "")
-    config_name = builder.config.name
+    changes = ", ".join(f"{name}={value!r}" for name, value in builder.config_changes().items())
+    config_name = builder.config.name + (f"` with `{changes}" if changes else "")
     content = f"""---
 {card_data.to_yaml()}
 ---

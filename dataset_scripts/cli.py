@@ -8,22 +8,26 @@ Examples::
     marnet-data build openclipart --dataset_config_name food --push_to_hub my-org/openclipart-food --dry_run \
         --output_dir hub-files
     marnet-data build openclipart-dishes --output_dir data/openclipart-dishes
+    marnet-data build openclipart-dishes --builder_option seed=1 --output_dir data/openclipart-dishes-seed1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
 import tempfile
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from marnet_cli.errors import CLIError, UsageError, command, describe_os_error
 from marnet_cli.files import atomic_directory, refuse_dangling_symlink
-from marnet_cli.options import REQUIRED, HelpFormatter, MARNetArgumentParser, option
+from marnet_cli.options import REQUIRED, HelpFormatter, MARNetArgumentParser, option, parse_field_values
 from marnet_cli.scratch import ScratchDirectory
 
 from . import BUILDER_CLASSES, builder_class
@@ -38,6 +42,8 @@ logger = logging.getLogger("dataset_scripts")
 # The images are stored byte for byte, once in the build cache and once in the result, next to each other.
 COPIES_ON_DISK = 2
 SPACE_MARGIN = 1.05
+# Config fields that other options or the builder itself set, never --builder_option.
+NOT_BUILDER_OPTIONS = {"name", "version", "data_dir", "data_files", "description", "skip_bad_images", "food101_dir"}
 
 
 def check_free_space(builder: RawImageBuilder, location: Path) -> None:
@@ -101,6 +107,13 @@ class BuildArguments:
     dataset_config_name: str | None = option(
         aliases=["--config"], help="builder config: ingredient-101 default|simplified, openclipart default|food"
     )
+    builder_option: list[str] = option(
+        [],
+        action="extend",
+        metavar="FIELD=VALUE",
+        help="set a field of the builder's config, e.g. openclipart-dishes seed=1 (docs/datasets.md lists them; "
+        "values parsed as JSON when they can be). Repeatable.",
+    )
     num_proc: int = option(1, help="worker processes")
     skip_bad_images: bool = option(False, help="leave out unreadable images with a warning instead of failing")
     push_to_hub: str | None = option(metavar="REPO_ID", help="upload Parquet + dataset card to this Hub dataset repo")
@@ -136,6 +149,7 @@ def check_options(args: BuildArguments) -> None:
         raise UsageError("--food101_dir only applies to ingredient-101.")
     if args.num_proc < 1:
         raise UsageError(f"--num_proc must be at least 1, got {args.num_proc}.")
+    args.builder_option = builder_config_overrides(args.dataset, args.dataset_config_name, args.builder_option)
     if args.push_to_hub is None and (args.hub_private_repo or args.dry_run):
         raise UsageError("--hub_private_repo and --dry_run only apply with --push_to_hub REPO_ID.")
     if args.output_dir is None and (args.push_to_hub is None or args.dry_run):
@@ -144,6 +158,38 @@ def check_options(args: BuildArguments) -> None:
         refuse_dangling_symlink(args.output_dir, "--output_dir")
         if args.output_dir.exists():
             raise UsageError(f"--output_dir {args.output_dir} already exists; remove it or choose another path.")
+
+
+def builder_config_overrides(dataset: str, config_name: str | None, entries: list[str]) -> dict:
+    """--builder_option FIELD=VALUE entries -> the config fields they set, each a field of `dataset`'s config with a
+    value of its type, and the whole config accepted by the builder (its own range checks); else a UsageError."""
+    values = parse_field_values(entries, "--builder_option")
+    config_class = builder_class(dataset).BUILDER_CONFIG_CLASS
+    types_of = {
+        name: hint for name, hint in typing.get_type_hints(config_class).items() if name not in NOT_BUILDER_OPTIONS
+    }
+    settable = [field.name for field in dataclasses.fields(config_class) if field.name in types_of]
+    for name, value in values.items():
+        if name not in types_of:
+            raise UsageError(
+                f"--builder_option {name}: {dataset} has no such config field; it has {', '.join(settable) or 'none'}."
+            )
+        allowed = (
+            typing.get_args(types_of[name])
+            if typing.get_origin(types_of[name]) in (typing.Union, types.UnionType)
+            else (types_of[name],)
+        )
+        if float in allowed and type(value) is int:
+            values[name] = value = float(value)
+        if type(value) not in allowed:
+            expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+            raise UsageError(f"--builder_option {name}={value!r}: expected {expected}, got {type(value).__name__}.")
+    presets = {config.name: config for config in builder_class(dataset).BUILDER_CONFIGS}
+    try:
+        dataclasses.replace(presets.get(config_name or "default") or config_class(name="default"), **values)
+    except ValueError as error:
+        raise UsageError(f"--builder_option: {error}") from None
+    return values
 
 
 def make_scratch(args: BuildArguments) -> ScratchDirectory:
@@ -181,7 +227,7 @@ def build_into(args: BuildArguments, scratch: Path) -> None:
     from .card import dataset_card
     from .hub import describe_folder, upload_hub_folder, write_hub_folder
 
-    config_kwargs = {"food101_dir": args.food101_dir} if args.food101_dir else {}
+    config_kwargs = {**args.builder_option, **({"food101_dir": args.food101_dir} if args.food101_dir else {})}
     builder, dataset_dict = build_dataset(
         args.dataset,
         args.data_dir if args.data_dir is not None else builder_class(args.dataset).DEFAULT_DATA_DIR,

@@ -210,6 +210,21 @@ def require(arguments, *names):
             raise UsageError(f"--{name} is required (on the command line or in --config).")
 
 
+def parse_field_values(entries, flag):
+    """`["field=value", ...]` -> {field: value}, values parsed as JSON when they can be (`0.2`, `true`, `"hm"`),
+    otherwise kept as the string; `flag` names the option in the error a malformed entry raises."""
+    values = {}
+    for entry in entries:
+        name, separator, raw = entry.partition("=")
+        if not separator or not name.strip():
+            raise UsageError(f"{flag} expects FIELD=VALUE, got {entry!r}.")
+        try:
+            values[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name.strip()] = raw
+    return values
+
+
 def _list_element_type(type_hint):
     """`list[int]` or `list[int] | None` -> int; None for any other type."""
     if typing.get_origin(type_hint) in (typing.Union, types.UnionType):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from .errors import UsageError
 from .example_flags import handle_example_flags
-from .options import MARNetArgumentParser, config_option, option
+from .options import MARNetArgumentParser, config_option, option, parse_field_values
 
 # The model's names (modeling_marnet.ABLATIONS, FUSION_MODES, ALIGNMENT_LOSSES), repeated here so that parsing imports
 # no torch.
@@ -417,16 +417,7 @@ def parse_marnet_config(entries):
     """`["field=value", ...]` -> {field: value}, values parsed as JSON when possible (`0.2`, `true`, `"hm"`)."""
     if isinstance(entries, dict):
         return entries
-    overrides = {}
-    for entry in entries:
-        name, separator, raw = entry.partition("=")
-        if not separator or not name.strip():
-            raise UsageError(f"--marnet_config expects FIELD=VALUE, got {entry!r}.")
-        try:
-            overrides[name.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[name.strip()] = raw
-    return overrides
+    return parse_field_values(entries, "--marnet_config")
 
 
 def _check_ranges(args):

@@ -234,6 +234,8 @@ DATA = [
     "simplified",
     "--num_proc",
     "2",
+    "--builder_option",
+    "ingredients_file=ingredients_simplified.txt",
     "--skip_bad_images",
     "--push_to_hub",
     "org/d",

@@ -316,6 +316,39 @@ def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monke
             ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--num-proc", "0"],
             "--num_proc must be at least 1",
         ),
+        (
+            ["openclipart-dishes", "--output", "{tmp}/o", "--builder-option", "sed=1"],
+            "--builder_option sed: openclipart-dishes has no such config field; it has seed, num_recipes,",
+        ),
+        (
+            ["openclipart-dishes", "--output", "{tmp}/o", "--builder-option", "seed=0.5"],
+            "--builder_option seed=0.5: expected int, got float.",
+        ),
+        (
+            ["openclipart", "--output", "{tmp}/o", "--builder-option", "category=7"],
+            "--builder_option category=7: expected str or null, got int.",
+        ),
+        (
+            [
+                "openclipart-dishes",
+                "--output",
+                "{tmp}/o",
+                "--builder-option",
+                "num_recipes=8",
+                "recipes_per_ingredient=9",
+            ],
+            "--builder_option: `recipes_per_ingredient` must be between 2 (no ingredient names a recipe) and "
+            "num_recipes (8), got 9.",
+        ),
+        (
+            ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "seed"],
+            "expects FIELD=VALUE",
+        ),
+        (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "seed=1"], "it has none."),
+        (
+            ["ingredient-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "food101_dir=x"],
+            "--builder_option food101_dir: ingredient-101 has no such config field; it has ingredients_file.",
+        ),
     ],
 )
 def test_option_errors_exit_2_before_any_work(tmp_path, capsys, args, message):

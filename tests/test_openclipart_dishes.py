@@ -11,6 +11,7 @@ from PIL import Image
 
 from dataset_scripts import OpenClipartDishes, RawDataError
 from dataset_scripts.card import dataset_card
+from dataset_scripts.cli import main
 from dataset_scripts.hub import write_hub_folder
 from dataset_scripts.openclipart_dishes import KINDS
 from raw_fixtures import DISH_KINDS, write_food_drawings
@@ -78,6 +79,7 @@ def test_card_and_parquet_folder_load_back_with_the_features(raw, tmp_path):
         dataset_dict, folder, lambda parquet_bytes: dataset_card(builder, dataset_dict, "org/dishes", parquet_bytes)
     )
     readme = (folder / "README.md").read_text()
+    assert "config `default` with `num_recipes=5, core_ingredients=2, optional_ingredients=1," in readme
     assert "Images are composed by the builder and stored as JPEG (quality 90)." in readme
     assert "| recipe_00 | " in readme and "## How it was built" in readme and "license: cc0-1.0" in readme
     loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "loaded"))
@@ -89,3 +91,19 @@ def test_card_and_parquet_folder_load_back_with_the_features(raw, tmp_path):
 def test_too_few_ingredient_kinds_is_an_error_that_says_what_to_change(raw, tmp_path):
     with pytest.raises(RawDataError, match=r"need 7 ingredient kinds with at least 2 drawings; found 5\. Lower"):
         OpenClipartDishes(data_dir=str(raw), cache_dir=str(tmp_path), **{**SMALL, "core_ingredients": 3})
+
+
+def test_marnet_data_build_sets_config_fields_from_builder_options_and_the_card_names_them(raw, tmp_path, capsys):
+    options = [f"{name}={value}" for name, value in {**SMALL, "seed": 1}.items()]
+    hub = tmp_path / "hub"
+    arguments = ["build", "openclipart-dishes", "--data-dir", str(raw), "--builder-option", *options]
+    assert main([*arguments, "--push-to-hub", "org/dishes", "--dry-run", "--output", str(hub)]) in (0, None)
+    assert (
+        "openclipart-dishes (default): train: 20, validation: 5, test: 10 images, 5 classes" in capsys.readouterr().out
+    )
+
+    assert "config `default` with `seed=1, num_recipes=5," in (hub / "README.md").read_text()
+    loaded = datasets.load_dataset(str(hub), cache_dir=str(tmp_path / "loaded"))
+    _, seed_1 = build(raw, tmp_path / "seed-1", seed=1)
+    _, seed_0 = build(raw, tmp_path / "seed-0")
+    assert loaded["train"]["text"] == seed_1["train"]["text"] != seed_0["train"]["text"]
