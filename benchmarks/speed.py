@@ -26,6 +26,7 @@ from figures import pyplot, save_figure
 from hub_scripts.convert_efficientnet_lite0 import convert as convert_efficientnet_lite0
 from machine import machine_record
 from marnet_cli.files import atomic_write_json
+from marnet_cli.options import field_value_argument
 from marnet_cli.train_args import parse_marnet_config
 from modeling_marnet import MARNetForImageClassification
 
@@ -47,6 +48,7 @@ def add_model_options(parser):
         "--marnet-config",
         nargs="+",
         default=[],
+        type=field_value_argument,
         metavar="FIELD=VALUE",
         help="MARNetConfig fields changed from the package defaults (to time a candidate default)",
     )
@@ -121,7 +123,7 @@ def load_models(args, tower):
     backbone = AutoModelForImageClassification.from_pretrained(
         tower, num_labels=args.num_labels, ignore_mismatched_sizes=True
     )
-    return marnet.to(args.device, dtype).eval(), backbone.to(args.device, dtype).eval()
+    return marnet.to(args.device, dtype), backbone.to(args.device, dtype).eval()
 
 
 def pipeline_rows(args, marnet, backbone, processor):

@@ -47,6 +47,7 @@ from transformers import (
 )
 
 from marnet_cli.files import atomic_write_json
+from marnet_cli.options import field_value_argument
 from marnet_cli.train_args import parse_marnet_config
 from modeling_marnet import MARNetConfig, MARNetForImageClassification
 
@@ -98,6 +99,7 @@ def parse_args():
         action="append",
         nargs="+",
         default=[],
+        type=field_value_argument,
         metavar="FIELD=VALUE",
         help="Also time MARNet (cached text) with these MARNetConfig fields changed (one variant per --compare; "
         "repeatable).",

@@ -215,14 +215,28 @@ def parse_field_values(entries, flag):
     otherwise kept as the string; `flag` names the option in the error a malformed entry raises."""
     values = {}
     for entry in entries:
-        name, separator, raw = entry.partition("=")
-        if not separator or not name.strip():
+        name, raw = _split_field_value(entry)
+        if not name:
             raise UsageError(f"{flag} expects FIELD=VALUE, got {entry!r}.")
         try:
-            values[name.strip()] = json.loads(raw)
+            values[name] = json.loads(raw)
         except json.JSONDecodeError:
-            values[name.strip()] = raw
+            values[name] = raw
     return values
+
+
+def field_value_argument(entry):
+    """An argparse `type=` for plain-argparse scripts' FIELD=VALUE options: a malformed entry is argparse's usage
+    error (exit status 2, the option named), not a traceback; the entry itself is kept."""
+    if not _split_field_value(entry)[0]:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {entry!r}")
+    return entry
+
+
+def _split_field_value(entry):
+    """ "a=1" -> ("a", "1"); ("", ...) when there is no `=` or no field name."""
+    name, separator, raw = entry.partition("=")
+    return (name.strip() if separator else ""), raw
 
 
 def _list_element_type(type_hint):
