@@ -72,6 +72,9 @@ ROWS = {
         [*MARNET, *marnet_config("text_classification_weight=1", "distillation_weight=1")],
         weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]],
     ),
+    # `marnet` with ITA weighted 1.0 instead of 0.1: what `marnet+distill` chose on openclipart-dishes, without the
+    # distillation (which of the two makes that row better).
+    "marnet+alignment-1": Row([*MARNET, *marnet_config("alignment_loss_weight=1.0")]),
     "marnet+class": Row([*MARNET, *marnet_config("alignment_targets=class")]),
     "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
     # The recipe without gradient clipping (`--max-grad-norm 0`; the default clips at 1.0, as Trainer does).
