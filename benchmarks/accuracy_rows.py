@@ -32,9 +32,12 @@ MARNET = [
         "diffusion_timesteps=inference",
         "text_normalization=unit_rms",
         "denoiser_hidden_size=256",
+        "alignment_loss_weight=1.0",
     ),
     *EXTENSIONS_OFF,
 ]
+# ITA's weight before it was raised to 1.0: the stage-1 weight of the Table 1 methods and of the paper rows.
+EARLIER_ALIGNMENT_WEIGHT = "alignment_loss_weight=0.1"
 # Alignment-loss weights each Table 1 method also tries (typical loss at initialisation: SWD ~3e-4, CDD ~0,
 # SSAN ~0.6, ITA ~9, TEAM ~18, SDM ~25).
 ALIGNMENT_WEIGHTS = {"sdm": (0.01, 0.03), "swd": (30, 300), "cdd": (1.0, 3.0), "ssan": (1.0, 3.0), "team": (0.05, 0.3)}
@@ -49,14 +52,12 @@ class Row:
     options: list = field(default_factory=list)
     uses_text: bool = True
     trainer: str = "marnet"  # "marnet" (python -m modeling_marnet.train) or "timm" (benchmarks/timm_anchor.py)
-    weight_grid: list = field(
-        default_factory=lambda: [["alignment_loss_weight=1.0"], ["reconstruction_loss_weight=0.1"]]
-    )
+    weight_grid: list = field(default_factory=lambda: [[EARLIER_ALIGNMENT_WEIGHT], ["reconstruction_loss_weight=0.1"]])
 
 
 def _paper(*changes):
     """The paper-literal full MARNet with `changes` (marnet-config FIELD=VALUE) applied: one change at a time."""
-    return Row(["--ablation", "full", *PAPER_LITERAL_OPTIONS, *marnet_config(*changes)])
+    return Row(["--ablation", "full", *PAPER_LITERAL_OPTIONS, *marnet_config(EARLIER_ALIGNMENT_WEIGHT, *changes)])
 
 
 ROWS = {
@@ -70,11 +71,11 @@ ROWS = {
     # Opt-in extensions on top of `marnet`.
     "marnet+distill": Row(
         [*MARNET, *marnet_config("text_classification_weight=1", "distillation_weight=1")],
-        weight_grid=[["distillation_weight=3"], ["alignment_loss_weight=1.0"]],
+        weight_grid=[["distillation_weight=3"], [EARLIER_ALIGNMENT_WEIGHT]],
     ),
-    # `marnet` with ITA weighted 1.0 instead of 0.1: what `marnet+distill` chose on openclipart-dishes, without the
-    # distillation (which of the two makes that row better).
-    "marnet+alignment-1": Row([*MARNET, *marnet_config("alignment_loss_weight=1.0")]),
+    # The earlier default ITA weight (the `marnet` rows of the result files written before it was raised to 1.0;
+    # in the files that chose it, `marnet+alignment-1` is today's `marnet`).
+    "marnet+alignment-0.1": Row([*MARNET, *marnet_config(EARLIER_ALIGNMENT_WEIGHT)]),
     "marnet+class": Row([*MARNET, *marnet_config("alignment_targets=class")]),
     "marnet+warmup": Row([*MARNET, "--auxiliary-warmup-ratio", "0.3"]),
     # The recipe without gradient clipping (`--max-grad-norm 0`; the default clips at 1.0, as Trainer does).
@@ -88,11 +89,11 @@ ROWS = {
     # The earlier default denoiser width (the `marnet` rows of the result files written before it was narrowed).
     "marnet+denoiser-1024": Row([*MARNET, *marnet_config("denoiser_hidden_size=1024")]),
     # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
-    # magnitude, so each searches its own alignment weight (stage 1 uses the default 0.1). marnet-train gives pooled
+    # magnitude, so each searches its own alignment weight (stage 1 uses 0.1). marnet-train gives pooled
     # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).
     **{
         f"marnet-{method}" + ("-pooled-text" if method == "team" else ""): Row(
-            [*MARNET, *marnet_config(f"alignment={method}")],
+            [*MARNET, *marnet_config(f"alignment={method}", EARLIER_ALIGNMENT_WEIGHT)],
             weight_grid=[[f"alignment_loss_weight={w}"] for w in weights],
         )
         for method, weights in ALIGNMENT_WEIGHTS.items()

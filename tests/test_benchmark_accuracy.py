@@ -299,7 +299,9 @@ def test_rows_take_the_packages_names():
         "distillation_weight=0",
     ]
     assert all(f"{field}={value}" in PAPER_LITERAL_OPTIONS for field, value in PAPER_LITERAL.items())
-    assert ROWS["paper"].options == ["--ablation", "full", *PAPER_LITERAL_OPTIONS]
+    # The paper rows ran with ITA weighted 0.1, the default of the time: spelled out since the default is 1.0.
+    earlier_weight = ["--marnet-config", "alignment_loss_weight=0.1"]
+    assert ROWS["paper"].options == ["--ablation", "full", *PAPER_LITERAL_OPTIONS, *earlier_weight]
     assert [row for row in ROWS if row.startswith("full-")] == [f"full-{mode}" for mode in FUSION_MODES]
 
 
