@@ -14,6 +14,12 @@ from dataset_scripts import OpenClipart, RawDataError
 from raw_fixtures import png_bytes, write_openclipart
 
 DEBIAN_ROOT = Path("/usr/share/openclipart")
+# Both packages (the builder reads the PNGs and their metadata SVGs); either one alone skips too.
+NEEDS_DEBIAN_PACKAGES = pytest.mark.skipif(
+    not (DEBIAN_ROOT / "png").is_dir() or not (DEBIAN_ROOT / "svg").is_dir(),
+    reason="Debian packages openclipart-png and openclipart-svg are not installed "
+    "(apt-get install openclipart-png openclipart-svg); .ci/run installs them",
+)
 
 
 def build(tmp_path, name="cache", **kwargs) -> datasets.DatasetDict:
@@ -111,11 +117,7 @@ def test_missing_metadata_svg_is_an_error_naming_it(tmp_path):
         OpenClipart(cache_dir=str(tmp_path / "cache"), config_name="food", data_dir=str(raw))
 
 
-@pytest.mark.skipif(
-    not (DEBIAN_ROOT / "png").is_dir() or not (DEBIAN_ROOT / "svg").is_dir(),
-    reason="Debian packages openclipart-png and openclipart-svg are not installed "
-    "(apt-get install openclipart-png openclipart-svg); .ci/run installs them",
-)
+@NEEDS_DEBIAN_PACKAGES
 def test_real_debian_package_food_config(tmp_path):
     dataset_dict = build(tmp_path, config_name="food")  # data_dir defaults to /usr/share/openclipart
     class_names = dataset_dict["train"].features["label"].names
@@ -153,7 +155,7 @@ def test_committed_demo_subset_loads_with_class_names_and_stays_small(tmp_path):
     assert sum(path.stat().st_size for path in DEMO.rglob("*") if path.is_file()) < 3 * 1024 * 1024
 
 
-@pytest.mark.skipif(not (DEBIAN_ROOT / "png").is_dir(), reason="Debian openclipart-png/openclipart-svg not installed")
+@NEEDS_DEBIAN_PACKAGES
 def test_demo_subset_regenerates_from_the_debian_package(tmp_path):
     from dataset_scripts.make_demo_subset import main as make_demo_subset
 
