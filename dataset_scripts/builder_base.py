@@ -93,6 +93,9 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
         dataset_dict = builder.as_dataset()
     """
 
+    #: Config fields that say where the raw data is or which config this is, not how the dataset is made.
+    FIELDS_SET_ELSEWHERE = frozenset({"name", "version", "data_dir", "data_files", "description", "food101_dir"})
+
     BUILDER_CONFIG_CLASS = RawImageConfig
     VERSION = datasets.Version("1.0.0")
     #: One line for the card and `DatasetInfo.description`.
@@ -137,16 +140,21 @@ class RawImageBuilder(datasets.GeneratorBasedBuilder):
         """Bytes of the images the build stores (once in the cache, once in the result): the raw files' sizes."""
         return sum(os.path.getsize(example.image_file) for split in self.index.splits.values() for example in split)
 
+    @classmethod
+    def named_config(cls, name: str | None) -> RawImageConfig:
+        """The config `name` (default: "default") as the builder defines it, before any field is changed."""
+        presets = {config.name: config for config in cls.BUILDER_CONFIGS}
+        return presets.get(name or "default") or cls.BUILDER_CONFIG_CLASS(name=name or "default")
+
     def config_changes(self) -> dict:
         """The fields of this builder's config that differ from its named config (what `marnet-data build
         --builder_option` or keyword arguments set), e.g. `{"seed": 1}`; the raw-data location is not one."""
-        presets = {config.name: config for config in self.BUILDER_CONFIGS}
-        preset = presets.get(self.config.name) or self.BUILDER_CONFIG_CLASS(name=self.config.name)
-        where = {"name", "version", "data_dir", "data_files", "description", "food101_dir"}
+        preset = self.named_config(self.config.name)
         return {
             field.name: getattr(self.config, field.name)
             for field in fields(self.config)
-            if field.name not in where and getattr(self.config, field.name) != getattr(preset, field.name)
+            if field.name not in self.FIELDS_SET_ELSEWHERE
+            and getattr(self.config, field.name) != getattr(preset, field.name)
         }
 
     def card_notes(self) -> str:

@@ -42,8 +42,6 @@ logger = logging.getLogger("dataset_scripts")
 # The images are stored byte for byte, once in the build cache and once in the result, next to each other.
 COPIES_ON_DISK = 2
 SPACE_MARGIN = 1.05
-# Config fields that other options or the builder itself set, never --builder_option.
-NOT_BUILDER_OPTIONS = {"name", "version", "data_dir", "data_files", "description", "skip_bad_images", "food101_dir"}
 
 
 def check_free_space(builder: RawImageBuilder, location: Path) -> None:
@@ -164,10 +162,11 @@ def builder_config_overrides(dataset: str, config_name: str | None, entries: lis
     """--builder_option FIELD=VALUE entries -> the config fields they set, each a field of `dataset`'s config with a
     value of its type, and the whole config accepted by the builder (its own range checks); else a UsageError."""
     values = parse_field_values(entries, "--builder_option")
-    config_class = builder_class(dataset).BUILDER_CONFIG_CLASS
-    types_of = {
-        name: hint for name, hint in typing.get_type_hints(config_class).items() if name not in NOT_BUILDER_OPTIONS
-    }
+    builder = builder_class(dataset)
+    config_class = builder.BUILDER_CONFIG_CLASS
+    # --skip_bad_images has its own option.
+    set_elsewhere = builder.FIELDS_SET_ELSEWHERE | {"skip_bad_images"}
+    types_of = {name: hint for name, hint in typing.get_type_hints(config_class).items() if name not in set_elsewhere}
     settable = [field.name for field in dataclasses.fields(config_class) if field.name in types_of]
     for name, value in values.items():
         if name not in types_of:
@@ -184,9 +183,8 @@ def builder_config_overrides(dataset: str, config_name: str | None, entries: lis
         if type(value) not in allowed:
             expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
             raise UsageError(f"--builder_option {name}={value!r}: expected {expected}, got {type(value).__name__}.")
-    presets = {config.name: config for config in builder_class(dataset).BUILDER_CONFIGS}
     try:
-        dataclasses.replace(presets.get(config_name or "default") or config_class(name="default"), **values)
+        dataclasses.replace(builder.named_config(config_name), **values)
     except ValueError as error:
         raise UsageError(f"--builder_option: {error}") from None
     return values
