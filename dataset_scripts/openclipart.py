@@ -84,6 +84,8 @@ class OpenClipartConfig(RawImageConfig):
                 f"validation_fraction={self.validation_fraction} and test_fraction={self.test_fraction} must be "
                 "non-negative and sum to less than 1."
             )
+        if self.max_image_pixels < 1:
+            raise ValueError(f"`max_image_pixels` must be >= 1, got {self.max_image_pixels}.")
 
 
 def _clean(text: str | None) -> str:

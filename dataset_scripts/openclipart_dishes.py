@@ -168,7 +168,14 @@ class OpenClipartDishesConfig(RawImageConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("num_recipes", "core_ingredients", "train_per_recipe", "image_size", "min_drawings_per_kind"):
+        for name in (
+            "num_recipes",
+            "core_ingredients",
+            "train_per_recipe",
+            "image_size",
+            "min_drawings_per_kind",
+            "max_image_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if not 2 <= self.recipes_per_ingredient <= self.num_recipes:

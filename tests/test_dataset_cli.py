@@ -344,6 +344,14 @@ def test_push_offline_fails_clearly_and_leaves_no_output(tmp_path, capsys, monke
             ["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "seed"],
             "expects FIELD=VALUE",
         ),
+        (
+            ["openclipart", "--output", "{tmp}/o", "--builder-option", "max_image_pixels=-1"],
+            "--builder_option: `max_image_pixels` must be >= 1, got -1.",
+        ),
+        (
+            ["openclipart-dishes", "--output", "{tmp}/o", "--builder-option", "max_image_pixels=0"],
+            "--builder_option: `max_image_pixels` must be >= 1, got 0.",
+        ),
         (["food-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "seed=1"], "it has none."),
         (
             ["ingredient-101", "--data-dir", "{raw}", "--output", "{tmp}/o", "--builder-option", "food101_dir=x"],
