@@ -7,12 +7,18 @@ with seeds 0-9 of five rows and a later one with seeds 0-19 of two rows give one
 both files hold must have the same score (the same run); a different score means two different runs under one
 name, and the files are refused rather than mixed.
 
+A file named `PATH:ROW,ROW=NEW,...` gives only those rows, each renamed where it says `=NEW`. That is how files
+written by different versions of `accuracy_rows.py` are merged when one row name meant two configurations (e.g.
+`marnet` before and after a default changed): `summary.py new.json old.json:baseline,ingredients` leaves the old
+`marnet` out, `old.json:baseline,marnet=marnet-before` keeps it under another name.
+
 Each row is reported as its mean top-1 over its seeds and its mean paired difference to the setting's baseline with
 the 95 % interval (Student's t), in points, over the seeds both have ("on N seeds" when that is fewer than the
 row's own; a row sharing no seed with the baseline is an error). Corrupted top-1 is the mean over every corruption
 and severity the file scored.
 
     python benchmarks/summary.py benchmarks/results/accuracy_dishes_*.json benchmarks/results/robustness_dishes*.json
+    python benchmarks/summary.py quarter_defaults.json fractions.json:baseline,ingredients,timm
 """
 
 import json
@@ -36,12 +42,51 @@ SPLITS = ("test", "validation")
 TOP1_KEYS = {"test": "top1", "validation": "validation_top1"}  # per split, the accuracy.py results field
 
 
+@dataclass(frozen=True)
+class ResultsFile:
+    """A results file as named on the command line: `PATH` (every row) or `PATH:ROW,ROW=NEW,...` (those rows only,
+    each renamed where it says `=NEW`)."""
+
+    path: Path
+    rows: dict[str, str] | None = None  # {row in the file: row in the tables}; None: every row, as named
+
+    @classmethod
+    def parse(cls, text):
+        if Path(text).is_file() or ":" not in text:
+            return cls(Path(text))
+        path, selection = text.rsplit(":", 1)
+        rows = {}
+        for entry in selection.split(","):
+            old, _, new = entry.partition("=")
+            if not old or (_ and not new) or old in rows:
+                raise UsageError(
+                    f"{text}: expected PATH or PATH:ROW,ROW=NEW,... (each row once, a name after each '='); "
+                    f"got {entry!r}."
+                )
+            rows[old] = new or old
+        if len(set(rows.values())) < len(rows):
+            raise UsageError(f"{text}: two rows would get the same name ({', '.join(rows.values())}).")
+        return cls(Path(path), rows)
+
+    def name(self, row):
+        """The row's name in the tables, or None for a row this file does not give."""
+        return row if self.rows is None else self.rows.get(row)
+
+    def check_rows(self, rows_in_file):
+        missing = [row for row in self.rows or () if row not in rows_in_file]
+        if missing:
+            raise UsageError(f"{self.path}: no row {', '.join(missing)}; it has {', '.join(rows_in_file)}.")
+
+
 @dataclass
 class SummaryArguments:
     """Options of `summary.py`."""
 
-    files: list[Path] = option(
-        REQUIRED, positional=True, nargs="+", help="results JSON of accuracy.py or robustness.py"
+    files: list[str] = option(
+        REQUIRED,
+        positional=True,
+        nargs="+",
+        help="results JSON of accuracy.py or robustness.py; PATH:ROW,ROW=NEW,... takes (and renames) those rows only",
     )
     baseline: str | None = option(
         help="the row every other row of a setting is paired with (default: the file's own: `baseline` for "
@@ -56,9 +101,12 @@ class SummaryArguments:
     output: Path | None = option(help="write the Markdown here (default: print it)")
 
     def __post_init__(self):
-        for path in self.files:
-            if not path.is_file():
-                raise UsageError(f"{path}: no such file; give results JSON written by accuracy.py or robustness.py.")
+        self.files = [ResultsFile.parse(text) for text in self.files]
+        for source in self.files:
+            if not source.path.is_file():
+                raise UsageError(
+                    f"{source.path}: no such file; give results JSON written by accuracy.py or robustness.py."
+                )
 
 
 @dataclass
@@ -99,23 +147,27 @@ class Setting:
         self.rows.setdefault(row, Scores()).add(metric, seed, value, path)
 
 
-def read_results(path, split="test"):
-    """The settings of one results file; `split` chooses the accuracy.py split."""
+def read_results(source, split="test"):
+    """The settings of one results file (a ResultsFile: its rows as selected); `split` chooses the accuracy.py
+    split."""
+    path = source.path
     try:
         results = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CLIError(f"{path}: not a readable JSON file ({error}).") from error
     if isinstance(results, dict) and {"results", "config", "dataset"} <= set(results):
-        return _accuracy_settings(results, str(path), split)
+        source.check_rows(list(dict.fromkeys(row for rows in results["results"].values() for row in rows)))
+        return _accuracy_settings(results, source, split)
     if isinstance(results, dict) and {"summary", "dataset", "split"} <= set(results):
-        return [_robustness_setting(results, str(path))]
+        source.check_rows(list(results["summary"]))
+        return [_robustness_setting(results, source)]
     raise CLIError(
         f"{path}: expected the JSON of accuracy.py (keys results, config, dataset) or robustness.py (keys summary, "
         "dataset, split); got neither."
     )
 
 
-def _accuracy_settings(results, path, split):
+def _accuracy_settings(results, source, split):
     """One setting per (proxy, training fraction) group; top-1 lists follow `config.seeds`."""
     settings = []
     for group, rows in results["results"].items():
@@ -123,27 +175,33 @@ def _accuracy_settings(results, path, split):
         details = f"{100 * float(fraction):g} % of the training split, {proxy} text, {split} top-1"
         setting = Setting("accuracy", results["dataset"]["path"], details, BASELINE_ROW)
         for row, values in rows.items():
+            if source.name(row) is None:
+                continue
             for seed, top1 in zip(results["config"]["seeds"], values[TOP1_KEYS[split]], strict=True):
-                setting.add(row, CLEAN, seed, 100 * top1, path)
+                setting.add(source.name(row), CLEAN, seed, 100 * top1, str(source.path))
         settings.append(setting)
     return settings
 
 
-def _robustness_setting(results, path):
+def _robustness_setting(results, source):
     details = f"{results['split']} split ({results['num_images']} images)"
-    setting = Setting("robustness", results["dataset"], details, results["baseline"])
+    baseline = source.name(results["baseline"]) or results["baseline"]
+    setting = Setting("robustness", results["dataset"], details, baseline)
     for row, heads in results["summary"].items():
+        if source.name(row) is None:
+            continue
         for seed, metrics in heads["logits"]["per_seed"].items():
             for metric in (CLEAN, CORRUPTED):
-                setting.add(row, metric, int(seed), metrics[metric], path)
+                setting.add(source.name(row), metric, int(seed), metrics[metric], str(source.path))
     return setting
 
 
-def merge(paths, split="test"):
-    """The settings of every file, those of the same setting merged seed by seed."""
+def merge(sources, split="test"):
+    """The settings of every file (ResultsFile), those of the same setting merged seed by seed."""
     merged = {}
-    for path in paths:
-        for setting in read_results(path, split):
+    for source in sources:
+        path = source.path
+        for setting in read_results(source, split):
             into = merged.setdefault(setting.key, Setting(*setting.key, setting.baseline))
             if into.baseline != setting.baseline:
                 raise CLIError(
@@ -199,10 +257,10 @@ def table(setting, title, baseline_row=None):
     return lines + [""]
 
 
-def summary_markdown(paths, baseline_row=None, split="test"):
-    """The Markdown of every setting in `paths`, in the order the files name them. A setting is titled by its
-    dataset folder's name, or its whole path where two settings' folders share a name."""
-    settings = merge(paths, split)
+def summary_markdown(sources, baseline_row=None, split="test"):
+    """The Markdown of every setting of `sources` (ResultsFile), in the order the files name them. A setting is
+    titled by its dataset folder's name, or its whole path where two settings' folders share a name."""
+    settings = merge(sources, split)
     names = [Path(dataset).name for dataset in {setting.dataset for setting in settings}]
     lines = ["Mean over seeds ± its 95 % interval (Student's t); paired differences in points.", ""]
     for setting in settings:

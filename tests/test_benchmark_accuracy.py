@@ -224,6 +224,38 @@ def test_summary_merges_files_seed_by_seed_and_refuses_two_runs_under_one_name(f
     )
 
 
+def test_summary_takes_and_renames_rows_of_a_file(finished, tmp_path):
+    """`PATH:ROW,ROW=NEW` merges a file whose `marnet` is another configuration than the first file's: the row is
+    left out or kept under another name instead of refusing the whole file."""
+    paths, _ = finished
+    report = json.loads(paths["output"].read_text())
+    group = report["results"]["original@0.5"]
+    other = json.loads(json.dumps(report))  # the same baseline runs, another `marnet`
+    other["results"]["original@0.5"]["marnet"]["top1"] = [top1 + 0.02 for top1 in group["marnet"]["top1"]]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    first, second = str(paths["output"]), str(tmp_path / "other.json")
+    assert run_command([sys.executable, str(SUMMARY), first, second]).returncode == 1
+
+    completed = run_command([sys.executable, str(SUMMARY), first, f"{second}:baseline"])
+    assert completed.returncode == 0, completed.stderr
+    assert "| marnet | 2 | " in completed.stdout and "marnet-v2" not in completed.stdout
+
+    completed = run_command([sys.executable, str(SUMMARY), first, f"{second}:baseline,marnet=marnet-v2"])
+    assert completed.returncode == 0, completed.stderr
+    moved = interval([100 * (m + 0.02 - b) for b, m in zip(group["baseline"]["top1"], group["marnet"]["top1"])])
+    assert "| marnet-v2 | 2 | " in completed.stdout
+    assert f"| {format_interval(moved, signed=True)} |" in completed.stdout
+
+    for spec, message in (
+        (f"{second}:baseline,ingredients", f"{second}: no row ingredients; it has baseline, marnet."),
+        (f"{second}:baseline,marnet=", "expected PATH or PATH:ROW,ROW=NEW,..."),
+        (f"{second}:baseline=b,marnet=b", "two rows would get the same name"),
+        (f"{tmp_path / 'missing.json'}:baseline", "missing.json: no such file"),
+    ):
+        completed = run_command([sys.executable, str(SUMMARY), first, spec])
+        assert completed.returncode == 2 and message in completed.stderr, (spec, completed.stderr)
+
+
 def test_rerun_reuses_finished_runs(finished):
     paths, _ = finished
     before = json.loads(paths["output"].read_text())
