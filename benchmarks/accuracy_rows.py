@@ -86,8 +86,9 @@ ROWS = {
     "marnet+backprop1": Row([*MARNET, *marnet_config("reconstruction_backprop_steps=1")]),
     "marnet+detached-sample": Row([*MARNET, *marnet_config("reconstruction_backprop_steps=0")]),
     "marnet+one-step-cdr": Row([*MARNET, *marnet_config("reconstruction_training=one_step")]),
-    # The earlier default denoiser width (the `marnet` rows of the result files written before it was narrowed).
-    "marnet+denoiser-1024": Row([*MARNET, *marnet_config("denoiser_hidden_size=1024")]),
+    # The earlier default denoiser width, with the ITA weight of its time: the `marnet` rows of the result files
+    # written before the denoiser was narrowed.
+    "marnet+denoiser-1024": Row([*MARNET, *marnet_config("denoiser_hidden_size=1024", EARLIER_ALIGNMENT_WEIGHT)]),
     # The alignment methods of the paper's Table 1 in place of ITA; their losses differ in scale by orders of
     # magnitude, so each searches its own alignment weight (stage 1 uses 0.1). marnet-train gives pooled
     # text features only, so TEAM runs as "TEAM, pooled text" (docs/alignment_methods.md).
