@@ -57,8 +57,8 @@ class ResultsFile:
         path, selection = text.rsplit(":", 1)
         rows = {}
         for entry in selection.split(","):
-            old, _, new = entry.partition("=")
-            if not old or (_ and not new) or old in rows:
+            old, equals, new = entry.partition("=")
+            if not old or (equals and not new) or old in rows:
                 raise UsageError(
                     f"{text}: expected PATH or PATH:ROW,ROW=NEW,... (each row once, a name after each '='); "
                     f"got {entry!r}."
@@ -175,10 +175,11 @@ def _accuracy_settings(results, source, split):
         details = f"{100 * float(fraction):g} % of the training split, {proxy} text, {split} top-1"
         setting = Setting("accuracy", results["dataset"]["path"], details, BASELINE_ROW)
         for row, values in rows.items():
-            if source.name(row) is None:
+            name = source.name(row)
+            if name is None:
                 continue
             for seed, top1 in zip(results["config"]["seeds"], values[TOP1_KEYS[split]], strict=True):
-                setting.add(source.name(row), CLEAN, seed, 100 * top1, str(source.path))
+                setting.add(name, CLEAN, seed, 100 * top1, str(source.path))
         settings.append(setting)
     return settings
 
@@ -188,11 +189,12 @@ def _robustness_setting(results, source):
     baseline = source.name(results["baseline"]) or results["baseline"]
     setting = Setting("robustness", results["dataset"], details, baseline)
     for row, heads in results["summary"].items():
-        if source.name(row) is None:
+        name = source.name(row)
+        if name is None:
             continue
         for seed, metrics in heads["logits"]["per_seed"].items():
             for metric in (CLEAN, CORRUPTED):
-                setting.add(source.name(row), metric, int(seed), metrics[metric], str(source.path))
+                setting.add(name, metric, int(seed), metrics[metric], str(source.path))
     return setting
 
 
